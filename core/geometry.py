@@ -1,0 +1,90 @@
+"""Patch geometry: policy actions -> boxes -> affine grids -> cropped patches.
+
+Conventions used everywhere in adafocus:
+- A *box* is ``(x0, y0, x1, y1)`` in fractions of the frame it lives in (0..1, x1/y1 exclusive edges),
+  so one box describes the same region of a frame, of its down-scaled glance copy, and of its feature map.
+- An *action* is the spatial policy's output in (0, 1)^4: ``(x_position, y_position, width_scale,
+  height_scale)``. The scales pick each side between ``min_side`` and ``max_side`` (fractions of the frame;
+  the paper uses 96/224 .. 224/224), and the positions place the box so it always lies inside the frame.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def boxes_from_actions(actions: Tensor, *, min_side: float, max_side: float = 1.0) -> Tensor:
+    """Map actions ``[..., 4]`` in (0,1) to boxes ``[..., 4]`` that lie inside the frame.
+
+    side = min_side + (max_side - min_side) * scale;  top-left = position * (1 - side).
+    """
+    if not 0.0 < min_side <= max_side <= 1.0:
+        raise ValueError(f"need 0 < min_side <= max_side <= 1, got {min_side}, {max_side}")
+    pos_x, pos_y, scale_w, scale_h = actions.unbind(-1)
+    width = min_side + (max_side - min_side) * scale_w
+    height = min_side + (max_side - min_side) * scale_h
+    x0 = pos_x * (1.0 - width)
+    y0 = pos_y * (1.0 - height)
+    return torch.stack([x0, y0, x0 + width, y0 + height], dim=-1)
+
+
+def scale_for_side(side: float, *, min_side: float, max_side: float) -> float:
+    """The action scale that gives a box side of ``side`` (clamped to the reachable range)."""
+    if max_side == min_side:
+        return 0.5
+    return float(min(max((side - min_side) / (max_side - min_side), 0.0), 1.0))
+
+
+def boxes_to_affine(boxes: Tensor) -> Tensor:
+    """Boxes ``[N, 4]`` -> affine matrices ``[N, 2, 3]`` for ``F.affine_grid`` (align_corners=False).
+
+    In grid coordinates (-1..1) a box spans ``2*x0-1 .. 2*x1-1``: its half-width is ``x1-x0`` and its
+    centre ``x0+x1-1``.
+    """
+    x0, y0, x1, y1 = boxes.unbind(-1)
+    zeros = torch.zeros_like(x0)
+    row_x = torch.stack([x1 - x0, zeros, x0 + x1 - 1.0], dim=-1)
+    row_y = torch.stack([zeros, y1 - y0, y0 + y1 - 1.0], dim=-1)
+    return torch.stack([row_x, row_y], dim=-2)
+
+
+def crop_patches(images: Tensor, boxes: Tensor, out_size: int | tuple[int, int]) -> Tensor:
+    """Crop ``boxes [N, 4]`` out of ``images [N, C, H, W]`` and resample each to ``out_size``.
+
+    Bilinear ``grid_sample``, differentiable in both the images and the boxes. Works the same on frames
+    and on feature maps. For a box whose edges fall on pixel edges and whose size equals ``out_size``
+    pixels the result equals plain slicing.
+    """
+    if images.dim() != 4 or boxes.shape != (images.shape[0], 4):
+        raise ValueError(f"expected images [N,C,H,W] and boxes [N,4], got {tuple(images.shape)} and "
+                         f"{tuple(boxes.shape)}")
+    out_h, out_w = (out_size, out_size) if isinstance(out_size, int) else out_size
+    theta = boxes_to_affine(boxes.to(images.dtype))
+    grid = F.affine_grid(theta, [images.shape[0], images.shape[1], out_h, out_w], align_corners=False)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def interpolate_over_time(values: Tensor, length: int) -> Tensor:
+    """Linearly resample per-frame values ``[B, T, D]`` to ``[B, length, D]`` (frame-centre aligned)."""
+    if values.shape[1] == length:
+        return values
+    resampled = F.interpolate(values.transpose(1, 2), size=length, mode="linear", align_corners=False)
+    return resampled.transpose(1, 2)
+
+
+def boxes_to_source_pixels(boxes: Tensor, view_boxes: Tensor) -> Tensor:
+    """Map frame-fraction boxes ``[B, T, 4]`` to source pixels given each sample's view ``[B, 4]``.
+
+    ``view_boxes`` is the region of the source (in source pixels, ``x0, y0, x1, y1``) that the model's
+    frame shows; for an un-cropped frame it is ``(0, 0, width, height)``.
+    """
+    origin = view_boxes[:, None, :2].repeat(1, 1, 2)
+    extent = (view_boxes[:, None, 2:] - view_boxes[:, None, :2]).repeat(1, 1, 2)
+    return origin + boxes * extent
+
+
+def box_contains_points(boxes: Tensor, points: Tensor) -> Tensor:
+    """Whether each box ``[..., 4]`` contains the matching point ``[..., 2]`` (x, y)."""
+    x, y = points.unbind(-1)
+    return (boxes[..., 0] <= x) & (x < boxes[..., 2]) & (boxes[..., 1] <= y) & (y < boxes[..., 3])

@@ -1,0 +1,368 @@
+"""Uni-AdaFocus: glance at every frame, choose frames and patches, focus on them, exit when sure.
+
+Read top to bottom:
+1. ``glance``   the global encoder sees T_g frames (optionally down-scaled); maps feed the policies,
+                pooled vectors feed the classifier (feature reuse).
+2. ``policies`` the spatial policy gives a deformable box per glance frame, the temporal policy a weight
+                per glance frame; both read detached glance features.
+3. ``select``   T' of the N candidate frames are picked by CDF quantiles of the frame weights.
+4. ``focus``    the chosen boxes are cut out of the chosen frames at full resolution, resized to P x P,
+                and encoded by the local encoder.
+5. ``classify`` an accumulated max-pooling classifier gives one exit after the glance and one after each
+                focus patch.
+``forward`` is the training pass (everything the objective needs); ``infer`` is batched early-exit
+inference that drops finished samples from the batch, so the saving is real.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from adafocus.core.backbones import create_backbone
+from adafocus.core.classifier import AccumulatedMaxPoolClassifier
+from adafocus.core.config import ModelConfig
+from adafocus.core.exits import ExitPolicy
+from adafocus.core.flops import count_gmacs, eval_mode
+from adafocus.core.geometry import (boxes_from_actions, boxes_to_source_pixels, crop_patches,
+                                    interpolate_over_time, scale_for_side)
+from adafocus.core.policy import SpatialPolicy, TemporalPolicy
+from adafocus.core.sampling import random_frames, select_frames, uniform_frames
+
+
+@dataclass
+class Glance:
+    feature_maps: Tensor   # [B, T_g, D, h, w]
+    features: Tensor       # [B, T_g, D]
+    positions: Tensor      # [B, T_g] candidate index of each glance frame
+
+
+@dataclass
+class TrainingOutputs:
+    """Everything the training objective needs from one forward pass."""
+    exit_logits: Tensor               # [P, B, T_g + T', C]; P = 2 passes (policy, random patches) or 1
+    glance_frame_logits: Tensor       # [B, T_g, C] auxiliary head per glance frame
+    local_patch_logits: Tensor        # [P, B, T', C] auxiliary head per focus patch
+    frame_weights: Tensor | None      # [B, T_g] temporal policy distribution (None unless learned)
+    glance_actions: Tensor | None     # [B, T_g or 1, 4] spatial policy actions (None unless learned)
+    proxy_logits: Tensor | None       # [B, C] feature-interpolation proxy (None unless learned + proxy)
+    frame_indices: Tensor             # [B, T']
+    boxes: Tensor                     # [B, T', 4]
+
+
+@dataclass
+class FocusResult:
+    """Inference output. Exit k = 0 is glance-only; exit k >= 1 has seen k focus patches."""
+    logits: Tensor          # [B, K, C]; NaN for exits a sample never reached
+    exit_index: Tensor      # [B] exit taken
+    gmacs: Tensor           # [B] cost of the exit taken
+    frame_indices: Tensor   # [B, T'] candidate frame of each focus step; -1 where not processed
+    boxes: Tensor           # [B, T', 4] frame fractions (x0, y0, x1, y1); NaN where not processed
+    source_boxes: Tensor    # [B, T', 4] the same boxes in source pixels (frame pixels without a view)
+    frame_weights: Tensor   # [B, T_g] temporal policy weights (uniform for non-learned frame policies)
+
+    @property
+    def exit_logits(self) -> Tensor:
+        return self.logits.gather(1, self.exit_index[:, None, None].expand(-1, 1, self.logits.shape[-1]))[:, 0]
+
+    @property
+    def probabilities(self) -> Tensor:
+        return self.exit_logits.softmax(-1)
+
+    @property
+    def prediction(self) -> Tensor:
+        return self.exit_logits.argmax(-1)
+
+
+class UniAdaFocus(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = c = config
+        glance_kwargs, local_kwargs = dict(c.glance_backbone_kwargs), dict(c.local_backbone_kwargs)
+        self.glance_encoder = create_backbone(c.glance_backbone, pretrained=c.glance_pretrained, **glance_kwargs)
+        self.local_encoder = create_backbone(c.local_backbone, pretrained=c.local_pretrained, **local_kwargs)
+        glance_dim, local_dim = self.glance_encoder.feature_dim, self.local_encoder.feature_dim
+        self.glance_map_size = self._feature_map_size(self.glance_encoder, self.glance_size)
+
+        # Policies exist only when learned, so no parameter is ever left without a gradient.
+        learned_patches = c.patch_policy == "learned"
+        self.spatial_policy = (SpatialPolicy(glance_dim, self.glance_map_size, c.num_glance, hidden=c.spatial_hidden,
+                                             per_clip=c.spatial_per_clip) if learned_patches else None)
+        self.temporal_policy = (TemporalPolicy(glance_dim, hidden=c.temporal_hidden)
+                                if c.frame_policy == "learned" else None)
+        self.proxy_head = (nn.Linear(glance_dim, c.num_classes)
+                           if learned_patches and c.policy_gradient == "feature_proxy" else None)
+        self.classifier = AccumulatedMaxPoolClassifier(
+            glance_dim, local_dim, c.num_classes, num_glance=c.num_glance, num_focus=c.num_focus,
+            hidden=c.classifier_hidden, dropout=c.dropout, feature_reuse=c.feature_reuse)
+        self.glance_head = nn.Sequential(nn.Dropout(c.fc_dropout), nn.Linear(glance_dim, c.num_classes))
+        self.local_head = nn.Sequential(nn.Dropout(c.fc_dropout), nn.Linear(local_dim, c.num_classes))
+        self.register_buffer("pixel_mean", torch.tensor(c.normalize_mean).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(c.normalize_std).view(1, -1, 1, 1), persistent=False)
+        self._exit_costs: list[float] | None = None
+
+    # ----------------------------------------------------------------------------------------- geometry
+    @property
+    def glance_size(self) -> int:
+        return self.config.glance_size or self.config.frame_size
+
+    @property
+    def side_range(self) -> tuple[float, float]:
+        """(min, max) box side as a fraction of the frame."""
+        c = self.config
+        if c.patch_shape == "fixed":
+            return c.patch_size / c.frame_size, c.patch_size / c.frame_size
+        return c.min_patch_side / c.frame_size, (c.max_patch_side or c.frame_size) / c.frame_size
+
+    @staticmethod
+    def _feature_map_size(encoder: nn.Module, size: int) -> tuple[int, int]:
+        was_training = encoder.training
+        encoder.eval()
+        with torch.no_grad():
+            shape = encoder(torch.zeros(1, encoder_in_channels(encoder), size, size)).shape[-2:]
+        encoder.train(was_training)
+        return int(shape[0]), int(shape[1])
+
+    def normalize(self, frames: Tensor) -> Tensor:
+        """Frames ``[M, C, H, W]`` in [0, 1] -> encoder input (grey frames are repeated to the model's channels)."""
+        if frames.shape[1] == 1 and self.pixel_mean.shape[1] > 1:
+            frames = frames.expand(-1, self.pixel_mean.shape[1], -1, -1)
+        return (frames - self.pixel_mean) / self.pixel_std
+
+    def _check_clip(self, clip: Tensor) -> None:
+        c = self.config
+        if clip.dim() != 5 or clip.shape[1] != c.num_candidates or clip.shape[-1] != c.frame_size \
+                or clip.shape[-2] != c.frame_size:
+            raise ValueError(f"expected a clip [B, {c.num_candidates}, C, {c.frame_size}, {c.frame_size}], "
+                             f"got {tuple(clip.shape)}")
+
+    # ------------------------------------------------------------------------------------ 1. glance
+    def glance(self, clip: Tensor) -> Glance:
+        batch, c = clip.shape[0], self.config
+        positions = uniform_frames(batch, c.num_glance, c.num_candidates, random_offsets=self.training,
+                                   device=clip.device)
+        frames = gather_frames(clip, positions).flatten(0, 1)
+        if self.glance_size != c.frame_size:
+            frames = F.interpolate(frames, size=(self.glance_size, self.glance_size), mode="area")
+        maps = self.glance_encoder(self.normalize(frames))
+        maps = maps.reshape(batch, c.num_glance, *maps.shape[1:])
+        return Glance(feature_maps=maps, features=maps.mean(dim=(-2, -1)), positions=positions)
+
+    # ---------------------------------------------------------------------------------- 2. policies
+    def glance_actions(self, glance: Glance) -> Tensor:
+        """Learned spatial actions per glance frame ``[B, T_g or 1, 4]`` (reads detached maps)."""
+        return self.spatial_policy(glance.feature_maps.detach())
+
+    def frame_logits(self, glance: Glance) -> Tensor:
+        return self.temporal_policy(glance.features.detach())
+
+    def baseline_actions(self, batch: int, steps: int, policy: str, device: torch.device) -> Tensor:
+        """Non-learned patch policies ``[B, steps, 4]``: random / center / gaussian position, native size P."""
+        min_side, max_side = self.side_range
+        scale = scale_for_side(self.config.patch_size / self.config.frame_size, min_side=min_side, max_side=max_side)
+        if policy == "random":
+            position = torch.rand(batch, steps, 2, device=device)
+        elif policy == "center":
+            position = torch.full((batch, steps, 2), 0.5, device=device)
+        elif policy == "gaussian":
+            position = (0.5 + self.config.gaussian_sigma * torch.randn(batch, steps, 2, device=device)).clamp(0, 1)
+        else:
+            raise ValueError(f"no baseline patch policy {policy!r}")
+        return torch.cat([position, torch.full_like(position, scale)], dim=-1)
+
+    def actions_at(self, glance_actions: Tensor, frame_indices: Tensor) -> Tensor:
+        """Per-glance-frame actions -> actions at the chosen candidate frames ``[B, T', 4]``."""
+        if glance_actions.shape[1] == 1:  # one action per clip
+            return glance_actions.expand(-1, frame_indices.shape[1], -1)
+        per_candidate = interpolate_over_time(glance_actions, self.config.num_candidates)
+        return per_candidate.gather(1, frame_indices[..., None].expand(-1, -1, 4))
+
+    # ------------------------------------------------------------------------------------ 3. select
+    def select_frames(self, frame_weights: Tensor | None, batch: int, device: torch.device) -> Tensor:
+        c = self.config
+        if c.frame_policy == "learned":
+            return select_frames(frame_weights.detach(), c.num_focus, c.num_candidates, random_offsets=self.training)
+        if c.frame_policy == "uniform":
+            return uniform_frames(batch, c.num_focus, c.num_candidates, random_offsets=self.training, device=device)
+        return random_frames(batch, c.num_focus, c.num_candidates, device=device)
+
+    def boxes(self, actions: Tensor) -> Tensor:
+        min_side, max_side = self.side_range
+        return boxes_from_actions(actions, min_side=min_side, max_side=max_side)
+
+    # ------------------------------------------------------------------------------------- 4. focus
+    def focus(self, clip: Tensor, frame_indices: Tensor, boxes: Tensor) -> Tensor:
+        """Local features ``[B, T', D_l]`` of the boxes ``[B, T', 4]`` in the chosen frames ``[B, T']``."""
+        frames = gather_frames(clip, frame_indices).flatten(0, 1)
+        patches = crop_patches(self.normalize(frames), boxes.flatten(0, 1), self.config.patch_size)
+        features = self.local_encoder.pooled(patches)
+        return features.reshape(*frame_indices.shape, -1)
+
+    def proxy_logits(self, glance: Glance, glance_actions: Tensor) -> Tensor:
+        """Feature-interpolation proxy: crop the chosen boxes out of the (detached) glance feature maps,
+        pool, classify. Its gradient reaches the spatial policy only through the box coordinates."""
+        c, maps = self.config, glance.feature_maps.detach()
+        batch, steps = maps.shape[:2]
+        actions = glance_actions.expand(-1, steps, -1)
+        map_h, map_w = self.glance_map_size
+        out_size = (max(1, round(c.patch_size / c.frame_size * map_h)), max(1, round(c.patch_size / c.frame_size * map_w)))
+        cropped = crop_patches(maps.flatten(0, 1), self.boxes(actions).flatten(0, 1), out_size)
+        pooled = cropped.reshape(batch, steps, maps.shape[2], -1).mean(dim=(1, 3))
+        return self.proxy_head(pooled)
+
+    # ------------------------------------------------------------------------------ training pass
+    def forward(self, clip: Tensor, *, diversity: bool = True) -> TrainingOutputs:
+        self._check_clip(clip)
+        c, batch, device = self.config, clip.shape[0], clip.device
+        glance = self.glance(clip)
+        glance_state, glance_exit_logits = self.classifier.glance_logits(glance.features)
+
+        frame_weights = self.frame_logits(glance).softmax(-1) if c.frame_policy == "learned" else None
+        frame_indices = self.select_frames(frame_weights, batch, device)
+
+        learned_patches = c.patch_policy == "learned"
+        glance_actions = self.glance_actions(glance) if learned_patches else None
+        actions = (self.actions_at(glance_actions, frame_indices) if learned_patches
+                   else self.baseline_actions(batch, c.num_focus, c.patch_policy, device))
+        boxes = self.boxes(actions)
+        if c.policy_gradient == "feature_proxy":
+            boxes = boxes.detach()  # stop-gradient: the task loss does not reach the policy
+        passes = [boxes]
+        if diversity:
+            passes.append(self.boxes(self.baseline_actions(batch, c.num_focus, "random", device)))
+        local = self.focus(clip.repeat(len(passes), 1, 1, 1, 1), frame_indices.repeat(len(passes), 1),
+                           torch.cat(passes))
+        focus_exit_logits = self.classifier.focus_logits(local, glance_state.repeat(len(passes), 1))
+        exit_logits = torch.cat([glance_exit_logits.repeat(len(passes), 1, 1), focus_exit_logits], dim=1)
+
+        return TrainingOutputs(
+            exit_logits=exit_logits.unflatten(0, (len(passes), batch)),
+            glance_frame_logits=self.glance_head(glance.features),
+            local_patch_logits=self.local_head(local).unflatten(0, (len(passes), batch)),
+            frame_weights=frame_weights,
+            glance_actions=glance_actions,
+            proxy_logits=self.proxy_logits(glance, glance_actions) if self.proxy_head is not None else None,
+            frame_indices=frame_indices,
+            boxes=boxes,
+        )
+
+    # ----------------------------------------------------------------------------------- inference
+    @torch.no_grad()
+    def infer(self, clip: Tensor, exit_policy: ExitPolicy | None = None, *,
+              view_boxes: Tensor | None = None) -> FocusResult:
+        """Batched early-exit inference. Without ``exit_policy`` every sample runs to the last exit.
+
+        Samples whose exit score passes the threshold leave the batch, so later steps run on fewer
+        samples. ``view_boxes [B, 4]`` (source pixels shown by each frame) maps boxes back to the source.
+        """
+        self._check_clip(clip)
+        c, batch, device = self.config, clip.shape[0], clip.device
+        num_exits = c.num_exits
+        if exit_policy is not None and len(exit_policy.thresholds) != num_exits:
+            raise ValueError(f"exit policy has {len(exit_policy.thresholds)} thresholds, model has {num_exits} exits")
+
+        logits = torch.full((batch, num_exits, c.num_classes), float("nan"), device=device)
+        exit_index = torch.full((batch,), num_exits - 1, dtype=torch.long, device=device)
+        frame_indices = torch.full((batch, c.num_focus), -1, dtype=torch.long, device=device)
+        boxes = torch.full((batch, c.num_focus, 4), float("nan"), device=device)
+
+        glance = self.glance(clip)
+        glance_state, glance_logits = self.classifier.glance_logits(glance.features, all_steps=False)
+        logits[:, 0] = glance_logits[:, 0]
+        frame_weights = (self.frame_logits(glance).softmax(-1) if c.frame_policy == "learned"
+                         else torch.full((batch, c.num_glance), 1.0 / c.num_glance, device=device))
+
+        keep = self._continuing(glance_logits[:, 0], 0, exit_policy)
+        exit_index[~keep] = 0
+        active = torch.arange(batch, device=device)[keep]
+        if active.numel():
+            sub = Glance(glance.feature_maps[active], glance.features[active], glance.positions[active])
+            chosen = self.select_frames(frame_weights[active], active.numel(), device)
+            actions = (self.actions_at(self.glance_actions(sub), chosen) if c.patch_policy == "learned"
+                       else self.baseline_actions(active.numel(), c.num_focus, c.patch_policy, device))
+            frame_indices[active], boxes[active] = chosen, self.boxes(actions)
+
+        local_state = None
+        for step in range(c.num_focus):
+            if not active.numel():
+                break
+            feature = self.focus(clip[active], frame_indices[active, step:step + 1],
+                                 boxes[active, step:step + 1])[:, 0]
+            local_state, step_logits = self.classifier.focus_step(step, feature, local_state, glance_state[active])
+            logits[active, step + 1] = step_logits
+            keep = self._continuing(step_logits, step + 1, exit_policy)
+            exit_index[active[~keep]] = step + 1
+            active, local_state = active[keep], local_state[keep]
+
+        processed = torch.arange(c.num_focus, device=device)[None] < exit_index[:, None]
+        frame_indices = frame_indices.masked_fill(~processed, -1)
+        boxes = boxes.masked_fill(~processed[..., None], float("nan"))
+        if view_boxes is None:
+            view_boxes = torch.tensor([0.0, 0.0, c.frame_size, c.frame_size], device=device).expand(batch, 4)
+        costs = torch.tensor(self.exit_costs(), device=device)
+        return FocusResult(logits=logits, exit_index=exit_index, gmacs=costs[exit_index],
+                           frame_indices=frame_indices, boxes=boxes,
+                           source_boxes=boxes_to_source_pixels(boxes, view_boxes.to(boxes.dtype)),
+                           frame_weights=frame_weights)
+
+    def _continuing(self, step_logits: Tensor, exit_k: int, exit_policy: ExitPolicy | None) -> Tensor:
+        """Mask of the samples that go on past exit ``exit_k`` (all but the last exit without a policy)."""
+        last = exit_k == self.config.num_exits - 1
+        if exit_policy is None or last:
+            return torch.full((step_logits.shape[0],), not last, dtype=torch.bool, device=step_logits.device)
+        return ~exit_policy.should_exit(step_logits, exit_k)
+
+    # --------------------------------------------------------------------------------------- costs
+    def component_costs(self) -> dict[str, float]:
+        """GMACs per sample of each component, measured by the FLOP counter at the configured sizes."""
+        c, device = self.config, self.pixel_mean.device
+        glance_dim, local_dim = self.glance_encoder.feature_dim, self.local_encoder.feature_dim
+        map_h, map_w = self.glance_map_size
+        channels = encoder_in_channels(self.glance_encoder)
+        hidden = self.classifier.glance_embedding[0].out_features
+        with eval_mode(self):
+            costs = {
+                "glance_encoder": count_gmacs(self.glance_encoder,
+                                              torch.zeros(c.num_glance, channels, self.glance_size, self.glance_size,
+                                                          device=device)),
+                "local_encoder_per_patch": count_gmacs(
+                    self.local_encoder.pooled,
+                    torch.zeros(1, encoder_in_channels(self.local_encoder), c.patch_size, c.patch_size, device=device)),
+                "classifier_glance": count_gmacs(
+                    lambda x: self.classifier.glance_logits(x, all_steps=False),
+                    torch.zeros(1, c.num_glance, glance_dim, device=device)),
+                "classifier_per_patch": count_gmacs(
+                    lambda f, g: self.classifier.focus_step(0, f, None, g),
+                    torch.zeros(1, local_dim, device=device), torch.zeros(1, hidden, device=device)),
+            }
+            if self.spatial_policy is not None:
+                costs["spatial_policy"] = count_gmacs(
+                    self.spatial_policy, torch.zeros(1, c.num_glance, glance_dim, map_h, map_w, device=device))
+            if self.temporal_policy is not None:
+                costs["temporal_policy"] = count_gmacs(
+                    self.temporal_policy, torch.zeros(1, c.num_glance, glance_dim, device=device))
+        return costs
+
+    def exit_costs(self) -> list[float]:
+        """GMACs per sample of stopping at each exit; policies are paid once the first patch is needed."""
+        if self._exit_costs is None:
+            parts = self.component_costs()
+            glance_only = parts["glance_encoder"] + parts["classifier_glance"]
+            policies = parts.get("spatial_policy", 0.0) + parts.get("temporal_policy", 0.0)
+            per_patch = parts["local_encoder_per_patch"] + parts["classifier_per_patch"]
+            self._exit_costs = [glance_only] + [glance_only + policies + k * per_patch
+                                                for k in range(1, self.config.num_focus + 1)]
+        return list(self._exit_costs)
+
+
+def gather_frames(clip: Tensor, indices: Tensor) -> Tensor:
+    """``clip [B, N, C, H, W]``, ``indices [B, T]`` -> ``[B, T, C, H, W]``."""
+    return clip[torch.arange(clip.shape[0], device=clip.device)[:, None], indices]
+
+
+def encoder_in_channels(encoder: nn.Module) -> int:
+    first_conv = next(m for m in encoder.modules() if isinstance(m, nn.Conv2d))
+    return first_conv.in_channels
+

@@ -1,0 +1,55 @@
+"""The Uni-AdaFocus training objective. Every term has a weight in ``LossConfig``; 0 switches it off.
+
+- exits:      CE on every step of the accumulated classifier, for the policy pass and the random-patch
+              (diversity) pass;
+- glance_aux: CE of a linear head on every glance frame;
+- local_aux:  CE of a linear head on every focus patch (both passes);
+- temporal:   CE of the Monte-Carlo expected logits of frames drawn from the frame policy (eq. 21);
+- spatial:    CE of the feature-interpolation proxy (eqs. 13-14) plus ``size_regularizer`` * mean((s - 1)^2)
+              on the box scales (eq. 15).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from adafocus.core.config import LossConfig
+from adafocus.core.model import TrainingOutputs
+from adafocus.core.sampling import mc_expected_logits
+
+
+def _per_step_ce(logits: Tensor, labels: Tensor) -> Tensor:
+    """Mean CE over ``logits [..., B, S, C]`` with the sample's label on every step S."""
+    steps = logits.shape[-2]
+    flat = logits.reshape(-1, steps, logits.shape[-1])
+    targets = labels.repeat(flat.shape[0] // labels.shape[0]).repeat_interleave(steps)
+    return F.cross_entropy(flat.reshape(-1, flat.shape[-1]), targets)
+
+
+def training_loss(out: TrainingOutputs, labels: Tensor, cfg: LossConfig) -> tuple[Tensor, dict[str, float]]:
+    """Weighted sum of the terms that apply to this model; returns (loss, {term: value})."""
+    terms: dict[str, Tensor] = {}
+    if cfg.exits:
+        terms["exits"] = _per_step_ce(out.exit_logits, labels)
+    if cfg.glance_aux:
+        terms["glance_aux"] = _per_step_ce(out.glance_frame_logits, labels)
+    if cfg.local_aux:
+        terms["local_aux"] = _per_step_ce(out.local_patch_logits, labels)
+    if cfg.temporal and out.frame_weights is not None:
+        frame_logits = out.glance_frame_logits if cfg.temporal_trains_glance else out.glance_frame_logits.detach()
+        num_glance = frame_logits.shape[1]
+        draws = cfg.mc_draws or max(1, num_glance // 3)
+        expected = mc_expected_logits(frame_logits, out.frame_weights, num_draws=min(draws, num_glance),
+                                      num_samples=cfg.mc_samples)
+        terms["temporal"] = F.cross_entropy(expected, labels)
+    if cfg.spatial and out.proxy_logits is not None:
+        terms["spatial"] = F.cross_entropy(out.proxy_logits, labels)
+    if cfg.size_regularizer and out.glance_actions is not None:
+        terms["size_regularizer"] = ((out.glance_actions[..., 2:] - 1.0) ** 2).mean()
+    if not terms:
+        raise ValueError("every loss term is switched off")
+    weights = {"exits": cfg.exits, "glance_aux": cfg.glance_aux, "local_aux": cfg.local_aux,
+               "temporal": cfg.temporal, "spatial": cfg.spatial, "size_regularizer": cfg.size_regularizer}
+    loss = torch.stack([weights[name] * value for name, value in terms.items()]).sum()
+    return loss, {name: float(value.detach()) for name, value in terms.items()}

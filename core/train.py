@@ -1,0 +1,275 @@
+"""One plain training loop for every preset: SGD + cosine, per-module LR multipliers, gradient clipping,
+AMP on CUDA, ``torchrun`` DDP (NCCL on GPUs, gloo on CPU), resumable checkpoints.
+
+Run directory layout (``out_dir``):
+    config.json   the preset, as trained
+    last.pt       model + optimizer + schedule position, written atomically after every epoch
+    best.pt       the model with the best validation accuracy at the last exit
+    log.tsv       one row per epoch
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from adafocus.core.checkpoint import load_checkpoint, save_checkpoint
+from adafocus.core.config import Preset
+from adafocus.core.exits import ExitPolicy, accuracy_by_exit, exit_scores, solve_budget
+from adafocus.core.io import atomic_write_json, atomic_write_text
+from adafocus.core.model import UniAdaFocus
+from adafocus.core.objective import training_loss
+
+# Which module's parameters follow which LR multiplier (TrainConfig.lr_multipliers).
+PARAMETER_GROUPS = {
+    "glance": ("glance_encoder", "glance_head"),
+    "spatial_policy": ("spatial_policy", "proxy_head"),
+    "temporal_policy": ("temporal_policy",),
+    "classifier": ("classifier",),
+    "local": ("local_encoder", "local_head"),
+}
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for, but no CUDA device is available")
+    return torch.device(device)
+
+
+def cosine_lr(base_lr: float, step: int, total_steps: int) -> float:
+    """Cosine decay from ``base_lr`` at step 0 to 0 at ``total_steps`` (no warm-up, as the paper)."""
+    return 0.5 * base_lr * (1.0 + math.cos(math.pi * min(step, total_steps) / max(total_steps, 1)))
+
+
+def parameter_groups(model: UniAdaFocus, lr: float, multipliers: dict[str, float]) -> list[dict]:
+    """SGD parameter groups with per-module LR multipliers; every parameter lands in exactly one group."""
+    groups, seen = [], set()
+    for group, module_names in PARAMETER_GROUPS.items():
+        params = [p for name in module_names if getattr(model, name, None) is not None
+                  for p in getattr(model, name).parameters()]
+        if params:
+            mult = multipliers.get(group, 1.0)
+            groups.append({"params": params, "lr": lr * mult, "lr_mult": mult, "name": group})
+            seen.update(id(p) for p in params)
+    missing = [n for n, p in model.named_parameters() if id(p) not in seen]
+    if missing:
+        raise RuntimeError(f"parameters without an LR group: {missing[:5]}")
+    return groups
+
+
+@dataclass
+class DistributedContext:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def init_distributed(device: torch.device) -> DistributedContext:
+    """Join the process group when launched by ``torchrun`` (WORLD_SIZE > 1); else a single process."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return DistributedContext()
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return DistributedContext(rank=dist.get_rank(), world_size=dist.get_world_size(),
+                              local_rank=int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def _to_device(batch: dict, device: torch.device) -> tuple[Tensor, Tensor]:
+    return batch["clip"].to(device, non_blocking=True), torch.as_tensor(batch["label"]).to(device)
+
+
+@torch.no_grad()
+def collect_logits(model: UniAdaFocus, loader: DataLoader, device: torch.device,
+                   progress: Callable | None = None) -> tuple[Tensor, Tensor]:
+    """All exits' logits ``[N, K, C]`` and labels ``[N]`` over a loader (eval mode, no early exit)."""
+    model.eval()
+    all_logits, all_labels = [], []
+    for batch in (progress(loader) if progress else loader):
+        clip, labels = _to_device(batch, device)
+        all_logits.append(model.infer(clip).logits.float().cpu())
+        all_labels.append(labels.cpu())
+    return torch.cat(all_logits), torch.cat(all_labels)
+
+
+def _autocast(device: torch.device, enabled: bool):
+    if not enabled or device.type != "cuda":
+        return nullcontext()
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.autocast(device_type="cuda", dtype=dtype)
+
+
+def train(preset: Preset, train_set: Dataset, val_set: Dataset, out_dir: str | Path, *,
+          device: str = "auto", resume: bool = True, collate_fn: Callable | None = None,
+          progress: bool = True, log: Callable[[str], None] = print) -> dict:
+    """Train ``UniAdaFocus(preset.model)``; returns a summary dict. Resumes from ``out_dir/last.pt``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    dev = resolve_device(device)
+    ctx = init_distributed(dev)
+    if ctx.enabled and dev.type == "cuda":
+        dev = torch.device("cuda", ctx.local_rank)
+        torch.cuda.set_device(dev)
+    cfg = preset.train
+    torch.manual_seed(cfg.seed + ctx.rank)
+
+    model = UniAdaFocus(preset.model).to(dev)
+    if dev.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(parameter_groups(model, cfg.lr, cfg.lr_multipliers), lr=cfg.lr,
+                                momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    use_amp = cfg.amp and dev.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and not torch.cuda.is_bf16_supported())
+
+    start_epoch, best_acc = 0, -1.0
+    last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
+    if resume and last_path.exists():
+        state = load_checkpoint(last_path)
+        if state["config"] != preset.to_dict():
+            raise ValueError(f"{last_path} was trained with a different config; use a new --out or --no-resume")
+        model.load_state_dict(state["model_state"])
+        optimizer.load_state_dict(state["optimizer_state"])
+        scaler.load_state_dict(state["scaler_state"])
+        start_epoch, best_acc = state["epoch"] + 1, state["best_accuracy"]
+        if ctx.is_main:
+            log(f"resumed from {last_path} after epoch {state['epoch'] + 1}")
+    if ctx.is_main:
+        atomic_write_json(out_dir / "config.json", preset.to_dict())
+
+    train_model: nn.Module = model
+    if ctx.enabled:
+        train_model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[dev.index] if dev.type == "cuda" else None)
+    sampler = DistributedSampler(train_set, shuffle=True, seed=cfg.seed) if ctx.enabled else None
+    per_rank_batch = max(1, cfg.batch_size // ctx.world_size)
+    loader_kwargs = dict(num_workers=cfg.workers, collate_fn=collate_fn, pin_memory=dev.type == "cuda",
+                         persistent_workers=cfg.workers > 0)
+    train_loader = DataLoader(train_set, batch_size=per_rank_batch, shuffle=sampler is None, sampler=sampler,
+                              drop_last=True, **loader_kwargs)
+    val_loader = DataLoader(val_set, batch_size=per_rank_batch, shuffle=False, **loader_kwargs)
+    if len(train_loader) == 0:
+        raise ValueError(f"training set has {len(train_set)} samples, fewer than one batch of {per_rank_batch}")
+    total_steps = cfg.epochs * len(train_loader)
+
+    log_path = out_dir / "log.tsv"
+    for epoch in range(start_epoch, cfg.epochs):
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        train_model.train()
+        sums: dict[str, float] = {}
+        started = time.perf_counter()
+        batches = train_loader
+        if progress and ctx.is_main:
+            from tqdm import tqdm
+            batches = tqdm(train_loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, dynamic_ncols=True)
+        for i, batch in enumerate(batches):
+            step = epoch * len(train_loader) + i
+            for group in optimizer.param_groups:
+                group["lr"] = cosine_lr(cfg.lr, step, total_steps) * group["lr_mult"]
+            clip, labels = _to_device(batch, dev)
+            with _autocast(dev, use_amp):
+                outputs = train_model(clip, diversity=preset.loss.diversity)
+                loss, terms = training_loss(outputs, labels, preset.loss)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch + 1}, step {i}: {terms}")
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if cfg.grad_clip:
+                scaler.unscale_(optimizer)
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            terms["loss"] = float(loss.detach())
+            for name, value in terms.items():
+                sums[name] = sums.get(name, 0.0) + value
+            if hasattr(batches, "set_postfix") and i % 10 == 0:
+                batches.set_postfix(loss=f"{terms['loss']:.3f}")
+        means = {name: value / len(train_loader) for name, value in sums.items()}
+
+        val_acc = float("nan")
+        if ctx.is_main and ((epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs):
+            logits, labels = collect_logits(model, val_loader, dev)
+            val_acc = float(accuracy_by_exit(logits, labels)[-1])
+        if ctx.is_main:
+            improved = val_acc > best_acc
+            best_acc = max(best_acc, val_acc) if not math.isnan(val_acc) else best_acc
+            extra = dict(optimizer_state=optimizer.state_dict(), scaler_state=scaler.state_dict(), epoch=epoch,
+                         best_accuracy=best_acc)
+            save_checkpoint(last_path, model_state=model.state_dict(), config=preset.to_dict(), **extra)
+            if improved:
+                save_checkpoint(best_path, model_state=model.state_dict(), config=preset.to_dict(), **extra)
+            _append_log(log_path, {"epoch": epoch + 1, "lr": cosine_lr(cfg.lr, (epoch + 1) * len(train_loader),
+                                                                      total_steps),
+                                   **{f"train_{k}": v for k, v in means.items()}, "val_accuracy": val_acc,
+                                   "seconds": time.perf_counter() - started})
+            log(f"epoch {epoch + 1}/{cfg.epochs}  loss {means['loss']:.4f}  val acc {val_acc:.4f}  "
+                f"({time.perf_counter() - started:.1f}s)")
+        if ctx.enabled:
+            dist.barrier()
+    if ctx.enabled:
+        dist.destroy_process_group()
+    return {"best_accuracy": best_acc, "best_checkpoint": str(best_path), "run_dir": str(out_dir)}
+
+
+def _append_log(path: Path, row: dict) -> None:
+    """Rewrite the TSV with one more row (atomic, so a crash never leaves half a line)."""
+    lines = path.read_text().splitlines() if path.exists() else []
+    header = "\t".join(row)
+    if not lines or lines[0] != header:
+        lines = [header]
+    lines.append("\t".join(f"{v:.6g}" if isinstance(v, float) else str(v) for v in row.values()))
+    atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+def load_model(checkpoint: str | Path, *, device: str = "auto") -> tuple[UniAdaFocus, Preset]:
+    """Rebuild a trained model from a checkpoint (weights only; no pretrained download needed)."""
+    state = load_checkpoint(checkpoint)
+    preset = Preset.from_dict(state["config"])
+    preset.model.glance_pretrained = preset.model.local_pretrained = None  # the checkpoint has the weights
+    model = UniAdaFocus(preset.model)
+    model.load_state_dict(state["model_state"])
+    return model.to(resolve_device(device)).eval(), preset
+
+
+def calibrate(model: UniAdaFocus, loader: DataLoader, budget: float, *, criterion: str = "entropy",
+              device: str = "auto", out_dir: str | Path | None = None) -> ExitPolicy:
+    """Fit exit thresholds for ``budget`` GMACs per sample on a calibration loader.
+
+    The loader must give un-augmented samples that are not in the test set. With ``out_dir`` the
+    calibration logits (``calibration.pt``, for re-fitting other budgets later) and the policy
+    (``exit_policy.json``) are written there.
+    """
+    dev = resolve_device(device)
+    logits, labels = collect_logits(model.to(dev), loader, dev)
+    costs = model.exit_costs()
+    policy = solve_budget(exit_scores(logits, criterion), costs, budget, criterion=criterion)
+    if out_dir is not None:
+        out_dir = Path(out_dir)
+        save_checkpoint(out_dir / "calibration.pt", model_state={}, config={"criterion": criterion},
+                        logits=logits, labels=labels, exit_costs=costs)
+        atomic_write_json(out_dir / "exit_policy.json", policy.to_dict())
+    return policy
+
+
+def load_exit_policy(path: str | Path) -> ExitPolicy:
+    return ExitPolicy.from_dict(json.loads(Path(path).read_text()))

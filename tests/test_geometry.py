@@ -1,0 +1,85 @@
+import pytest
+import torch
+
+from adafocus.core.geometry import (box_contains_points, boxes_from_actions, boxes_to_source_pixels, crop_patches,
+                                    interpolate_over_time, scale_for_side)
+
+
+def test_boxes_from_actions_stay_inside_frame_and_respect_side_bounds():
+    actions = torch.rand(1000, 4)
+    actions[:10] = torch.tensor([[0.0, 0.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0]]).repeat(5, 1)
+    boxes = boxes_from_actions(actions, min_side=96 / 224, max_side=1.0)
+    assert (boxes >= 0).all() and (boxes <= 1 + 1e-6).all()
+    sides = torch.stack([boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]], 1)
+    assert (sides >= 96 / 224 - 1e-6).all() and (sides <= 1 + 1e-6).all()
+
+
+def test_boxes_from_actions_matches_paper_parametrisation():
+    # side_h = 96 + 128 a_h pixels; top = a_y (224 - side_h)  (official code, 224 frames)
+    a = torch.tensor([0.25, 0.75, 0.5, 0.0])
+    x0, y0, x1, y1 = (boxes_from_actions(a, min_side=96 / 224) * 224).tolist()
+    width, height = 96 + 128 * 0.5, 96.0
+    assert x1 - x0 == pytest.approx(width) and y1 - y0 == pytest.approx(height)
+    assert x0 == pytest.approx(0.25 * (224 - width)) and y0 == pytest.approx(0.75 * (224 - height))
+
+
+def test_bad_side_bounds_are_rejected():
+    with pytest.raises(ValueError):
+        boxes_from_actions(torch.rand(2, 4), min_side=0.8, max_side=0.5)
+
+
+@pytest.mark.parametrize("x0,y0,size", [(0, 0, 16), (8, 24, 16), (40, 4, 24), (10, 30, 7)])
+def test_crop_equals_slicing_on_pixel_aligned_boxes(x0, y0, size):
+    torch.manual_seed(0)
+    images = torch.randn(2, 3, 64, 64)
+    box = torch.tensor([x0, y0, x0 + size, y0 + size], dtype=torch.float32) / 64
+    patches = crop_patches(images, box.repeat(2, 1), size)
+    assert torch.allclose(patches, images[:, :, y0:y0 + size, x0:x0 + size], atol=1e-5)
+
+
+def test_crop_of_rectangular_box_and_resampling_shape():
+    images = torch.arange(64 * 64, dtype=torch.float32).view(1, 1, 64, 64)
+    box = torch.tensor([[16, 8, 48, 24]], dtype=torch.float32) / 64  # 32 wide, 16 high
+    patch = crop_patches(images, box, (16, 32))
+    assert torch.allclose(patch[0, 0], images[0, 0, 8:24, 16:48])
+    assert crop_patches(images, box, 8).shape == (1, 1, 8, 8)
+
+
+def test_crop_is_differentiable_in_box_coordinates():
+    images = torch.rand(1, 1, 32, 32)
+    box = torch.tensor([[0.2, 0.2, 0.6, 0.6]], requires_grad=True)
+    crop_patches(images, box, 8).sum().backward()
+    assert box.grad is not None and box.grad.abs().sum() > 0
+
+
+def test_crop_rejects_mismatched_shapes():
+    with pytest.raises(ValueError):
+        crop_patches(torch.rand(2, 3, 8, 8), torch.rand(3, 4), 4)
+
+
+def test_scale_for_side_inverts_side_mapping():
+    s = scale_for_side(128 / 224, min_side=96 / 224, max_side=1.0)
+    box = boxes_from_actions(torch.tensor([0.5, 0.5, s, s]), min_side=96 / 224)
+    assert (box[2] - box[0]).item() * 224 == pytest.approx(128)
+    assert scale_for_side(0.01, min_side=0.2, max_side=0.5) == 0.0
+
+
+def test_interpolate_over_time_keeps_constants_and_endpoints_order():
+    values = torch.tensor([[[0.0], [1.0]]])
+    out = interpolate_over_time(values, 4)[0, :, 0]
+    assert out.tolist() == pytest.approx([0.0, 0.25, 0.75, 1.0])
+    const = torch.full((2, 3, 4), 0.3)
+    assert torch.allclose(interpolate_over_time(const, 9), torch.full((2, 9, 4), 0.3))
+
+
+def test_boxes_to_source_pixels_uses_view_box():
+    boxes = torch.tensor([[[0.0, 0.0, 0.5, 0.5], [0.5, 0.25, 1.0, 0.75]]])
+    view = torch.tensor([[100.0, 50.0, 300.0, 250.0]])  # a 200 x 200 crop of the source at (100, 50)
+    src = boxes_to_source_pixels(boxes, view)
+    assert src[0, 0].tolist() == [100, 50, 200, 150] and src[0, 1].tolist() == [200, 100, 300, 200]
+
+
+def test_box_contains_points():
+    boxes = torch.tensor([[0.1, 0.1, 0.3, 0.3], [0.5, 0.5, 0.9, 0.9]])
+    pts = torch.tensor([[0.2, 0.2], [0.2, 0.2]])
+    assert box_contains_points(boxes, pts).tolist() == [True, False]

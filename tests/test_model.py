@@ -1,0 +1,165 @@
+import dataclasses
+
+import pytest
+import torch
+
+from adafocus.core.config import LossConfig, ModelConfig, get_preset
+from adafocus.core.exits import ExitPolicy
+from adafocus.core.model import UniAdaFocus
+from adafocus.core.objective import training_loss
+
+INF = float("inf")
+
+
+def tiny_config(**overrides) -> ModelConfig:
+    return dataclasses.replace(get_preset("cpu-synthetic").model, **overrides)
+
+
+def only(term: str, **extra) -> LossConfig:
+    weights = dict(exits=0.0, glance_aux=0.0, local_aux=0.0, temporal=0.0, spatial=0.0, size_regularizer=0.0)
+    weights[term] = 1.0
+    return LossConfig(**weights, mc_samples=8, **extra)
+
+
+def grads_after(model, loss_cfg, seed=0):
+    torch.manual_seed(seed)
+    clip, labels = torch.rand(4, 8, 3, 64, 64), torch.tensor([0, 1, 2, 3])
+    model.zero_grad(set_to_none=True)
+    loss, _ = training_loss(model(clip, diversity=loss_cfg.diversity), labels, loss_cfg)
+    loss.backward()
+
+    def has_grad(module):
+        return any(p.grad is not None and p.grad.abs().sum() > 0 for p in module.parameters())
+    return has_grad
+
+
+def test_stop_gradient_task_loss_does_not_reach_the_policies():
+    model = UniAdaFocus(tiny_config())
+    has_grad = grads_after(model, only("exits"))
+    assert not has_grad(model.spatial_policy) and not has_grad(model.temporal_policy)
+    assert has_grad(model.local_encoder) and has_grad(model.glance_encoder) and has_grad(model.classifier)
+
+
+def test_spatial_proxy_trains_only_the_spatial_policy_and_its_head():
+    model = UniAdaFocus(tiny_config())
+    has_grad = grads_after(model, only("spatial"))
+    assert has_grad(model.spatial_policy) and has_grad(model.proxy_head)
+    assert not has_grad(model.glance_encoder) and not has_grad(model.local_encoder)
+    assert not has_grad(model.temporal_policy)
+
+
+@pytest.mark.parametrize("trains_glance", [True, False])
+def test_temporal_loss_trains_the_frame_policy_and_glance_only_when_asked(trains_glance):
+    model = UniAdaFocus(tiny_config())
+    has_grad = grads_after(model, only("temporal", temporal_trains_glance=trains_glance))
+    assert has_grad(model.temporal_policy)
+    assert not has_grad(model.spatial_policy) and not has_grad(model.local_encoder)
+    assert has_grad(model.glance_encoder) == trains_glance
+
+
+def test_pixel_gradient_mode_lets_the_task_loss_reach_the_spatial_policy():
+    model = UniAdaFocus(tiny_config(policy_gradient="pixel"))
+    assert model.proxy_head is None
+    has_grad = grads_after(model, only("exits"))
+    assert has_grad(model.spatial_policy)
+
+
+def test_size_regulariser_pushes_scales_up():
+    model = UniAdaFocus(tiny_config())
+    clip = torch.rand(2, 8, 3, 64, 64)
+    out = model(clip)
+    _, terms = training_loss(out, torch.tensor([0, 1]), only("size_regularizer"))
+    expected = ((out.glance_actions[..., 2:] - 1) ** 2).mean().item()
+    assert terms["size_regularizer"] == pytest.approx(expected)
+
+
+def test_baseline_policies_build_no_policy_networks_and_train():
+    model = UniAdaFocus(tiny_config(patch_policy="random", frame_policy="uniform"))
+    assert model.spatial_policy is None and model.temporal_policy is None and model.proxy_head is None
+    out = model(torch.rand(2, 8, 3, 64, 64))
+    loss, terms = training_loss(out, torch.tensor([0, 1]), LossConfig(mc_samples=8))
+    assert set(terms) == {"exits", "glance_aux", "local_aux"}
+    loss.backward()
+
+
+def test_diversity_pass_doubles_focus_outputs():
+    model = UniAdaFocus(tiny_config())
+    clip = torch.rand(3, 8, 3, 64, 64)
+    assert model(clip, diversity=True).exit_logits.shape == (2, 3, 8 + 2, 4)
+    assert model(clip, diversity=False).local_patch_logits.shape == (1, 3, 2, 4)
+
+
+def test_selected_frames_increase_and_boxes_have_configured_sides():
+    model = UniAdaFocus(tiny_config()).eval()
+    result = model.infer(torch.rand(5, 8, 3, 64, 64))
+    assert (result.frame_indices.diff(dim=1) > 0).all()
+    sides = (result.boxes[..., 2:] - result.boxes[..., :2]) * 64
+    assert (sides >= 16 - 1e-4).all() and (sides <= 32 + 1e-4).all()
+
+
+def test_centre_policy_gives_centred_native_size_boxes():
+    model = UniAdaFocus(tiny_config(patch_policy="center")).eval()
+    boxes = model.infer(torch.rand(2, 8, 3, 64, 64)).boxes * 64
+    assert torch.allclose(boxes, torch.tensor([24.0, 24.0, 40.0, 40.0]).expand_as(boxes), atol=1e-4)
+
+
+def test_per_clip_spatial_policy_shares_one_box():
+    model = UniAdaFocus(tiny_config(spatial_per_clip=True)).eval()
+    boxes = model.infer(torch.rand(2, 8, 3, 64, 64)).boxes
+    assert torch.allclose(boxes[:, 0], boxes[:, 1])
+
+
+def test_bad_clip_shape_is_a_clear_error():
+    model = UniAdaFocus(tiny_config())
+    with pytest.raises(ValueError, match="expected a clip"):
+        model(torch.rand(2, 5, 3, 64, 64))
+
+
+def _policy(model, thresholds):
+    return ExitPolicy(criterion="entropy", thresholds=thresholds, exit_costs=model.exit_costs(), q=1.0,
+                      budget=0.0, calibration_cost=0.0)
+
+
+def test_early_exit_everyone_at_glance_spends_only_glance_cost():
+    model = UniAdaFocus(tiny_config()).eval()
+    result = model.infer(torch.rand(4, 8, 3, 64, 64), _policy(model, [-INF, -INF, -INF]))
+    assert result.exit_index.tolist() == [0, 0, 0, 0]
+    assert torch.allclose(result.gmacs, torch.tensor(model.exit_costs()[0]))
+    assert (result.frame_indices == -1).all() and torch.isnan(result.boxes).all()
+    assert torch.isnan(result.logits[:, 1:]).all()
+
+
+def test_early_exit_matches_full_inference_for_samples_that_go_on():
+    torch.manual_seed(0)
+    model = UniAdaFocus(tiny_config()).eval()
+    clip = torch.rand(16, 8, 3, 64, 64)
+    full = model.infer(clip)
+    scores = torch.distributions.Categorical(logits=full.logits[:, 0]).entropy().neg()
+    median = scores.median().item()
+    early = model.infer(clip, _policy(model, [median, INF, -INF]))
+    exited = early.exit_index == 0
+    assert 0 < exited.sum() < 16
+    assert torch.allclose(early.logits[~exited], full.logits[~exited], atol=1e-5)
+    assert torch.equal(early.prediction[~exited], full.prediction[~exited])
+    assert torch.equal(early.frame_indices[~exited], full.frame_indices[~exited])
+    assert (early.exit_index[~exited] == 2).all()
+
+
+def test_exit_costs_increase_and_policies_are_paid_with_the_first_patch():
+    model = UniAdaFocus(tiny_config())
+    parts, costs = model.component_costs(), model.exit_costs()
+    assert costs == sorted(costs)
+    per_patch = parts["local_encoder_per_patch"] + parts["classifier_per_patch"]
+    assert costs[2] - costs[1] == pytest.approx(per_patch)
+    assert costs[1] - costs[0] == pytest.approx(per_patch + parts["spatial_policy"] + parts["temporal_policy"])
+
+
+def test_paper_configuration_costs_match_published_numbers():
+    preset = get_preset("paper-mbv2-r50", glance_pretrained=None, local_pretrained=None)
+    model = UniAdaFocus(preset.model)
+    parts, costs = model.component_costs(), model.exit_costs()
+    assert costs[-1] == pytest.approx(27.2, rel=0.02)  # GFLOPs (MACs) at the last exit, 16+16 frames, P=128
+    assert parts["local_encoder_per_patch"] == pytest.approx(1.334601664, rel=0.02)
+    assert parts["glance_encoder"] / 16 == pytest.approx(0.299511328, rel=0.02)
+    assert parts["spatial_policy"] == pytest.approx(0.822485376, rel=0.02)
+    assert parts["temporal_policy"] == pytest.approx(0.00412992, rel=0.02)
