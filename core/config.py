@@ -3,6 +3,7 @@ inside every checkpoint as a plain dict (``to_dict`` / ``from_dict``)."""
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -112,7 +113,8 @@ class Preset:
     data: SyntheticDataConfig = field(default_factory=SyntheticDataConfig)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Plain JSON types only (tuples become lists), so it survives JSON and weights-only checkpoints."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Preset":
@@ -149,9 +151,28 @@ def _cpu_synthetic() -> Preset:
     )
 
 
+def _rlvs() -> Preset:
+    """The paper's MobileNetV2 + ResNet-50 recipe for the two RLVS classes (NonViolence, Violence).
+
+    Needs the ImageNet weights of both backbones (``pretrained="imagenet"``)."""
+    preset = _paper_activitynet()
+    preset.model.num_classes = 2
+    return preset
+
+
+def _cpu_video() -> Preset:
+    """Tiny nets for video folders on a CPU: 8 frames of 64 x 64, 3 focus patches; no downloads."""
+    preset = _cpu_synthetic()
+    preset.model = dataclasses.replace(preset.model, num_classes=2, num_focus=3)
+    preset.train = dataclasses.replace(preset.train, epochs=10, workers=1)
+    return preset
+
+
 PRESETS = {
     "paper-mbv2-r50": _paper_activitynet,
     "cpu-synthetic": _cpu_synthetic,
+    "rlvs": _rlvs,
+    "cpu-video": _cpu_video,
 }
 
 

@@ -1,17 +1,39 @@
 """ADNI / OASIS-1 / PPMI adapters and the manifest file, on tiny fixture trees in the official layouts."""
+
 from __future__ import annotations
 
 import logging
 from pathlib import Path
 
 import pytest
-from mri_fixtures import (LONI_COLUMNS, OASIS_COLUMNS, PATIENT_NAME, blob_volume, loni_image_folder,
-                          loni_record, write_analyze, write_csv, write_dicom_series, write_nifti)
-
-from adafocus.datasets.mri.adapters import (build_adni_manifest, build_manifest, build_oasis_manifest,
-                                            build_ppmi_manifest, session_from_date, session_from_visit)
-from adafocus.datasets.mri.manifest import (EXCLUDED_LABEL, MANIFEST_COLUMNS, ManifestRow, carry_over_finished,
-                                            read_manifest, write_manifest)
+from _mri_fixtures import (
+    LONI_COLUMNS,
+    OASIS_COLUMNS,
+    PATIENT_NAME,
+    blob_volume,
+    loni_image_folder,
+    loni_record,
+    write_analyze,
+    write_csv,
+    write_dicom_series,
+    write_nifti,
+)
+from adafocus.datasets.mri.adapters import (
+    build_adni_manifest,
+    build_manifest,
+    build_oasis_manifest,
+    build_ppmi_manifest,
+    session_from_date,
+    session_from_visit,
+)
+from adafocus.datasets.mri.manifest import (
+    EXCLUDED_LABEL,
+    MANIFEST_COLUMNS,
+    ManifestRow,
+    carry_over_finished,
+    read_manifest,
+    write_manifest,
+)
 
 
 def _by_key(rows: list[ManifestRow]) -> dict[tuple[str, str], ManifestRow]:
@@ -36,15 +58,23 @@ def adni_tree(tmp_path: Path) -> tuple[Path, Path]:
         if kind == "dicom":
             write_dicom_series(folder, blob_volume(seed=k), file_stem=f"ADNI_{subject}_MR_MPRAGE_{image_id}")
         else:
-            write_nifti(folder / nii.format(s=subject, d=date.replace("-", ""), i=image_id), blob_volume(seed=k))
-    csv_path = write_csv(tmp_path / "ADNI1_collection.csv", LONI_COLUMNS, [
-        loni_record("I97327", "941_S_1194", "CN", "sc", "9/19/2007", sex="M", age=75),
-        loni_record("I97328", "941_S_1194", "CN", "sc", "9/19/2007", sex="M", age=75),
-        loni_record("I120000", "941_S_1194", "CN", "m12", "9/22/2008", sex="M", age=76),
-        loni_record("11111", "002_S_0619", "AD", "bl", "6/01/2006", sex="Female", age=""),  # id without "I"
-        loni_record("I22222", "005_S_0221", "MCI", "bl", "2/10/2006"),
-        loni_record("I99999", "123_S_4567", "AD", "bl", "1/01/2010"),  # no image on disk
-    ])
+            write_nifti(
+                folder / nii.format(s=subject, d=date.replace("-", ""), i=image_id), blob_volume(seed=k)
+            )
+    csv_path = write_csv(
+        tmp_path / "ADNI1_collection.csv",
+        LONI_COLUMNS,
+        [
+            loni_record("I97327", "941_S_1194", "CN", "sc", "9/19/2007", sex="M", age=75),
+            loni_record("I97328", "941_S_1194", "CN", "sc", "9/19/2007", sex="M", age=75),
+            loni_record("I120000", "941_S_1194", "CN", "m12", "9/22/2008", sex="M", age=76),
+            loni_record(
+                "11111", "002_S_0619", "AD", "bl", "6/01/2006", sex="Female", age=""
+            ),  # id without "I"
+            loni_record("I22222", "005_S_0221", "MCI", "bl", "2/10/2006"),
+            loni_record("I99999", "123_S_4567", "AD", "bl", "1/01/2010"),  # no image on disk
+        ],
+    )
     return raw, csv_path
 
 
@@ -56,7 +86,13 @@ def test_adni_manifest_labels_sessions_and_exclusions(adni_tree, caplog):
     assert rows == sorted(rows, key=lambda r: (r.participant_id, r.session_id, str(r.source_path)))
     rows_by_key = _by_key(rows)
     cn_sc = rows_by_key[("941_S_1194", "ses-SC")]
-    assert (cn_sc.label, cn_sc.diagnosis, cn_sc.sex, cn_sc.age, cn_sc.status) == (0, "CN", "M", 75.0, "pending")
+    assert (cn_sc.label, cn_sc.diagnosis, cn_sc.sex, cn_sc.age, cn_sc.status) == (
+        0,
+        "CN",
+        "M",
+        75.0,
+        "pending",
+    )
     assert cn_sc.source_path.name.endswith("_I97327.nii")
     assert rows_by_key[("941_S_1194", "ses-M12")].label == 0
     ad = rows_by_key[("002_S_0619", "ses-BL")]
@@ -68,7 +104,9 @@ def test_adni_manifest_labels_sessions_and_exclusions(adni_tree, caplog):
     mci = rows_by_key[("005_S_0221", "ses-BL")]
     assert mci.label == EXCLUDED_LABEL and "'MCI' not in classes" in mci.status and mci.diagnosis == "MCI"
     orphan = next(r for r in rows if r.participant_id == "005_S_0222")
-    assert orphan.excluded and "no row for image I33333" in orphan.status and orphan.session_id == "ses-20060211"
+    assert (
+        orphan.excluded and "no row for image I33333" in orphan.status and orphan.session_id == "ses-20060211"
+    )
     assert "1 metadata rows have no image" in caplog.text
     assert PATIENT_NAME.split("^")[0] not in caplog.text
 
@@ -112,22 +150,31 @@ def oasis_tree(tmp_path: Path) -> tuple[Path, Path]:
     write_analyze(raw / "disc1/OAS1_0002_MR2/RAW/OAS1_0002_MR2_mpr-1_anon.hdr", blob_volume(seed=4))
     write_analyze(raw / "disc2/OAS1_0003_MR1/RAW/OAS1_0003_MR1_mpr-1_anon.hdr", blob_volume(seed=5))
     (raw / "disc2/OAS1_0004_MR1/RAW").mkdir(parents=True)  # session folder without an image
-    csv_path = write_csv(tmp_path / "oasis_cross-sectional.csv", OASIS_COLUMNS, [
-        {"ID": "OAS1_0001_MR1", "M/F": "F", "Hand": "R", "Age": 74, "MMSE": 29, "CDR": 0},
-        {"ID": "OAS1_0002_MR1", "M/F": "M", "Hand": "R", "Age": 81, "MMSE": 24, "CDR": 0.5},
-        {"ID": "OAS1_0003_MR1", "M/F": "F", "Hand": "R", "Age": 21},  # young: no CDR
-        {"ID": "OAS1_0004_MR1", "M/F": "F", "Hand": "R", "Age": 88, "CDR": 1},
-        {"ID": "OAS1_0005_MR1", "M/F": "F", "Hand": "R", "Age": 60, "CDR": 0},  # no folder on disk
-        {"ID": "OAS1_0002_MR2", "Delay": 30},  # reliability re-scan: clinical fields blank
-    ])
+    csv_path = write_csv(
+        tmp_path / "oasis_cross-sectional.csv",
+        OASIS_COLUMNS,
+        [
+            {"ID": "OAS1_0001_MR1", "M/F": "F", "Hand": "R", "Age": 74, "MMSE": 29, "CDR": 0},
+            {"ID": "OAS1_0002_MR1", "M/F": "M", "Hand": "R", "Age": 81, "MMSE": 24, "CDR": 0.5},
+            {"ID": "OAS1_0003_MR1", "M/F": "F", "Hand": "R", "Age": 21},  # young: no CDR
+            {"ID": "OAS1_0004_MR1", "M/F": "F", "Hand": "R", "Age": 88, "CDR": 1},
+            {"ID": "OAS1_0005_MR1", "M/F": "F", "Hand": "R", "Age": 60, "CDR": 0},  # no folder on disk
+            {"ID": "OAS1_0002_MR2", "Delay": 30},  # reliability re-scan: clinical fields blank
+        ],
+    )
     return raw, csv_path
 
 
 def test_oasis_manifest_image_rule_repeat_scan_and_cdr(oasis_tree):
     raw, csv_path = oasis_tree
     rows = _by_key(build_oasis_manifest(raw, csv_path))
-    assert set(rows) == {("OAS1_0001", "ses-MR1"), ("OAS1_0002", "ses-MR1"), ("OAS1_0002", "ses-MR2"),
-                         ("OAS1_0003", "ses-MR1"), ("OAS1_0004", "ses-MR1")}
+    assert set(rows) == {
+        ("OAS1_0001", "ses-MR1"),
+        ("OAS1_0002", "ses-MR1"),
+        ("OAS1_0002", "ses-MR2"),
+        ("OAS1_0003", "ses-MR1"),
+        ("OAS1_0004", "ses-MR1"),
+    }
     first = rows[("OAS1_0001", "ses-MR1")]
     assert (first.label, first.diagnosis, first.sex, first.age) == (0, "CN", "F", 74.0)
     assert first.source_path.parent.name == "SUBJ_111"  # processed image preferred over RAW
@@ -154,16 +201,26 @@ def test_oasis_cdr_threshold_and_class_validation(oasis_tree):
 @pytest.fixture()
 def ppmi_tree(tmp_path: Path) -> tuple[Path, Path]:
     raw = tmp_path / "PPMI"
-    write_nifti(loni_image_folder(raw, "3001", "MPRAGE_GRAPPA", "2011-01-05", "I300001") / "PPMI_3001_MR_I300001.nii",
-                blob_volume(seed=1))
-    write_dicom_series(loni_image_folder(raw, "3002", "SAG_3D_MPRAGE", "2011-02-07", "I300002"), blob_volume(seed=2))
-    write_nifti(loni_image_folder(raw, "3003", "MPRAGE_GRAPPA", "2012-03-09", "I300003") / "PPMI_3003_MR_I300003.nii",
-                blob_volume(seed=3))
-    csv_path = write_csv(tmp_path / "PPMI_collection.csv", LONI_COLUMNS, [
-        loni_record("I300001", "3001", "PD", "BL", "1/05/2011", sex="M", age=64),
-        loni_record("I300002", "3002", "Control", "SC", "2/07/2011", sex="F", age=59),
-        loni_record("I300003", "3003", "Prodromal", "V04", "3/09/2012", sex="M", age=70),
-    ])
+    write_nifti(
+        loni_image_folder(raw, "3001", "MPRAGE_GRAPPA", "2011-01-05", "I300001") / "PPMI_3001_MR_I300001.nii",
+        blob_volume(seed=1),
+    )
+    write_dicom_series(
+        loni_image_folder(raw, "3002", "SAG_3D_MPRAGE", "2011-02-07", "I300002"), blob_volume(seed=2)
+    )
+    write_nifti(
+        loni_image_folder(raw, "3003", "MPRAGE_GRAPPA", "2012-03-09", "I300003") / "PPMI_3003_MR_I300003.nii",
+        blob_volume(seed=3),
+    )
+    csv_path = write_csv(
+        tmp_path / "PPMI_collection.csv",
+        LONI_COLUMNS,
+        [
+            loni_record("I300001", "3001", "PD", "BL", "1/05/2011", sex="M", age=64),
+            loni_record("I300002", "3002", "Control", "SC", "2/07/2011", sex="F", age=59),
+            loni_record("I300003", "3003", "Prodromal", "V04", "3/09/2012", sex="M", age=70),
+        ],
+    )
     return raw, csv_path
 
 
@@ -183,9 +240,12 @@ def test_ppmi_manifest_default_and_custom_classes(ppmi_tree):
 def test_manifest_round_trip_is_typed_atomic_and_relative(tmp_path):
     cache = tmp_path / "cache"
     outside = tmp_path / "raw" / "scan.nii.gz"
-    rows = [ManifestRow("941_S_1194", "ses-M12", 1, "AD", 76.5, "M", outside, cache / "sub-941S1194" / "x.nii.gz",
-                        "ok"),
-            ManifestRow("OAS1_0003", "ses-MR1", EXCLUDED_LABEL, "", None, "", None, None, "error: missing CDR")]
+    rows = [
+        ManifestRow(
+            "941_S_1194", "ses-M12", 1, "AD", 76.5, "M", outside, cache / "sub-941S1194" / "x.nii.gz", "ok"
+        ),
+        ManifestRow("OAS1_0003", "ses-MR1", EXCLUDED_LABEL, "", None, "", None, None, "error: missing CDR"),
+    ]
     path = write_manifest(rows, cache / "manifest.tsv")
     assert read_manifest(path) == rows
     lines = path.read_text().splitlines()
@@ -200,9 +260,14 @@ def test_manifest_round_trip_is_typed_atomic_and_relative(tmp_path):
 
 def test_carry_over_keeps_only_finished_scans(tmp_path):
     src = tmp_path / "a.nii"
-    fresh = [ManifestRow("p1", "ses-BL", 0, "CN", 70.0, "F", src), ManifestRow("p2", "ses-BL", 1, "AD", 71.0, "M", src)]
-    previous = [fresh[0].with_status("ok", tmp_path / "out1.nii.gz"), fresh[1].with_status("error: load: broken")]
+    fresh = [
+        ManifestRow("p1", "ses-BL", 0, "CN", 70.0, "F", src),
+        ManifestRow("p2", "ses-BL", 1, "AD", 71.0, "M", src),
+    ]
+    previous = [
+        fresh[0].with_status("ok", tmp_path / "out1.nii.gz"),
+        fresh[1].with_status("error: load: broken"),
+    ]
     carried = carry_over_finished(fresh, previous)
     assert carried[0].status == "ok" and carried[0].preprocessed_path == tmp_path / "out1.nii.gz"
     assert carried[1].status == "pending" and carried[1].preprocessed_path is None
-

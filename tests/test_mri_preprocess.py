@@ -1,4 +1,5 @@
 """t1-linear-like preprocessing: loading/validation, steps, registration to MNI, parallel resumable runs."""
+
 from __future__ import annotations
 
 import logging
@@ -8,14 +9,30 @@ import nibabel as nib
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from mri_fixtures import (OASIS_COLUMNS, PATIENT_NAME, blob_volume, write_analyze, write_csv, write_dicom_series,
-                          write_nifti)
-
+from _mri_fixtures import (
+    OASIS_COLUMNS,
+    PATIENT_NAME,
+    blob_volume,
+    write_analyze,
+    write_csv,
+    write_dicom_series,
+    write_nifti,
+)
 from adafocus.datasets.mri import preprocess
 from adafocus.datasets.mri.manifest import EXCLUDED_LABEL, ManifestRow, read_manifest
-from adafocus.datasets.mri.preprocess import (CropToBox, N4BiasCorrection, NormaliseIntensity, OrientationRAS,
-                                              RegisterToMNI, T1LinearConfig, cache_paths, mni_template,
-                                              preprocess_manifest, run_preprocess, synthetic_scan)
+from adafocus.datasets.mri.preprocess import (
+    CropToBox,
+    N4BiasCorrection,
+    NormaliseIntensity,
+    OrientationRAS,
+    RegisterToMNI,
+    T1LinearConfig,
+    cache_paths,
+    mni_template,
+    preprocess_manifest,
+    run_preprocess,
+    synthetic_scan,
+)
 from adafocus.datasets.mri.volume import ScanError, Volume, load_volume, sitk_to_volume, volume_to_sitk
 
 # coarse settings so N4 + registration take well under a second per scan in tests
@@ -58,9 +75,15 @@ def _broken(kind: str, folder: Path) -> Path:
     return path
 
 
-BROKEN_REASONS = {"zero-byte": "is empty (0 bytes)", "truncated": "unreadable file: trunc.nii.gz",
-                  "4d": "4D image with 2 volumes", "nan": "NaN/inf", "2d": "wrong dimensionality",
-                  "constant": "empty image: every voxel equals 0", "unsupported": "unsupported file type"}
+BROKEN_REASONS = {
+    "zero-byte": "is empty (0 bytes)",
+    "truncated": "unreadable file: trunc.nii.gz",
+    "4d": "4D image with 2 volumes",
+    "nan": "NaN/inf",
+    "2d": "wrong dimensionality",
+    "constant": "empty image: every voxel equals 0",
+    "unsupported": "unsupported file type",
+}
 
 
 @pytest.mark.parametrize("kind", sorted(BROKEN_REASONS))
@@ -99,7 +122,9 @@ def test_dicom_series_matches_the_same_image_written_as_nifti(tmp_path, caplog):
 # ------------------------------------------------------------------------------------------------- steps
 def test_orientation_ras_keeps_world_positions(tmp_path):
     data = blob_volume((6, 7, 5)).astype(np.float32)
-    affine = np.array([[0, 0, -2.0, 30], [-1.5, 0, 0, 40], [0, 3.0, 0, -20], [0, 0, 0, 1]])  # a PIL-like layout
+    affine = np.array(
+        [[0, 0, -2.0, 30], [-1.5, 0, 0, 40], [0, 3.0, 0, -20], [0, 0, 0, 1]]
+    )  # a PIL-like layout
     ras = OrientationRAS()(Volume(data, affine))
     assert np.all(np.diag(ras.affine[:3, :3]) > 0) and np.count_nonzero(ras.affine[:3, :3]) == 3
     voxel = np.array([4, 1, 3])
@@ -109,8 +134,9 @@ def test_orientation_ras_keeps_world_positions(tmp_path):
 
 
 def test_n4_removes_most_of_a_synthetic_bias_field():
-    scan = synthetic_scan(np.random.default_rng(1), spacing_mm=4.0, shift_mm=0.0, rotation_deg=0.0,
-                          bias_strength=0.5)
+    scan = synthetic_scan(
+        np.random.default_rng(1), spacing_mm=4.0, shift_mm=0.0, rotation_deg=0.0, bias_strength=0.5
+    )
     template = template_at(4.0)
     head = template > 0.2 * template.max()
     corrected = N4BiasCorrection(shrink_factor=2)(scan)
@@ -120,12 +146,14 @@ def test_n4_removes_most_of_a_synthetic_bias_field():
 
 
 def test_registration_aligns_a_moved_scan_with_the_template():
-    scan = synthetic_scan(np.random.default_rng(2), spacing_mm=4.0, shift_mm=18.0, rotation_deg=12.0,
-                          bias_strength=0.4)
+    scan = synthetic_scan(
+        np.random.default_rng(2), spacing_mm=4.0, shift_mm=18.0, rotation_deg=12.0, bias_strength=0.4
+    )
     template = template_at(4.0)
     head = template > 0.2 * template.max()
-    unregistered = sitk_to_volume(sitk.Resample(volume_to_sitk(scan), mni_template(4.0), sitk.Transform(),
-                                                sitk.sitkLinear, 0.0)).array
+    unregistered = sitk_to_volume(
+        sitk.Resample(volume_to_sitk(scan), mni_template(4.0), sitk.Transform(), sitk.sitkLinear, 0.0)
+    ).array
     registered = RegisterToMNI(spacing_mm=4.0, registration_spacing_mm=4.0)(N4BiasCorrection(2)(scan))
     assert registered.shape == template.shape
     r_before = np.corrcoef(unregistered[head], template[head])[0, 1]
@@ -167,9 +195,22 @@ def mixed_rows(tmp_path) -> list[ManifestRow]:
     raw.mkdir()
     good = [save_volume(raw / f"good{k}.nii.gz", synthetic_scan(rng, spacing_mm=4.0)) for k in range(2)]
     rows = [_row(f"good{k}", path) for k, path in enumerate(good)]
-    rows += [_row(kind.replace("-", ""), _broken(kind, raw)) for kind in ("zero-byte", "truncated", "4d", "nan", "2d")]
-    rows.append(ManifestRow("mci", "ses-BL", EXCLUDED_LABEL, "MCI", 70.0, "F", good[0],
-                            status="error: diagnosis 'MCI' not in classes ['CN', 'AD']"))
+    rows += [
+        _row(kind.replace("-", ""), _broken(kind, raw))
+        for kind in ("zero-byte", "truncated", "4d", "nan", "2d")
+    ]
+    rows.append(
+        ManifestRow(
+            "mci",
+            "ses-BL",
+            EXCLUDED_LABEL,
+            "MCI",
+            70.0,
+            "F",
+            good[0],
+            status="error: diagnosis 'MCI' not in classes ['CN', 'AD']",
+        )
+    )
     return rows
 
 
@@ -195,11 +236,14 @@ def test_preprocess_manifest_records_failures_writes_cache_and_resumes(mixed_row
     assert not list(out.rglob(".*"))  # no temp files left
 
     calls = []
-    monkeypatch.setattr(preprocess, "preprocess_scan", lambda source, *a: calls.append(source.name) or "error: x")
+    monkeypatch.setattr(
+        preprocess, "preprocess_scan", lambda source, *a: calls.append(source.name) or "error: x"
+    )
     expected_nifti.unlink()  # a finished scan whose output vanished is redone
     preprocess_manifest(rows, out, workers=1, progress=False, config=FAST)
-    assert sorted(calls) == sorted(["good0.nii.gz", "empty.nii.gz", "trunc.nii.gz", "fmri.nii.gz", "nan.nii.gz",
-                                    "flat.nii.gz"])
+    assert sorted(calls) == sorted(
+        ["good0.nii.gz", "empty.nii.gz", "trunc.nii.gz", "fmri.nii.gz", "nan.nii.gz", "flat.nii.gz"]
+    )
 
 
 def test_killed_run_keeps_finished_rows_on_disk(mixed_rows, tmp_path, monkeypatch):
@@ -222,16 +266,25 @@ def test_run_preprocess_oasis_end_to_end_then_resume(tmp_path, monkeypatch):
         scan = synthetic_scan(rng, spacing_mm=4.0)
         hdr = raw / "disc1" / session / "RAW" / f"{session}_mpr-1_anon.hdr"
         write_analyze(hdr, np.clip(scan.array, 0, 32767), voxel_mm=(4.0, 4.0, 4.0))
-    csv_path = write_csv(tmp_path / "oasis_cross-sectional.csv", OASIS_COLUMNS,
-                         [{"ID": "OAS1_0001_MR1", "M/F": "F", "Age": 80, "CDR": 1}, {"ID": "OAS1_0001_MR2"}])
-    manifest_path = run_preprocess("oasis", raw, csv_path, tmp_path / "cache", workers=1, progress=False,
-                                   config=FAST)
+    csv_path = write_csv(
+        tmp_path / "oasis_cross-sectional.csv",
+        OASIS_COLUMNS,
+        [{"ID": "OAS1_0001_MR1", "M/F": "F", "Age": 80, "CDR": 1}, {"ID": "OAS1_0001_MR2"}],
+    )
+    manifest_path = run_preprocess(
+        "oasis", raw, csv_path, tmp_path / "cache", workers=1, progress=False, config=FAST
+    )
     rows = read_manifest(manifest_path)
     assert [(r.participant_id, r.session_id, r.label, r.status) for r in rows] == [
-        ("OAS1_0001", "ses-MR1", 1, "ok"), ("OAS1_0001", "ses-MR2", 1, "ok")]
+        ("OAS1_0001", "ses-MR1", 1, "ok"),
+        ("OAS1_0001", "ses-MR2", 1, "ok"),
+    ]
     assert all(r.preprocessed_path.exists() for r in rows)
 
     monkeypatch.setattr(preprocess, "preprocess_scan", lambda *a: pytest.fail("finished scan re-run"))
-    assert read_manifest(run_preprocess("oasis", raw, csv_path, tmp_path / "cache", workers=1, progress=False,
-                                        config=FAST)) == rows
-
+    assert (
+        read_manifest(
+            run_preprocess("oasis", raw, csv_path, tmp_path / "cache", workers=1, progress=False, config=FAST)
+        )
+        == rows
+    )

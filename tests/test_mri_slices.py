@@ -1,12 +1,17 @@
 """Slices as frames: orientation, slice choice, 2.5D channels, and the frame-box -> voxel round trip."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
-
-from adafocus.datasets.mri.slices import (PLANES, frame_box_to_voxels, plane_frame, select_slice_indices,
-                                          volume_to_clip)
+from adafocus.datasets.mri.slices import (
+    PLANES,
+    frame_box_to_voxels,
+    plane_frame,
+    select_slice_indices,
+    volume_to_clip,
+)
 
 SHAPE = (40, 48, 36)  # X (R), Y (A), Z (S): deliberately all different
 CUBE = (slice(22, 28), slice(30, 38), slice(9, 13))  # voxels x 22..27, y 30..37, z 9..12
@@ -30,8 +35,9 @@ def bright_box_norm(frame: np.ndarray) -> tuple[float, float, float, float]:
 @pytest.mark.parametrize("size", [None, 64])
 def test_cube_round_trip_frames_to_voxels(axis, size):
     slice_axis = PLANES[axis][0]
-    clip, info = volume_to_clip(cube_volume(), (1.0, 1.0, 1.0), axis=axis, num_slices=12, discard_border=0.1,
-                                size=size)
+    clip, info = volume_to_clip(
+        cube_volume(), (1.0, 1.0, 1.0), axis=axis, num_slices=12, discard_border=0.1, size=size
+    )
     assert clip.dtype == torch.float32 and clip.shape[:2] == (12, 1)
     if size is not None:
         assert clip.shape[-2:] == (size, size)
@@ -58,15 +64,18 @@ def test_display_orientation_head_up_and_subject_right_on_frame_right():
     coronal = plane_frame(volume, "coronal", 40)
     axial = plane_frame(volume, "axial", 30)
     assert sagittal.shape == (Z, Y) and coronal.shape == (Z, X) and axial.shape == (Y, X)
-    assert np.argwhere(sagittal == 1).tolist() == [[Z - 1 - 30, 40]]  # superior -> upper rows, anterior -> right
+    assert np.argwhere(sagittal == 1).tolist() == [
+        [Z - 1 - 30, 40]
+    ]  # superior -> upper rows, anterior -> right
     assert np.argwhere(coronal == 1).tolist() == [[Z - 1 - 30, 35]]  # superior -> upper rows, right -> right
     assert np.argwhere(axial == 1).tolist() == [[Y - 1 - 40, 35]]  # anterior -> upper rows, right -> right
 
 
 def test_context_channels_are_neighbouring_slices_clamped_at_edges():
     volume = np.broadcast_to(np.arange(SHAPE[0], dtype=np.float32)[:, None, None], SHAPE).copy()
-    clip, info = volume_to_clip(volume, (1, 1, 1), axis="sagittal", num_slices=SHAPE[0], discard_border=0.0,
-                                context=1)
+    clip, info = volume_to_clip(
+        volume, (1, 1, 1), axis="sagittal", num_slices=SHAPE[0], discard_border=0.0, context=1
+    )
     assert clip.shape == (SHAPE[0], 3, SHAPE[2], SHAPE[1])
     values = clip[:, :, 0, 0].numpy()  # each sagittal slice is constant = its x index
     np.testing.assert_array_equal(values[:, 1], np.arange(SHAPE[0]))

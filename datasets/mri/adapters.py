@@ -20,6 +20,7 @@ Layouts and columns
   The CSV leaves clinical fields blank on the reliability re-scan rows (MR2, taken within 90 days), so blank
   CDR / age / sex are taken from the same participant's other session row; still missing -> excluded.
 """
+
 from __future__ import annotations
 
 import csv
@@ -138,8 +139,14 @@ def _mark_duplicate_sessions(rows: list[ManifestRow]) -> list[ManifestRow]:
 
 def _log_summary(dataset: str, rows: list[ManifestRow], unmatched_metadata: int) -> None:
     reasons = Counter(r.status for r in rows if r.excluded)
-    log.info("%s: %d scans found, %d usable, %d excluded; %d metadata rows have no image on disk",
-             dataset, len(rows), len(rows) - sum(reasons.values()), sum(reasons.values()), unmatched_metadata)
+    log.info(
+        "%s: %d scans found, %d usable, %d excluded; %d metadata rows have no image on disk",
+        dataset,
+        len(rows),
+        len(rows) - sum(reasons.values()),
+        sum(reasons.values()),
+        unmatched_metadata,
+    )
     for reason, n in reasons.most_common():
         log.info("%s: %d x %s", dataset, n, reason)
 
@@ -159,8 +166,9 @@ def _find_loni_scans(raw_dir: Path, subject_pattern: re.Pattern) -> list[_LoniSc
         dicom = [n for n in names if n.lower().endswith(DICOM_SUFFIX)]
         for name in nifti:
             match = _IMAGE_ID_IN_NAME.search(name)
-            scans.append(_LoniScan(folder / name, folder_id or (match.group(1) if match else None),
-                                   subject, date))
+            scans.append(
+                _LoniScan(folder / name, folder_id or (match.group(1) if match else None), subject, date)
+            )
         if dicom:
             match = _IMAGE_ID_IN_NAME.search(dicom[0])
             scans.append(_LoniScan(folder, folder_id or (match.group(1) if match else None), subject, date))
@@ -170,24 +178,52 @@ def _find_loni_scans(raw_dir: Path, subject_pattern: re.Pattern) -> list[_LoniSc
 def _loni_row(scan: _LoniScan, meta: dict[str, str] | None, classes: tuple[str, ...]) -> ManifestRow:
     date_session = session_from_date(scan.date_dir or "")
     if meta is None:
-        reason = (f"no row for image {scan.image_id} in the metadata CSV" if scan.image_id
-                  else "no image id (I<digits>) in the folder or file name to match the metadata CSV")
-        return ManifestRow(participant_id=scan.subject_dir or "", session_id=date_session or "",
-                           label=EXCLUDED_LABEL, diagnosis="", age=None, sex="", source_path=scan.path,
-                           status=error_status(reason))
-    session = (session_from_visit(meta.get("Visit", "")) or session_from_date(meta.get("Acq Date", ""))
-               or date_session)
+        reason = (
+            f"no row for image {scan.image_id} in the metadata CSV"
+            if scan.image_id
+            else "no image id (I<digits>) in the folder or file name to match the metadata CSV"
+        )
+        return ManifestRow(
+            participant_id=scan.subject_dir or "",
+            session_id=date_session or "",
+            label=EXCLUDED_LABEL,
+            diagnosis="",
+            age=None,
+            sex="",
+            source_path=scan.path,
+            status=error_status(reason),
+        )
+    session = (
+        session_from_visit(meta.get("Visit", ""))
+        or session_from_date(meta.get("Acq Date", ""))
+        or date_session
+    )
+    participant = meta["Subject"] or scan.subject_dir or ""
     diagnosis = meta["Group"]
     label, status = _label_and_status(diagnosis, classes)
     if session is None:
         label, status = EXCLUDED_LABEL, error_status("no visit or acquisition date to name the session")
-    return ManifestRow(participant_id=meta["Subject"], session_id=session or "", label=label,
-                       diagnosis=diagnosis, age=parse_number(meta.get("Age")), sex=normalise_sex(meta.get("Sex", "")),
-                       source_path=scan.path, status=status)
+    if not participant:
+        label, status = EXCLUDED_LABEL, error_status("no Subject in the metadata CSV row or folder path")
+    return ManifestRow(
+        participant_id=participant,
+        session_id=session or "",
+        label=label,
+        diagnosis=diagnosis,
+        age=parse_number(meta.get("Age")),
+        sex=normalise_sex(meta.get("Sex", "")),
+        source_path=scan.path,
+        status=status,
+    )
 
 
-def _build_loni_manifest(dataset: str, raw_dir: str | Path, metadata_csv: str | Path,
-                         classes: tuple[str, ...], subject_pattern: re.Pattern) -> list[ManifestRow]:
+def _build_loni_manifest(
+    dataset: str,
+    raw_dir: str | Path,
+    metadata_csv: str | Path,
+    classes: tuple[str, ...],
+    subject_pattern: re.Pattern,
+) -> list[ManifestRow]:
     raw_dir = Path(raw_dir).absolute()
     if not raw_dir.is_dir():
         raise ValueError(f"{dataset} raw folder not found: {raw_dir}")
@@ -200,15 +236,17 @@ def _build_loni_manifest(dataset: str, raw_dir: str | Path, metadata_csv: str | 
     return rows
 
 
-def build_adni_manifest(raw_dir: str | Path, metadata_csv: str | Path, *,
-                        classes: tuple[str, ...] = DEFAULT_CLASSES["adni"]) -> list[ManifestRow]:
+def build_adni_manifest(
+    raw_dir: str | Path, metadata_csv: str | Path, *, classes: tuple[str, ...] = DEFAULT_CLASSES["adni"]
+) -> list[ManifestRow]:
     """Manifest for an ADNI LONI download (see module docstring). `classes`: Group values in label order,
     default ("CN", "AD") -> CN = 0, AD = 1; e.g. ("CN", "MCI", "AD") for three classes."""
     return _build_loni_manifest("adni", raw_dir, metadata_csv, classes, _ADNI_SUBJECT)
 
 
-def build_ppmi_manifest(raw_dir: str | Path, metadata_csv: str | Path, *,
-                        classes: tuple[str, ...] = DEFAULT_CLASSES["ppmi"]) -> list[ManifestRow]:
+def build_ppmi_manifest(
+    raw_dir: str | Path, metadata_csv: str | Path, *, classes: tuple[str, ...] = DEFAULT_CLASSES["ppmi"]
+) -> list[ManifestRow]:
     """Manifest for a PPMI LONI download. `classes`: Group values (PD, Control, Prodromal, SWEDD, ...) in
     label order, default ("Control", "PD") -> Control = 0, PD = 1."""
     return _build_loni_manifest("ppmi", raw_dir, metadata_csv, classes, _PPMI_SUBJECT)
@@ -216,7 +254,7 @@ def build_ppmi_manifest(raw_dir: str | Path, metadata_csv: str | Path, *,
 
 # ------------------------------------------------------------------------------------------------ OASIS-1
 def choose_oasis_image(session_dir: Path) -> Path | None:
-    """The SUBJ_111 averaged image if present, else the raw mpr-1 acquisition, else None (.hdr of the pair)."""
+    """The SUBJ_111 averaged image if present, else the raw mpr-1 acquisition, else None (.hdr of a pair)."""
     for pattern in ("PROCESSED/MPRAGE/SUBJ_111/*_sbj_111.hdr", "RAW/*_mpr-1_anon.hdr"):
         found = sorted(session_dir.glob(pattern))
         if found:
@@ -248,13 +286,20 @@ def _participant_fallback(records: dict[str, dict[str, str]], participant: str, 
     return ""
 
 
-def _oasis_row(session_name: str, session_dir: Path, records: dict[str, dict[str, str]],
-               classes: tuple[str, ...], cdr_threshold: float) -> ManifestRow:
+def _oasis_row(
+    session_name: str,
+    session_dir: Path,
+    records: dict[str, dict[str, str]],
+    classes: tuple[str, ...],
+    cdr_threshold: float,
+) -> ManifestRow:
     participant, mr = _OASIS_SESSION.match(session_name).groups()
     image = choose_oasis_image(session_dir)
     own = records.get(session_name)
-    cell = {c: (own.get(c, "") if own else "") or _participant_fallback(records, participant, c)
-            for c in ("CDR", "Age", "M/F")}
+    cell = {
+        c: (own.get(c, "") if own else "") or _participant_fallback(records, participant, c)
+        for c in ("CDR", "Age", "M/F")
+    }
     cdr = parse_number(cell["CDR"])
     diagnosis = "" if cdr is None else oasis_diagnosis(cdr, cdr_threshold)
     label, status = _label_and_status(diagnosis, classes)
@@ -263,15 +308,29 @@ def _oasis_row(session_name: str, session_dir: Path, records: dict[str, dict[str
     elif cdr is None:
         label, status = EXCLUDED_LABEL, error_status("missing CDR")
     if image is None:
-        label, status = EXCLUDED_LABEL, error_status("no SUBJ_111 or RAW mpr-1 Analyze image in the session folder")
-    return ManifestRow(participant_id=participant, session_id=f"ses-{mr}", label=label, diagnosis=diagnosis,
-                       age=parse_number(cell["Age"]), sex=normalise_sex(cell["M/F"]),
-                       source_path=image, status=status)
+        label, status = (
+            EXCLUDED_LABEL,
+            error_status("no SUBJ_111 or RAW mpr-1 Analyze image in the session folder"),
+        )
+    return ManifestRow(
+        participant_id=participant,
+        session_id=f"ses-{mr}",
+        label=label,
+        diagnosis=diagnosis,
+        age=parse_number(cell["Age"]),
+        sex=normalise_sex(cell["M/F"]),
+        source_path=image,
+        status=status,
+    )
 
 
-def build_oasis_manifest(raw_dir: str | Path, metadata_csv: str | Path, *,
-                         classes: tuple[str, ...] = DEFAULT_CLASSES["oasis"],
-                         cdr_threshold: float = 0.5) -> list[ManifestRow]:
+def build_oasis_manifest(
+    raw_dir: str | Path,
+    metadata_csv: str | Path,
+    *,
+    classes: tuple[str, ...] = DEFAULT_CLASSES["oasis"],
+    cdr_threshold: float = 0.5,
+) -> list[ManifestRow]:
     """Manifest for OASIS-1 (discs unpacked anywhere under `raw_dir`) and `oasis_cross-sectional.csv`.
 
     `classes` is a subset of ("CN", "AD") in label order; the diagnosis comes from CDR and `cdr_threshold`.
@@ -282,17 +341,21 @@ def build_oasis_manifest(raw_dir: str | Path, metadata_csv: str | Path, *,
     classes = validate_classes(classes)
     unknown = set(classes) - set(OASIS_DIAGNOSES)
     if unknown:
-        raise ValueError(f"OASIS diagnoses are derived from CDR as {OASIS_DIAGNOSES}; unknown classes {sorted(unknown)}")
+        raise ValueError(
+            f"OASIS diagnoses are derived from CDR as {OASIS_DIAGNOSES}; unknown classes {sorted(unknown)}"
+        )
     records = {rec["ID"]: rec for rec in read_metadata_csv(metadata_csv, _OASIS_COLUMNS)}
     sessions = _find_oasis_sessions(raw_dir)
-    rows = _mark_duplicate_sessions([_oasis_row(name, folder, records, classes, cdr_threshold)
-                                     for name, folder in sessions.items()])
+    rows = _mark_duplicate_sessions(
+        [_oasis_row(name, folder, records, classes, cdr_threshold) for name, folder in sessions.items()]
+    )
     _log_summary("oasis", rows, len(set(records) - set(sessions)))
     return rows
 
 
-def build_manifest(dataset: str, raw_dir: str | Path, metadata_csv: str | Path, *,
-                   classes: tuple[str, ...] | None = None) -> list[ManifestRow]:
+def build_manifest(
+    dataset: str, raw_dir: str | Path, metadata_csv: str | Path, *, classes: tuple[str, ...] | None = None
+) -> list[ManifestRow]:
     """Dispatch to the adapter named `dataset` ("adni", "oasis" or "ppmi"); classes=None -> its default."""
     builders = {"adni": build_adni_manifest, "oasis": build_oasis_manifest, "ppmi": build_ppmi_manifest}
     if dataset not in builders:

@@ -11,6 +11,7 @@ preprocessed_path, status.
 - Paths inside the manifest's own folder are written relative to it (a cache can be moved as a whole);
   `read_manifest` returns them as absolute `Path`s.
 """
+
 from __future__ import annotations
 
 import csv
@@ -123,16 +124,24 @@ def read_manifest(path: str | Path) -> list[ManifestRow]:
         missing = set(MANIFEST_COLUMNS) - set(reader.fieldnames or ())
         if missing:
             raise ValueError(f"{path} is not a scan manifest: missing columns {sorted(missing)}")
-        return [ManifestRow(participant_id=rec["participant_id"], session_id=rec["session_id"],
-                            label=int(rec["label"]), diagnosis=rec["diagnosis"], age=parse_number(rec["age"]),
-                            sex=rec["sex"], source_path=_text_to_path(rec["source_path"], path.parent),
-                            preprocessed_path=_text_to_path(rec["preprocessed_path"], path.parent),
-                            status=rec["status"])
-                for rec in reader]
+        return [
+            ManifestRow(
+                participant_id=rec["participant_id"],
+                session_id=rec["session_id"],
+                label=int(rec["label"]),
+                diagnosis=rec["diagnosis"],
+                age=parse_number(rec["age"]),
+                sex=rec["sex"],
+                source_path=_text_to_path(rec["source_path"], path.parent),
+                preprocessed_path=_text_to_path(rec["preprocessed_path"], path.parent),
+                status=rec["status"],
+            )
+            for rec in reader
+        ]
 
 
 def carry_over_finished(rows: list[ManifestRow], previous: list[ManifestRow]) -> list[ManifestRow]:
-    """Copy "ok" results of a previous run onto freshly built rows with the same participant, session and source.
+    """Copy "ok" results of a previous run onto fresh rows with the same participant, session and source.
 
     Used when the adapter is re-run on the same raw folder: finished scans keep their status and cache path,
     everything else (pending, failed) starts again.

@@ -15,6 +15,7 @@ Cache layout (BIDS/CAPS-like): `<out>/sub-<pid>/ses-<sid>/t1_linear/
 sub-<pid>_ses-<sid>_space-MNI152NLin2009aSym_desc-Crop_res-1x1x1_T1w.nii.gz` plus `..._qc.png` (three
 mid-planes), where <pid>/<sid> are the manifest ids with non-alphanumerics removed; `<out>/manifest.tsv`.
 """
+
 from __future__ import annotations
 
 import functools
@@ -25,24 +26,31 @@ import os
 import re
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, ClassVar, Protocol
+from typing import ClassVar, Protocol
 
 import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
+from adafocus.datasets.mri.adapters import build_manifest
+from adafocus.datasets.mri.manifest import (
+    MANIFEST_NAME,
+    STATUS_OK,
+    ManifestRow,
+    carry_over_finished,
+    error_status,
+    read_manifest,
+    write_manifest,
+)
+from adafocus.datasets.mri.slices import PLANES, plane_frame
+from adafocus.datasets.mri.volume import ScanError, Volume, load_volume, sitk_to_volume, volume_to_sitk
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from nibabel import orientations
 from tqdm.auto import tqdm
-
-from adafocus.datasets.mri.adapters import build_manifest
-from adafocus.datasets.mri.manifest import (
-    MANIFEST_NAME, STATUS_OK, ManifestRow, carry_over_finished, error_status, read_manifest, write_manifest)
-from adafocus.datasets.mri.slices import PLANES, plane_frame
-from adafocus.datasets.mri.volume import ScanError, Volume, load_volume, sitk_to_volume, volume_to_sitk
 
 log = logging.getLogger(__name__)
 
@@ -96,8 +104,17 @@ def mni_template(spacing_mm: float) -> sitk.Image:
         image = sitk.SmoothingRecursiveGaussian(image, spacing_mm / 2)
     extent = np.asarray(image.GetSize()) * np.asarray(image.GetSpacing())
     size = [int(n) for n in np.ceil(extent / spacing_mm)]
-    return sitk.Resample(image, size, sitk.Transform(), sitk.sitkLinear, image.GetOrigin(), [spacing_mm] * 3,
-                         image.GetDirection(), 0.0, sitk.sitkFloat32)
+    return sitk.Resample(
+        image,
+        size,
+        sitk.Transform(),
+        sitk.sitkLinear,
+        image.GetOrigin(),
+        [spacing_mm] * 3,
+        image.GetDirection(),
+        0.0,
+        sitk.sitkFloat32,
+    )
 
 
 # --------------------------------------------------------------------------------------------------- steps
@@ -151,15 +168,21 @@ def registration_shrink_factors(registration_spacing_mm: float) -> list[int]:
 
 def register_affine(moving: sitk.Image, fixed: sitk.Image, seed: int) -> sitk.Transform:
     """Affine moving -> fixed: moments initialisation, then multi-resolution Mattes MI gradient descent."""
-    initial = sitk.CenteredTransformInitializer(fixed, moving, sitk.AffineTransform(3),
-                                                sitk.CenteredTransformInitializerFilter.MOMENTS)
+    initial = sitk.CenteredTransformInitializer(
+        fixed, moving, sitk.AffineTransform(3), sitk.CenteredTransformInitializerFilter.MOMENTS
+    )
     method = sitk.ImageRegistrationMethod()
     method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
     method.SetMetricSamplingStrategy(method.RANDOM)
     method.SetMetricSamplingPercentage(0.25, seed)
     method.SetInterpolator(sitk.sitkLinear)
-    method.SetOptimizerAsRegularStepGradientDescent(learningRate=2.0, minStep=1e-3, numberOfIterations=200,
-                                                    relaxationFactor=0.6, gradientMagnitudeTolerance=1e-6)
+    method.SetOptimizerAsRegularStepGradientDescent(
+        learningRate=2.0,
+        minStep=1e-3,
+        numberOfIterations=200,
+        relaxationFactor=0.6,
+        gradientMagnitudeTolerance=1e-6,
+    )
     method.SetOptimizerScalesFromPhysicalShift()
     factors = registration_shrink_factors(fixed.GetSpacing()[0])
     method.SetShrinkFactorsPerLevel(factors)
@@ -193,7 +216,7 @@ class CropToBox:
     name: ClassVar[str] = "crop"
 
     def __call__(self, volume: Volume) -> Volume:
-        target = [max(1, int(round(b / s))) for b, s in zip(self.box_mm, volume.spacing)]
+        target = [max(1, round(b / s)) for b, s in zip(self.box_mm, volume.spacing)]
         starts = [(n - t) // 2 for n, t in zip(volume.shape, target)]  # negative start -> padding
         out = np.zeros(target, dtype=np.float32)
         src = tuple(slice(max(s, 0), min(s + t, n)) for s, t, n in zip(starts, target, volume.shape))
@@ -266,8 +289,13 @@ class SaveQCPng:
             axis_index = PLANES[plane][0]
             middle = volume.shape[axis_index] // 2
             ax = figure.add_subplot(1, 3, k + 1)
-            ax.imshow(plane_frame(volume.array, plane, middle), cmap="gray", vmin=0, vmax=1,
-                      aspect=_display_aspect(volume.spacing, plane))
+            ax.imshow(
+                plane_frame(volume.array, plane, middle),
+                cmap="gray",
+                vmin=0,
+                vmax=1,
+                aspect=_display_aspect(volume.spacing, plane),
+            )
             ax.set_title(f"{plane} {'XYZ'[axis_index]}={middle}", fontsize=9)
             ax.set_axis_off()
         figure.tight_layout()
@@ -281,11 +309,20 @@ def _display_aspect(spacing: tuple[float, float, float], plane: str) -> float:
 
 
 # ------------------------------------------------------------------------------------------------ pipeline
-def t1_linear_pipeline(nifti_path: Path, qc_path: Path, config: T1LinearConfig = T1LinearConfig()) -> list[Step]:
+def t1_linear_pipeline(
+    nifti_path: Path, qc_path: Path, config: T1LinearConfig = T1LinearConfig()
+) -> list[Step]:
     """The step list for one scan: source path in, preprocessed `Volume` out (written to both paths)."""
-    return [LoadImage(), OrientationRAS(), N4BiasCorrection(shrink_factor=config.n4_shrink_factor),
-            RegisterToMNI(config.spacing_mm, config.registration_spacing_mm, config.seed),
-            CropToBox(config.crop_mm), NormaliseIntensity(), SaveNifti(nifti_path), SaveQCPng(qc_path)]
+    return [
+        LoadImage(),
+        OrientationRAS(),
+        N4BiasCorrection(shrink_factor=config.n4_shrink_factor),
+        RegisterToMNI(config.spacing_mm, config.registration_spacing_mm, config.seed),
+        CropToBox(config.crop_mm),
+        NormaliseIntensity(),
+        SaveNifti(nifti_path),
+        SaveQCPng(qc_path),
+    ]
 
 
 def run_pipeline(steps: list[Step], item):
@@ -305,8 +342,9 @@ def _id_label(text: str) -> str:
     return re.sub(r"[^0-9A-Za-z]", "", text)
 
 
-def cache_paths(out_dir: str | Path, participant_id: str, session_id: str,
-                spacing_mm: float = 1.0) -> tuple[Path, Path]:
+def cache_paths(
+    out_dir: str | Path, participant_id: str, session_id: str, spacing_mm: float = 1.0
+) -> tuple[Path, Path]:
     """(NIfTI path, QC PNG path) of a scan in the cache tree (see module docstring)."""
     sub = _id_label(participant_id)
     ses = _id_label(session_id.removeprefix("ses-"))
@@ -331,15 +369,23 @@ def needs_preprocessing(row: ManifestRow) -> bool:
     """Usable rows not already done (status ok with the cached file present)."""
     if row.excluded or row.source_path is None:
         return False
-    return not (row.status == STATUS_OK and row.preprocessed_path is not None and row.preprocessed_path.exists())
+    return not (
+        row.status == STATUS_OK and row.preprocessed_path is not None and row.preprocessed_path.exists()
+    )
 
 
 def _limit_worker_threads(threads: int) -> None:
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
 
 
-def preprocess_manifest(manifest: list[ManifestRow], out_dir: str | Path, *, workers: int = 2,
-                        progress: bool = True, config: T1LinearConfig = T1LinearConfig()) -> list[ManifestRow]:
+def preprocess_manifest(
+    manifest: list[ManifestRow],
+    out_dir: str | Path,
+    *,
+    workers: int = 2,
+    progress: bool = True,
+    config: T1LinearConfig = T1LinearConfig(),
+) -> list[ManifestRow]:
     """Preprocess every usable, unfinished row into `out_dir`; returns the updated rows.
 
     `out_dir/manifest.tsv` is rewritten atomically after every finished scan, so a killed run loses only the
@@ -352,10 +398,19 @@ def preprocess_manifest(manifest: list[ManifestRow], out_dir: str | Path, *, wor
     rows = list(manifest)
     todo = [i for i, row in enumerate(rows) if needs_preprocessing(row)]
     write_manifest(rows, manifest_path)
-    log.info("t1-linear: %d scans to preprocess, %d already done", len(todo),
-             sum(not r.excluded for r in rows) - len(todo))
-    jobs = {i: (rows[i].source_path, *cache_paths(out_dir, rows[i].participant_id, rows[i].session_id,
-                                                    config.spacing_mm), config) for i in todo}
+    log.info(
+        "t1-linear: %d scans to preprocess, %d already done",
+        len(todo),
+        sum(not r.excluded for r in rows) - len(todo),
+    )
+    jobs = {
+        i: (
+            rows[i].source_path,
+            *cache_paths(out_dir, rows[i].participant_id, rows[i].session_id, config.spacing_mm),
+            config,
+        )
+        for i in todo
+    }
 
     def finish(i: int, status: str) -> None:
         rows[i] = rows[i].with_status(status, jobs[i][1] if status == STATUS_OK else None)
@@ -371,14 +426,18 @@ def preprocess_manifest(manifest: list[ManifestRow], out_dir: str | Path, *, wor
             return rows
         n_workers = min(workers, len(todo))
         threads = max(1, (os.cpu_count() or 1) // n_workers)
-        with ProcessPoolExecutor(n_workers, mp_context=multiprocessing.get_context("spawn"),
-                                 initializer=_limit_worker_threads, initargs=(threads,)) as pool:
+        with ProcessPoolExecutor(
+            n_workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_limit_worker_threads,
+            initargs=(threads,),
+        ) as pool:
             futures = {pool.submit(preprocess_scan, *jobs[i]): i for i in todo}
             try:
                 for future in as_completed(futures):
                     try:
                         status = future.result()
-                    except Exception as exc:  # the worker process died (e.g. out of memory)
+                    except Exception as exc:  # noqa: BLE001 - the worker died (e.g. OOM); record it, keep going
                         status = error_status(f"worker crashed: {type(exc).__name__}: {exc}")
                     finish(futures[future], status)
                     bar.update()
@@ -388,9 +447,17 @@ def preprocess_manifest(manifest: list[ManifestRow], out_dir: str | Path, *, wor
     return rows
 
 
-def run_preprocess(dataset: str, raw_dir: str | Path, metadata_csv: str | Path, out_dir: str | Path, *,
-                   classes: tuple[str, ...] | None = None, workers: int = 2, progress: bool = True,
-                   config: T1LinearConfig = T1LinearConfig()) -> Path:
+def run_preprocess(
+    dataset: str,
+    raw_dir: str | Path,
+    metadata_csv: str | Path,
+    out_dir: str | Path,
+    *,
+    classes: tuple[str, ...] | None = None,
+    workers: int = 2,
+    progress: bool = True,
+    config: T1LinearConfig = T1LinearConfig(),
+) -> Path:
     """Build the `dataset` manifest ("adni" / "oasis" / "ppmi") and preprocess it into `out_dir`.
 
     Re-running on the same folders resumes: scans finished by an earlier run (same participant, session and
@@ -406,8 +473,14 @@ def run_preprocess(dataset: str, raw_dir: str | Path, metadata_csv: str | Path, 
 
 
 # ---------------------------------------------------------------------------------------------- synthetic
-def synthetic_scan(rng: np.random.Generator, *, spacing_mm: float = 1.0, shift_mm: float = 10.0,
-                   rotation_deg: float = 8.0, bias_strength: float = 0.3) -> Volume:
+def synthetic_scan(
+    rng: np.random.Generator,
+    *,
+    spacing_mm: float = 1.0,
+    shift_mm: float = 10.0,
+    rotation_deg: float = 8.0,
+    bias_strength: float = 0.3,
+) -> Volume:
     """A realistic test scan: the MNI template at `spacing_mm`, moved in world space by a rigid transform
     (random axis rotation of `rotation_deg`, translation of norm `shift_mm`) and multiplied by a smooth
     bias field exp(linear ramp) spanning +-`bias_strength` across the field of view."""
@@ -426,8 +499,13 @@ def synthetic_scan(rng: np.random.Generator, *, spacing_mm: float = 1.0, shift_m
     return Volume((template.array * np.exp(log_field)).astype(np.float32), rigid @ template.affine)
 
 
-def benchmark_preprocess(n_scans: int = 3, *, config: T1LinearConfig = T1LinearConfig(),
-                         input_spacing_mm: float = 1.2, seed: int = 0) -> float:
+def benchmark_preprocess(
+    n_scans: int = 3,
+    *,
+    config: T1LinearConfig = T1LinearConfig(),
+    input_spacing_mm: float = 1.2,
+    seed: int = 0,
+) -> float:
     """Mean wall-clock seconds per scan of the full pipeline (in this process) on `n_scans` synthetic
     scans at `input_spacing_mm` (a typical 1.2 mm sagittal MPRAGE resolution)."""
     rng = np.random.default_rng(seed)

@@ -19,6 +19,7 @@ Box coordinates: a box in a frame is (x0, y0, x1, y1) normalised to [0, 1] over 
 height (pixel edges). `frame_box_to_voxels` returns continuous voxel coordinates of the preprocessed image,
 where voxel centres are integers and voxel i spans [i - 0.5, i + 0.5].
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -66,8 +67,10 @@ class SliceInfo:
     def frame_pixel_mm(self) -> tuple[float, float]:
         """Size (mm) of one frame pixel along rows and columns."""
         rows, cols = self.canvas_shape
-        return (self.spacing[self.row_axis] * rows / self.frame_size[0],
-                self.spacing[self.col_axis] * cols / self.frame_size[1])
+        return (
+            self.spacing[self.row_axis] * rows / self.frame_size[0],
+            self.spacing[self.col_axis] * cols / self.frame_size[1],
+        )
 
 
 def plane_frame(volume: np.ndarray, axis: str, index: int) -> np.ndarray:
@@ -85,17 +88,25 @@ def select_slice_indices(n: int, num_slices: int, discard_border: float) -> np.n
     `discard_border` of the slices at each end."""
     if not 0.0 <= discard_border < 0.5:
         raise ValueError(f"discard_border must be in [0, 0.5), got {discard_border}")
-    first = int(round(n * discard_border))
+    first = round(n * discard_border)
     available = n - 2 * first
     if num_slices < 1 or num_slices > available:
-        raise ValueError(f"num_slices={num_slices} must be in [1, {available}]: {n} slices, "
-                         f"{first} discarded at each end")
+        raise ValueError(
+            f"num_slices={num_slices} must be in [1, {available}]: {n} slices, {first} discarded at each end"
+        )
     return first + ((np.arange(num_slices) + 0.5) * available / num_slices).astype(int)
 
 
-def volume_to_clip(volume: np.ndarray, spacing: tuple[float, float, float], *, axis: str = "sagittal",
-                   num_slices: int, discard_border: float = 0.15, context: int = 0,
-                   size: int | None = None) -> tuple[torch.Tensor, SliceInfo]:
+def volume_to_clip(
+    volume: np.ndarray,
+    spacing: tuple[float, float, float],
+    *,
+    axis: str = "sagittal",
+    num_slices: int,
+    discard_border: float = 0.15,
+    context: int = 0,
+    size: int | None = None,
+) -> tuple[torch.Tensor, SliceInfo]:
     """Cut a RAS volume [X, Y, Z] into a clip float32 [T, C, H, W] with T = num_slices, C = 2 * context + 1.
 
     context=1 gives "2.5D" frames whose channels are slices (i - 1, i, i + 1), clamped at the volume edge.
@@ -115,8 +126,9 @@ def volume_to_clip(volume: np.ndarray, spacing: tuple[float, float, float], *, a
     n = volume.shape[slice_axis]
     indices = select_slice_indices(n, num_slices, discard_border)
     offsets = np.arange(-context, context + 1)
-    frames = np.stack([[plane_frame(volume, axis, int(np.clip(i + o, 0, n - 1))) for o in offsets]
-                       for i in indices])
+    frames = np.stack(
+        [[plane_frame(volume, axis, int(np.clip(i + o, 0, n - 1))) for o in offsets] for i in indices]
+    )
     clip = torch.from_numpy(np.ascontiguousarray(frames))
     rows, cols = volume.shape[row_axis], volume.shape[col_axis]
     pad = (0, 0)
@@ -126,17 +138,25 @@ def volume_to_clip(volume: np.ndarray, spacing: tuple[float, float, float], *, a
         pad = ((side - rows) // 2, (side - cols) // 2)
         canvas = (side, side)
         clip = F.pad(clip, (pad[1], side - cols - pad[1], pad[0], side - rows - pad[0]))
-        clip = F.interpolate(clip, size=(size, size), mode="bilinear", align_corners=False,
-                             antialias=side > size)
-    info = SliceInfo(axis=axis, slice_indices=tuple(int(i) for i in indices),
-                     spacing=tuple(float(s) for s in spacing), volume_shape=tuple(volume.shape),
-                     canvas_shape=canvas, pad=pad, frame_size=(int(clip.shape[-2]), int(clip.shape[-1])),
-                     context=context)
+        clip = F.interpolate(
+            clip, size=(size, size), mode="bilinear", align_corners=False, antialias=side > size
+        )
+    info = SliceInfo(
+        axis=axis,
+        slice_indices=tuple(int(i) for i in indices),
+        spacing=tuple(float(s) for s in spacing),
+        volume_shape=tuple(volume.shape),
+        canvas_shape=canvas,
+        pad=pad,
+        frame_size=(int(clip.shape[-2]), int(clip.shape[-1])),
+        context=context,
+    )
     return clip, info
 
 
-def frame_box_to_voxels(box_xyxy_norm: tuple[float, float, float, float] | np.ndarray, slice_position: int,
-                        info: SliceInfo) -> np.ndarray:
+def frame_box_to_voxels(
+    box_xyxy_norm: tuple[float, float, float, float] | np.ndarray, slice_position: int, info: SliceInfo
+) -> np.ndarray:
     """Map a box in frame `slice_position` of a clip back to the volume.
 
     box_xyxy_norm: (x0, y0, x1, y1) in [0, 1] (x along columns, y along rows).
@@ -145,7 +165,9 @@ def frame_box_to_voxels(box_xyxy_norm: tuple[float, float, float, float] | np.nd
     """
     x0, y0, x1, y1 = (float(v) for v in box_xyxy_norm)
     if not 0 <= slice_position < len(info.slice_indices):
-        raise ValueError(f"slice_position {slice_position} outside the clip's {len(info.slice_indices)} frames")
+        raise ValueError(
+            f"slice_position {slice_position} outside the clip's {len(info.slice_indices)} frames"
+        )
     canvas_rows, canvas_cols = info.canvas_shape
     n_rows = info.volume_shape[info.row_axis]
     # frame-edge coordinates in the unpadded plane, then voxel coordinates (rows are displayed flipped)

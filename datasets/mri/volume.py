@@ -9,6 +9,7 @@ ADNI/Analyze files); a 4D image with more than one volume is rejected, not trunc
 because a T1 pipeline given an fMRI/DWI series is a data error the user should see. Any NaN/inf voxel,
 fewer than three non-singleton axes, or a constant image is rejected with a reason.
 """
+
 from __future__ import annotations
 
 import logging
@@ -100,8 +101,9 @@ def _load_dicom_series(folder: Path) -> tuple[np.ndarray, np.ndarray]:
     files_per_series = [sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), sid) for sid in series_ids]
     files = max(files_per_series, key=len)
     if len(series_ids) > 1:
-        log.warning("%s holds %d DICOM series; using the largest (%d files)", folder.name, len(series_ids),
-                    len(files))
+        log.warning(
+            "%s holds %d DICOM series; using the largest (%d files)", folder.name, len(series_ids), len(files)
+        )
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)
     try:
@@ -119,10 +121,13 @@ def validated_array(array: np.ndarray, source_name: str) -> np.ndarray:
 
     Raises ScanError for 4D series, 2D images, non-finite or constant images (see module docstring).
     """
-    spatial = array.reshape(array.shape[:3]) if array.ndim > 3 and all(n == 1 for n in array.shape[3:]) \
-        else array
+    spatial = (
+        array.reshape(array.shape[:3]) if array.ndim > 3 and all(n == 1 for n in array.shape[3:]) else array
+    )
     if spatial.ndim == 4:
-        raise ScanError(f"4D image with {spatial.shape[3]} volumes in {source_name}; expected one 3D T1 volume")
+        raise ScanError(
+            f"4D image with {spatial.shape[3]} volumes in {source_name}; expected one 3D T1 volume"
+        )
     if spatial.ndim != 3 or sum(n >= _MIN_AXIS_VOXELS for n in spatial.shape) < 3:
         raise ScanError(f"wrong dimensionality: shape {tuple(array.shape)} in {source_name}; expected 3D")
     n_bad = int(np.count_nonzero(~np.isfinite(spatial)))

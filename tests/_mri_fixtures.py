@@ -2,6 +2,7 @@
 
 Everything is written under a pytest tmp_path; nothing binary is committed.
 """
+
 from __future__ import annotations
 
 import csv
@@ -11,8 +12,20 @@ import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
 
-LONI_COLUMNS = ["Image Data ID", "Subject", "Group", "Sex", "Age", "Visit", "Modality", "Description", "Type",
-                "Acq Date", "Format", "Downloaded"]
+LONI_COLUMNS = [
+    "Image Data ID",
+    "Subject",
+    "Group",
+    "Sex",
+    "Age",
+    "Visit",
+    "Modality",
+    "Description",
+    "Type",
+    "Acq Date",
+    "Format",
+    "Downloaded",
+]
 OASIS_COLUMNS = ["ID", "M/F", "Hand", "Age", "Educ", "SES", "MMSE", "CDR", "eTIV", "nWBV", "ASF", "Delay"]
 PATIENT_NAME = "Doe^Jane"
 
@@ -21,7 +34,7 @@ def blob_volume(shape: tuple[int, int, int] = (12, 14, 10), seed: int = 0) -> np
     """A small positive int16 volume: a bright ellipsoid on a noisy background."""
     rng = np.random.default_rng(seed)
     grid = np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij")
-    inside = sum(g ** 2 for g in grid) < 0.6
+    inside = sum(g**2 for g in grid) < 0.6
     return (100 * inside + rng.integers(1, 20, size=shape)).astype(np.int16)
 
 
@@ -31,7 +44,9 @@ def write_nifti(path: Path, array: np.ndarray, affine: np.ndarray | None = None)
     return path
 
 
-def write_analyze(hdr_path: Path, array: np.ndarray, voxel_mm: tuple[float, float, float] = (1, 1, 1)) -> Path:
+def write_analyze(
+    hdr_path: Path, array: np.ndarray, voxel_mm: tuple[float, float, float] = (1, 1, 1)
+) -> Path:
     """An Analyze 7.5 .hdr/.img pair (as OASIS-1 ships)."""
     hdr_path.parent.mkdir(parents=True, exist_ok=True)
     image = nib.AnalyzeImage(array.astype(np.int16), np.diag([*voxel_mm, 1.0]))
@@ -39,8 +54,13 @@ def write_analyze(hdr_path: Path, array: np.ndarray, voxel_mm: tuple[float, floa
     return hdr_path
 
 
-def write_dicom_series(folder: Path, array_xyz: np.ndarray, spacing=(1.0, 1.0, 1.0), origin_lps=(0.0, 0.0, 0.0),
-                       file_stem: str = "slice") -> Path:
+def write_dicom_series(
+    folder: Path,
+    array_xyz: np.ndarray,
+    spacing=(1.0, 1.0, 1.0),
+    origin_lps=(0.0, 0.0, 0.0),
+    file_stem: str = "slice",
+) -> Path:
     """One MR DICOM series (a file per axial slice, identity LPS direction) holding `array_xyz` [X, Y, Z]."""
     folder.mkdir(parents=True, exist_ok=True)
     image = sitk.GetImageFromArray(np.ascontiguousarray(array_xyz.transpose(2, 1, 0)).astype(np.int16))
@@ -51,9 +71,15 @@ def write_dicom_series(folder: Path, array_xyz: np.ndarray, spacing=(1.0, 1.0, 1
     series_uid = "1.2.826.0.1.3680043.2.1125.1.42"
     for z in range(image.GetDepth()):
         plane = image[:, :, z]
-        for tag, value in (("0008|0060", "MR"), ("0020|000e", series_uid), ("0020|000d", series_uid + ".1"),
-                           ("0020|0037", "1\\0\\0\\0\\1\\0"), ("0010|0010", PATIENT_NAME),
-                           ("0010|0030", "19400101"), ("0008|103e", "MPRAGE")):
+        for tag, value in (
+            ("0008|0060", "MR"),
+            ("0020|000e", series_uid),
+            ("0020|000d", series_uid + ".1"),
+            ("0020|0037", "1\\0\\0\\0\\1\\0"),
+            ("0010|0010", PATIENT_NAME),
+            ("0010|0030", "19400101"),
+            ("0008|103e", "MPRAGE"),
+        ):
             plane.SetMetaData(tag, value)
         position = image.TransformIndexToPhysicalPoint((0, 0, z))
         plane.SetMetaData("0020|0032", "\\".join(f"{p:.4f}" for p in position))
@@ -78,8 +104,20 @@ def loni_image_folder(root: Path, subject: str, description: str, date: str, ima
     return root / subject / description / f"{date}_12_00_00.0" / image_id
 
 
-def loni_record(image_id: str, subject: str, group: str, visit: str, acq_date: str, sex: str = "F",
-                age: object = 70) -> dict[str, object]:
-    return {"Image Data ID": image_id, "Subject": subject, "Group": group, "Sex": sex, "Age": age,
-            "Visit": visit, "Modality": "MRI", "Description": "MPRAGE", "Type": "Original",
-            "Acq Date": acq_date, "Format": "NiFTI", "Downloaded": "1/01/2024"}
+def loni_record(
+    image_id: str, subject: str, group: str, visit: str, acq_date: str, sex: str = "F", age: object = 70
+) -> dict[str, object]:
+    return {
+        "Image Data ID": image_id,
+        "Subject": subject,
+        "Group": group,
+        "Sex": sex,
+        "Age": age,
+        "Visit": visit,
+        "Modality": "MRI",
+        "Description": "MPRAGE",
+        "Type": "Original",
+        "Acq Date": acq_date,
+        "Format": "NiFTI",
+        "Downloaded": "1/01/2024",
+    }

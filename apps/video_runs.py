@@ -1,0 +1,201 @@
+"""Training on video datasets on disk: RLVS, Diving48 (V2) and any class-per-folder tree.
+
+`adafocus train --data DIR_OR_ANNOTATIONS` lands here. The kind of dataset is detected from the path, a
+split is drawn once and stored in the run folder, the shared trainer runs (progress, per-epoch log,
+resume), and at the end the calibration needed for compute budgets is written next to the checkpoint.
+
+Run folder (beside what `adafocus.core.train.train` writes):
+    classes.json        class names in label order (scoring uses them as column names)
+    split.json          the stratified split (RLVS, class folders, Diving48's train/val cut)
+    calibration.pt      all exits' logits on the validation split (refit any budget with `score --budget`)
+    exit_policy.json    thresholds for the default budget (midway between the cheapest and dearest exit)
+    evaluation.json     accuracy of best.pt on the test split, with every exit and at the default budget
+"""
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from adafocus.core.config import Preset
+from adafocus.core.exits import accuracy_by_exit, exit_accuracy, expected_cost
+from adafocus.core.io import atomic_write_json
+from adafocus.core.train import calibrate, collect_logits, load_model, resolve_device, train
+from adafocus.datasets.video_sets import (RLVS, ClassFolderVideos, Diving48, VideoClipDataset, VideoSample,
+                                          collate_clips, find_rlvs_root, make_or_load_split)
+
+CLASSES_FILE = "classes.json"
+SPLIT_FILE = "split.json"
+DATA_KINDS = ("rlvs", "diving48", "class-folders")
+_DIVING48_NAMES = ("Diving48_V2_train.json", "Diving48_train.json")
+
+
+@dataclass
+class VideoData:
+    """One video dataset cut into train (augmented), val and test (un-augmented) sets."""
+
+    kind: str
+    root: Path
+    class_names: list[str]
+    train: Dataset
+    val: Dataset
+    test: Dataset
+
+
+def _diving48_root(path: Path) -> Path | None:
+    """The Diving48 root for an annotation file or a folder holding (annotations/) Diving48 JSON files."""
+    if path.is_file():
+        if not path.name.startswith("Diving48_") or path.suffix != ".json":
+            return None
+        folder = path.parent
+        return folder.parent if folder.name == "annotations" else folder
+    for folder in (path, path / "annotations"):
+        if any((folder / name).is_file() for name in _DIVING48_NAMES):
+            return path
+    return None
+
+
+def detect_video_data(data: str | Path) -> tuple[str, Path]:
+    """(kind, root) of a dataset path: "diving48" for a Diving48 annotation file or its folder, "rlvs"
+    for a folder with Violence/NonViolence folders (up to two levels down), else "class-folders"."""
+    path = Path(data)
+    if not path.exists():
+        raise FileNotFoundError(f"--data {data}: no such file or folder")
+    root = _diving48_root(path)
+    if root is not None:
+        return "diving48", root
+    if path.is_file():
+        raise ValueError(f"--data {data}: expected a dataset folder or a Diving48 annotation file "
+                         f"(Diving48_V2_train.json)")
+    try:
+        return "rlvs", find_rlvs_root(path)
+    except FileNotFoundError:
+        return "class-folders", path
+
+
+def _samples_subset(items: list[VideoSample], chosen: list[tuple[str, int]]) -> list[VideoSample]:
+    by_path = {item.path: item for item in items}
+    return [by_path[path] for path, _ in chosen]
+
+
+def load_video_data(data: str | Path, *, num_frames: int, size: int, split_file: str | Path,
+                    seed: int = 0) -> VideoData:
+    """Open the dataset at `data` (see `detect_video_data`) as train / val / test sets.
+
+    RLVS and class folders get a stratified 70/15/15 split, drawn once and stored in `split_file`.
+    Diving48 keeps its official test set; 15% of its train set (stratified) becomes val, also stored.
+    """
+    kind, root = detect_video_data(data)
+    sizes = dict(num_frames=num_frames, size=size)
+    if kind == "rlvs":
+        sets = {name: RLVS(root, split=name, split_file=split_file, train=name == "train", seed=seed, **sizes)
+                for name in ("train", "val", "test")}
+        return VideoData(kind, sets["train"].root, list(RLVS.CLASS_NAMES), sets["train"], sets["val"],
+                         sets["test"])
+    if kind == "diving48":
+        full = Diving48(root, "train", **sizes)
+        split = make_or_load_split(full.samples, split_file, val_fraction=0.15, test_fraction=0.0, seed=seed,
+                                   root=root)
+        subsets = {name: VideoClipDataset(_samples_subset(full.items, split[name]), full.class_names,
+                                          train=name == "train", **sizes) for name in ("train", "val")}
+        test = Diving48(root, "test", train=False, **sizes)
+        return VideoData(kind, root, full.class_names, subsets["train"], subsets["val"], test)
+    full = ClassFolderVideos(root, train=True, **sizes)
+    if len(full.class_names) < 2:
+        raise ValueError(f"{root} has {len(full.class_names)} class folder(s); training needs at least two "
+                         f"(one folder of videos per class)")
+    split = make_or_load_split(full.samples, split_file, seed=seed, root=root)
+    subsets = {name: VideoClipDataset(_samples_subset(full.items, split[name]), full.class_names,
+                                      train=name == "train", **sizes) for name in ("train", "val", "test")}
+    return VideoData(kind, root, full.class_names, subsets["train"], subsets["val"], subsets["test"])
+
+
+def write_class_names(run_dir: str | Path, class_names: list[str]) -> None:
+    atomic_write_json(Path(run_dir) / CLASSES_FILE, list(class_names))
+
+
+def read_class_names(checkpoint: str | Path, num_classes: int) -> list[str]:
+    """Class names stored beside a checkpoint (classes.json), or class_0 .. class_{C-1} when absent."""
+    path = Path(checkpoint).parent / CLASSES_FILE
+    if path.is_file():
+        names = json.loads(path.read_text())
+        if isinstance(names, list) and len(names) == num_classes and all(isinstance(n, str) for n in names):
+            return names
+        raise ValueError(f"{path} should list the model's {num_classes} class names")
+    return [f"class_{i}" for i in range(num_classes)]
+
+
+def _check_classes_unchanged(run_dir: Path, class_names: list[str]) -> None:
+    path = run_dir / CLASSES_FILE
+    if path.is_file() and json.loads(path.read_text()) != class_names:
+        raise ValueError(f"{run_dir} was trained on classes {json.loads(path.read_text())}, the data now has "
+                         f"{class_names}; use a new --out")
+
+
+def default_budget(exit_costs: list[float]) -> float:
+    """Midway between the cheapest (glance only) and the dearest (every patch) exit, in GMACs."""
+    return 0.5 * (exit_costs[0] + exit_costs[-1])
+
+
+@torch.no_grad()
+def evaluate_checkpoint(checkpoint: str | Path, dataset: Dataset, *, exit_policy=None, device: str = "auto",
+                        batch_size: int = 32, workers: int = 0) -> dict:
+    """Accuracy of every exit, and at `exit_policy`'s budget, of a checkpoint on an un-augmented dataset."""
+    model, _ = load_model(checkpoint, device=device)
+    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate_clips, num_workers=workers)
+    logits, labels = collect_logits(model, loader, resolve_device(device))
+    result = {"samples": len(labels), "accuracy_by_exit": accuracy_by_exit(logits, labels).tolist(),
+              "exit_costs_gmacs": model.exit_costs()}
+    result["accuracy"] = result["accuracy_by_exit"][-1]
+    if exit_policy is not None:
+        exits = exit_policy.assign(logits)
+        result.update(budget_gmacs=exit_policy.budget, budget_accuracy=exit_accuracy(logits, labels, exits),
+                      budget_mean_gmacs=expected_cost(exits, model.exit_costs()))
+    return result
+
+
+def train_on_videos(data: str | Path, preset: Preset, out_dir: str | Path, *, device: str = "auto",
+                    resume: bool = True, progress: bool = True, log: Callable[[str], None] = print) -> dict:
+    """Train `preset` on the video dataset at `data`; then calibrate on val and evaluate on test.
+
+    The preset's class count is set from the data. Returns the trainer's summary plus the paths of the
+    calibration files and the test evaluation.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    c = preset.model
+    videos = load_video_data(data, num_frames=c.num_candidates, size=c.frame_size,
+                             split_file=out_dir / SPLIT_FILE, seed=preset.train.seed)
+    if c.num_classes != len(videos.class_names):
+        log(f"{videos.kind} data at {videos.root} has {len(videos.class_names)} classes: the model gets "
+            f"{len(videos.class_names)} outputs (preset said {c.num_classes})")
+        c.num_classes = len(videos.class_names)
+    _check_classes_unchanged(out_dir, videos.class_names)
+    write_class_names(out_dir, videos.class_names)
+    log(f"{videos.kind} data at {videos.root}: {len(videos.train)} train, {len(videos.val)} val, "
+        f"{len(videos.test)} test videos; classes {videos.class_names}")
+    summary = train(preset, videos.train, videos.val, out_dir, device=device, resume=resume,
+                    collate_fn=collate_clips, progress=progress, log=log)
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 alone calibrates and evaluates
+        return summary
+
+    best = out_dir / "best.pt"
+    model, _ = load_model(best, device=device)
+    budget = default_budget(model.exit_costs())
+    loader = DataLoader(videos.val, batch_size=preset.train.batch_size, collate_fn=collate_clips,
+                        num_workers=preset.train.workers)
+    policy = calibrate(model, loader, budget, device=device, out_dir=out_dir)
+    log(f"calibration logits of {len(videos.val)} val videos -> {out_dir / 'calibration.pt'}; thresholds for "
+        f"{budget:.4g} GMACs/video -> {out_dir / 'exit_policy.json'}")
+    evaluation = evaluate_checkpoint(best, videos.test, exit_policy=policy, device=device,
+                                     batch_size=preset.train.batch_size, workers=preset.train.workers)
+    atomic_write_json(out_dir / "evaluation.json", evaluation)
+    log(f"test accuracy {evaluation['accuracy']:.4f} with every patch, {evaluation['budget_accuracy']:.4f} at "
+        f"{evaluation['budget_mean_gmacs']:.4g} GMACs/video -> {out_dir / 'evaluation.json'}")
+    return {**summary, "calibration": str(out_dir / "calibration.pt"),
+            "exit_policy": str(out_dir / "exit_policy.json"), "evaluation": evaluation}
