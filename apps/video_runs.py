@@ -20,14 +20,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, Dataset
-
 from adafocus.core.config import Preset
 from adafocus.core.exits import accuracy_by_exit, exit_accuracy, expected_cost
 from adafocus.core.io import atomic_write_json
 from adafocus.core.train import calibrate, collect_logits, load_model, resolve_device, train
-from adafocus.datasets.video_sets import (RLVS, ClassFolderVideos, Diving48, VideoClipDataset, VideoSample,
-                                          collate_clips, find_rlvs_root, make_or_load_split)
+from adafocus.datasets.video_sets import (
+    RLVS,
+    ClassFolderVideos,
+    Diving48,
+    VideoClipDataset,
+    VideoSample,
+    collate_clips,
+    find_rlvs_root,
+    make_or_load_split,
+)
+from torch.utils.data import DataLoader, Dataset
 
 CLASSES_FILE = "classes.json"
 SPLIT_FILE = "split.json"
@@ -91,7 +98,7 @@ def load_video_data(data: str | Path, *, num_frames: int, size: int, split_file:
     Diving48 keeps its official test set; 15% of its train set (stratified) becomes val, also stored.
     """
     kind, root = detect_video_data(data)
-    sizes = dict(num_frames=num_frames, size=size)
+    sizes = {"num_frames": num_frames, "size": size}
     if kind == "rlvs":
         sets = {name: RLVS(root, split=name, split_file=split_file, train=name == "train", seed=seed, **sizes)
                 for name in ("train", "val", "test")}

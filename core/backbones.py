@@ -33,6 +33,9 @@ class Backbone(nn.Module):
             "" when the body's keys are top-level there.
         head_prefixes: key prefixes of reference-checkpoint parts that are not in the body (classifier).
         imagenet_weights: torchvision weights name that pretrained="imagenet" stands for, if any.
+
+    ``frames_per_clip`` (default 1) is the number of consecutive frames a clip backbone (TSM, X3D) mixes
+    over: its input batch is then ``[B * frames_per_clip, C, H, W]``, each clip's frames contiguous.
     """
 
     def __init__(
@@ -54,6 +57,7 @@ class Backbone(nn.Module):
         self.checkpoint_prefix = checkpoint_prefix
         self.head_prefixes = head_prefixes
         self.imagenet_weights = imagenet_weights
+        self.frames_per_clip = 1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x [N, C, H, W] -> feature map [N, feature_dim, ~H / stride, ~W / stride] (convs round)."""
@@ -208,3 +212,7 @@ def tiny_cnn(width: int = 32, strides: tuple[int, ...] = (1, 2, 2, 2), in_chans:
     return Backbone(
         nn.Sequential(*blocks), name="tiny_cnn", feature_dim=channels[-1], stride=math.prod(strides)
     )
+
+
+# Clip backbones register themselves on import; they build on the factories above.
+from adafocus.core import tsm as _tsm, x3d as _x3d  # noqa: E402, F401

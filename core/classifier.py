@@ -56,3 +56,26 @@ class AccumulatedMaxPoolClassifier(nn.Module):
     def _focus_head(self, step: int, local_state: Tensor, glance_state: Tensor) -> Tensor:
         features = torch.cat([local_state, glance_state], dim=-1) if self.feature_reuse else local_state
         return self.focus_heads[step](features)
+
+
+class TSNClassifier(nn.Module):
+    """The TSM / X3D variants' heads (TSN consensus): two exits, glance-only and fused.
+
+    Each head is Dropout + Linear applied to every frame's pooled feature *detached* from its encoder and
+    averaged over frames, so the prediction is a linear probe trained only by its own loss (the encoders are
+    trained by the per-frame auxiliary heads). Fused logits = glance logits + local logits.
+    """
+
+    def __init__(self, glance_dim: int, local_dim: int, num_classes: int, *, dropout: float = 0.5):
+        super().__init__()
+        self.glance_head = nn.Sequential(nn.Dropout(dropout), nn.Linear(glance_dim, num_classes))
+        self.local_head = nn.Sequential(nn.Dropout(dropout), nn.Linear(local_dim, num_classes))
+
+    def glance_logits(self, glance_features: Tensor, *, all_steps: bool = True) -> tuple[Tensor, Tensor]:
+        """``[B, Tg, Dg]`` -> (glance logits ``[B, C]`` as the state, exit-0 logits ``[B, 1, C]``)."""
+        logits = self.glance_head(glance_features.detach()).mean(dim=1)
+        return logits, logits.unsqueeze(1)
+
+    def focus_logits(self, local_features: Tensor, glance_state: Tensor) -> Tensor:
+        """``[B, T', Dl]`` and glance logits ``[B, C]`` -> fused exit-1 logits ``[B, 1, C]``."""
+        return (glance_state + self.local_head(local_features.detach()).mean(dim=1)).unsqueeze(1)

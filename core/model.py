@@ -12,6 +12,15 @@ Read top to bottom:
                 focus patch.
 ``forward`` is the training pass (everything the objective needs); ``infer`` is batched early-exit
 inference that drops finished samples from the batch, so the saving is real.
+
+Variants are switches of ``ModelConfig``, not copies of this file:
+- TSM / X3D (``classifier="tsn"``, clip backbones, ``spatial_per_clip``): the local encoder sees all T' patches
+  of a clip at once, so there are two exits, glance-only and fused (a sample exits by skipping the local encoder);
+- AdaFocusV2 (``patch_shape="fixed"``, ``policy_gradient="pixel"``): the task loss trains the policy;
+- AdaFocusV1 (``patch_policy="ppo_grid"``): a categorical actor-critic picks patch centres on a grid; it is
+  trained by PPO in ``adafocus.core.adafocus_v1`` and here only sampled (training) or argmax-ed (inference);
+- ablation baselines: random / centre / gaussian patches, random shapes, full frames; uniform / random /
+  central / gaussian frames.
 """
 from __future__ import annotations
 
@@ -22,14 +31,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from adafocus.core.backbones import create_backbone
-from adafocus.core.classifier import AccumulatedMaxPoolClassifier
+from adafocus.core.classifier import AccumulatedMaxPoolClassifier, TSNClassifier
 from adafocus.core.config import ModelConfig
 from adafocus.core.exits import ExitPolicy
 from adafocus.core.flops import count_gmacs, eval_mode
 from adafocus.core.geometry import (boxes_from_actions, boxes_to_source_pixels, crop_patches,
                                     interpolate_over_time, scale_for_side)
 from adafocus.core.policy import SpatialPolicy, TemporalPolicy
-from adafocus.core.sampling import random_frames, select_frames, uniform_frames
+from adafocus.core.ppo import GridActorCritic
+from adafocus.core.sampling import (central_frames, gaussian_frames, random_frames, select_frames,
+                                    uniform_frames)
 
 
 @dataclass
@@ -46,7 +57,7 @@ class TrainingOutputs:
     glance_frame_logits: Tensor       # [B, T_g, C] auxiliary head per glance frame
     local_patch_logits: Tensor        # [P, B, T', C] auxiliary head per focus patch
     frame_weights: Tensor | None      # [B, T_g] temporal policy distribution (None unless learned)
-    glance_actions: Tensor | None     # [B, T_g or 1, 4] spatial policy actions (None unless learned)
+    glance_actions: Tensor | None     # [B, T_g or 1, 4] spatial policy actions (None unless "learned")
     proxy_logits: Tensor | None       # [B, C] feature-interpolation proxy (None unless learned + proxy)
     frame_indices: Tensor             # [B, T']
     boxes: Tensor                     # [B, T', 4]
@@ -83,20 +94,30 @@ class UniAdaFocus(nn.Module):
         glance_kwargs, local_kwargs = dict(c.glance_backbone_kwargs), dict(c.local_backbone_kwargs)
         self.glance_encoder = create_backbone(c.glance_backbone, pretrained=c.glance_pretrained, **glance_kwargs)
         self.local_encoder = create_backbone(c.local_backbone, pretrained=c.local_pretrained, **local_kwargs)
+        self._check_clip_backbones()
         glance_dim, local_dim = self.glance_encoder.feature_dim, self.local_encoder.feature_dim
         self.glance_map_size = self._feature_map_size(self.glance_encoder, self.glance_size)
 
         # Policies exist only when learned, so no parameter is ever left without a gradient.
-        learned_patches = c.patch_policy == "learned"
-        self.spatial_policy = (SpatialPolicy(glance_dim, self.glance_map_size, c.num_glance, hidden=c.spatial_hidden,
-                                             per_clip=c.spatial_per_clip) if learned_patches else None)
+        if not c.learned_patches:
+            self.spatial_policy = None
+        elif c.patch_policy == "ppo_grid":
+            self.spatial_policy = GridActorCritic(glance_dim, self.glance_map_size, grid=c.ppo_grid,
+                                                  hidden=c.spatial_hidden)
+        else:
+            self.spatial_policy = SpatialPolicy(glance_dim, self.glance_map_size, c.num_glance,
+                                                hidden=c.spatial_hidden, per_clip=c.spatial_per_clip)
         self.temporal_policy = (TemporalPolicy(glance_dim, hidden=c.temporal_hidden)
                                 if c.frame_policy == "learned" else None)
         self.proxy_head = (nn.Linear(glance_dim, c.num_classes)
-                           if learned_patches and c.policy_gradient == "feature_proxy" else None)
-        self.classifier = AccumulatedMaxPoolClassifier(
-            glance_dim, local_dim, c.num_classes, num_glance=c.num_glance, num_focus=c.num_focus,
-            hidden=c.classifier_hidden, dropout=c.dropout, feature_reuse=c.feature_reuse)
+                           if c.learned_patches and c.patch_policy == "learned" and c.policy_gradient == "feature_proxy"
+                           else None)
+        if c.classifier == "tsn":
+            self.classifier = TSNClassifier(glance_dim, local_dim, c.num_classes, dropout=c.dropout)
+        else:
+            self.classifier = AccumulatedMaxPoolClassifier(
+                glance_dim, local_dim, c.num_classes, num_glance=c.num_glance, num_focus=c.num_focus,
+                hidden=c.classifier_hidden, dropout=c.dropout, feature_reuse=c.feature_reuse)
         self.glance_head = nn.Sequential(nn.Dropout(c.fc_dropout), nn.Linear(glance_dim, c.num_classes))
         self.local_head = nn.Sequential(nn.Dropout(c.fc_dropout), nn.Linear(local_dim, c.num_classes))
         self.register_buffer("pixel_mean", torch.tensor(c.normalize_mean).view(1, -1, 1, 1), persistent=False)
@@ -112,16 +133,31 @@ class UniAdaFocus(nn.Module):
     def side_range(self) -> tuple[float, float]:
         """(min, max) box side as a fraction of the frame."""
         c = self.config
+        if c.patch_shape == "full_frame":
+            return 1.0, 1.0
         if c.patch_shape == "fixed":
             return c.patch_size / c.frame_size, c.patch_size / c.frame_size
         return c.min_patch_side / c.frame_size, (c.max_patch_side or c.frame_size) / c.frame_size
+
+    def _check_clip_backbones(self) -> None:
+        """Clip backbones (TSM, X3D) must be built for the number of frames they are fed."""
+        c = self.config
+        for role, encoder, frames in (("glance", self.glance_encoder, c.num_glance),
+                                      ("local", self.local_encoder, c.num_focus)):
+            if encoder.frames_per_clip not in (1, frames):
+                raise ValueError(f"the {role} backbone {encoder.name} mixes {encoder.frames_per_clip} frames per clip "
+                                 f"but gets {frames}; set num_frames={frames} in {role}_backbone_kwargs")
+        if self.local_encoder.frames_per_clip > 1 and c.classifier != "tsn":
+            raise ValueError(f"the local backbone {self.local_encoder.name} sees all {c.num_focus} patches at once, "
+                             "so patches cannot exit one by one; use classifier='tsn'")
 
     @staticmethod
     def _feature_map_size(encoder: nn.Module, size: int) -> tuple[int, int]:
         was_training = encoder.training
         encoder.eval()
         with torch.no_grad():
-            shape = encoder(torch.zeros(1, encoder_in_channels(encoder), size, size)).shape[-2:]
+            frames = torch.zeros(encoder.frames_per_clip, encoder_in_channels(encoder), size, size)
+            shape = encoder(frames).shape[-2:]
         encoder.train(was_training)
         return int(shape[0]), int(shape[1])
 
@@ -152,16 +188,59 @@ class UniAdaFocus(nn.Module):
 
     # ---------------------------------------------------------------------------------- 2. policies
     def glance_actions(self, glance: Glance) -> Tensor:
-        """Learned spatial actions per glance frame ``[B, T_g or 1, 4]`` (reads detached maps)."""
-        return self.spatial_policy(glance.feature_maps.detach())
+        """Learned spatial actions per glance frame ``[B, T_g or 1, 4]`` (reads detached maps unless the
+        stop-gradient is switched off)."""
+        maps = glance.feature_maps.detach() if self.config.policy_stop_gradient else glance.feature_maps
+        return self.spatial_policy(maps)
+
+    def grid_policy(self, glance: Glance, frame_indices: Tensor) -> tuple[Tensor, Tensor]:
+        """AdaFocusV1 actor-critic at the chosen frames: (logits ``[B, T', grid**2]``, values ``[B, T']``).
+
+        Per-glance-frame outputs are interpolated over time to the candidates (one output per clip with
+        ``spatial_per_clip``); the actor reads detached glance maps."""
+        logits, values = self.spatial_policy(glance.feature_maps.detach())
+        if self.config.spatial_per_clip:
+            logits, values = logits.mean(dim=1, keepdim=True), values.mean(dim=1, keepdim=True)
+        return self.actions_at(logits, frame_indices), self.actions_at(values[..., None], frame_indices)[..., 0]
+
+    def grid_actions(self, choice: Tensor) -> Tensor:
+        """Grid cells ``[B, T']`` -> actions ``[B, T', 4]``: the cell centres, native patch size."""
+        position = self.spatial_policy.centres(choice)
+        return torch.cat([position, self._native_scale(position)], dim=-1)
+
+    def patch_actions(self, glance: Glance, frame_indices: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Actions ``[B, T', 4]`` at the chosen frames, and the learned per-glance-frame actions (or None).
+
+        "ppo_grid" samples a grid cell in training and takes the most likely one at inference;
+        ``patch_shape="random"`` redraws the scales of whatever policy placed the patches."""
+        c, (batch, steps), device = self.config, frame_indices.shape, frame_indices.device
+        glance_actions = None
+        if c.learned_patches and c.patch_policy == "learned":
+            glance_actions = self.glance_actions(glance)
+            actions = self.actions_at(glance_actions, frame_indices)
+        elif c.learned_patches:
+            logits, _ = self.grid_policy(glance, frame_indices)
+            choice = (torch.distributions.Categorical(logits=logits).sample() if self.training
+                      else logits.argmax(-1))
+            actions = self.grid_actions(choice)
+        else:  # a full-frame box is the same wherever it is "placed"
+            policy = "center" if c.patch_shape == "full_frame" else c.patch_policy
+            actions = self.baseline_actions(batch, steps, policy, device)
+        if c.patch_shape == "random":
+            actions = torch.cat([actions[..., :2], torch.rand_like(actions[..., 2:])], dim=-1)
+        return actions, glance_actions
+
+    def _native_scale(self, position: Tensor) -> Tensor:
+        """Scales ``[..., 2]`` that make both box sides P pixels (as close as the side range allows)."""
+        min_side, max_side = self.side_range
+        scale = scale_for_side(self.config.patch_size / self.config.frame_size, min_side=min_side, max_side=max_side)
+        return torch.full_like(position, scale)
 
     def frame_logits(self, glance: Glance) -> Tensor:
         return self.temporal_policy(glance.features.detach())
 
     def baseline_actions(self, batch: int, steps: int, policy: str, device: torch.device) -> Tensor:
         """Non-learned patch policies ``[B, steps, 4]``: random / center / gaussian position, native size P."""
-        min_side, max_side = self.side_range
-        scale = scale_for_side(self.config.patch_size / self.config.frame_size, min_side=min_side, max_side=max_side)
         if policy == "random":
             position = torch.rand(batch, steps, 2, device=device)
         elif policy == "center":
@@ -170,14 +249,14 @@ class UniAdaFocus(nn.Module):
             position = (0.5 + self.config.gaussian_sigma * torch.randn(batch, steps, 2, device=device)).clamp(0, 1)
         else:
             raise ValueError(f"no baseline patch policy {policy!r}")
-        return torch.cat([position, torch.full_like(position, scale)], dim=-1)
+        return torch.cat([position, self._native_scale(position)], dim=-1)
 
     def actions_at(self, glance_actions: Tensor, frame_indices: Tensor) -> Tensor:
-        """Per-glance-frame actions -> actions at the chosen candidate frames ``[B, T', 4]``."""
+        """Per-glance-frame values ``[B, T_g or 1, A]`` -> values at the chosen candidate frames ``[B, T', A]``."""
         if glance_actions.shape[1] == 1:  # one action per clip
             return glance_actions.expand(-1, frame_indices.shape[1], -1)
         per_candidate = interpolate_over_time(glance_actions, self.config.num_candidates)
-        return per_candidate.gather(1, frame_indices[..., None].expand(-1, -1, 4))
+        return per_candidate.gather(1, frame_indices[..., None].expand(-1, -1, glance_actions.shape[-1]))
 
     # ------------------------------------------------------------------------------------ 3. select
     def select_frames(self, frame_weights: Tensor | None, batch: int, device: torch.device) -> Tensor:
@@ -186,6 +265,10 @@ class UniAdaFocus(nn.Module):
             return select_frames(frame_weights.detach(), c.num_focus, c.num_candidates, random_offsets=self.training)
         if c.frame_policy == "uniform":
             return uniform_frames(batch, c.num_focus, c.num_candidates, random_offsets=self.training, device=device)
+        if c.frame_policy == "central":
+            return central_frames(batch, c.num_focus, c.num_candidates, device=device)
+        if c.frame_policy == "gaussian":
+            return gaussian_frames(batch, c.num_focus, c.num_candidates, sigma=c.gaussian_sigma, device=device)
         return random_frames(batch, c.num_focus, c.num_candidates, device=device)
 
     def boxes(self, actions: Tensor) -> Tensor:
@@ -222,10 +305,7 @@ class UniAdaFocus(nn.Module):
         frame_weights = self.frame_logits(glance).softmax(-1) if c.frame_policy == "learned" else None
         frame_indices = self.select_frames(frame_weights, batch, device)
 
-        learned_patches = c.patch_policy == "learned"
-        glance_actions = self.glance_actions(glance) if learned_patches else None
-        actions = (self.actions_at(glance_actions, frame_indices) if learned_patches
-                   else self.baseline_actions(batch, c.num_focus, c.patch_policy, device))
+        actions, glance_actions = self.patch_actions(glance, frame_indices)
         boxes = self.boxes(actions)
         if c.policy_gradient == "feature_proxy":
             boxes = boxes.detach()  # stop-gradient: the task loss does not reach the policy
@@ -280,12 +360,14 @@ class UniAdaFocus(nn.Module):
         if active.numel():
             sub = Glance(glance.feature_maps[active], glance.features[active], glance.positions[active])
             chosen = self.select_frames(frame_weights[active], active.numel(), device)
-            actions = (self.actions_at(self.glance_actions(sub), chosen) if c.patch_policy == "learned"
-                       else self.baseline_actions(active.numel(), c.num_focus, c.patch_policy, device))
-            frame_indices[active], boxes[active] = chosen, self.boxes(actions)
+            frame_indices[active], boxes[active] = chosen, self.boxes(self.patch_actions(sub, chosen)[0])
 
+        if c.classifier == "tsn" and active.numel():  # all patches of a clip go through the encoder together
+            local = self.focus(clip[active], frame_indices[active], boxes[active])
+            logits[active, 1] = self.classifier.focus_logits(local, glance_state[active])[:, 0]
+            exit_index[active] = 1
         local_state = None
-        for step in range(c.num_focus):
+        for step in range(c.num_focus if c.classifier == "max_pool" else 0):
             if not active.numel():
                 break
             feature = self.focus(clip[active], frame_indices[active, step:step + 1],
@@ -296,7 +378,8 @@ class UniAdaFocus(nn.Module):
             exit_index[active[~keep]] = step + 1
             active, local_state = active[keep], local_state[keep]
 
-        processed = torch.arange(c.num_focus, device=device)[None] < exit_index[:, None]
+        patches_seen = exit_index * c.num_focus if c.classifier == "tsn" else exit_index
+        processed = torch.arange(c.num_focus, device=device)[None] < patches_seen[:, None]
         frame_indices = frame_indices.masked_fill(~processed, -1)
         boxes = boxes.masked_fill(~processed[..., None], float("nan"))
         if view_boxes is None:
@@ -321,22 +404,28 @@ class UniAdaFocus(nn.Module):
         glance_dim, local_dim = self.glance_encoder.feature_dim, self.local_encoder.feature_dim
         map_h, map_w = self.glance_map_size
         channels = encoder_in_channels(self.glance_encoder)
-        hidden = self.classifier.glance_embedding[0].out_features
+        patches = torch.zeros(1, encoder_in_channels(self.local_encoder), c.patch_size, c.patch_size, device=device)
         with eval_mode(self):
             costs = {
                 "glance_encoder": count_gmacs(self.glance_encoder,
                                               torch.zeros(c.num_glance, channels, self.glance_size, self.glance_size,
                                                           device=device)),
-                "local_encoder_per_patch": count_gmacs(
-                    self.local_encoder.pooled,
-                    torch.zeros(1, encoder_in_channels(self.local_encoder), c.patch_size, c.patch_size, device=device)),
                 "classifier_glance": count_gmacs(
                     lambda x: self.classifier.glance_logits(x, all_steps=False),
                     torch.zeros(1, c.num_glance, glance_dim, device=device)),
-                "classifier_per_patch": count_gmacs(
-                    lambda f, g: self.classifier.focus_step(0, f, None, g),
-                    torch.zeros(1, local_dim, device=device), torch.zeros(1, hidden, device=device)),
             }
+            if c.classifier == "tsn":  # the local encoder and the fused head run once, on all T' patches
+                costs["local_encoder"] = count_gmacs(self.local_encoder.pooled,
+                                                     patches.expand(c.num_focus, -1, -1, -1))
+                costs["classifier_focus"] = count_gmacs(
+                    self.classifier.focus_logits, torch.zeros(1, c.num_focus, local_dim, device=device),
+                    torch.zeros(1, c.num_classes, device=device))
+            else:
+                hidden = self.classifier.glance_embedding[0].out_features
+                costs["local_encoder_per_patch"] = count_gmacs(self.local_encoder.pooled, patches)
+                costs["classifier_per_patch"] = count_gmacs(
+                    lambda f, g: self.classifier.focus_step(0, f, None, g),
+                    torch.zeros(1, local_dim, device=device), torch.zeros(1, hidden, device=device))
             if self.spatial_policy is not None:
                 costs["spatial_policy"] = count_gmacs(
                     self.spatial_policy, torch.zeros(1, c.num_glance, glance_dim, map_h, map_w, device=device))
@@ -351,9 +440,13 @@ class UniAdaFocus(nn.Module):
             parts = self.component_costs()
             glance_only = parts["glance_encoder"] + parts["classifier_glance"]
             policies = parts.get("spatial_policy", 0.0) + parts.get("temporal_policy", 0.0)
-            per_patch = parts["local_encoder_per_patch"] + parts["classifier_per_patch"]
-            self._exit_costs = [glance_only] + [glance_only + policies + k * per_patch
-                                                for k in range(1, self.config.num_focus + 1)]
+            if self.config.classifier == "tsn":
+                self._exit_costs = [glance_only,
+                                    glance_only + policies + parts["local_encoder"] + parts["classifier_focus"]]
+            else:
+                per_patch = parts["local_encoder_per_patch"] + parts["classifier_per_patch"]
+                self._exit_costs = [glance_only] + [glance_only + policies + k * per_patch
+                                                    for k in range(1, self.config.num_focus + 1)]
         return list(self._exit_costs)
 
 
@@ -363,6 +456,6 @@ def gather_frames(clip: Tensor, indices: Tensor) -> Tensor:
 
 
 def encoder_in_channels(encoder: nn.Module) -> int:
-    first_conv = next(m for m in encoder.modules() if isinstance(m, nn.Conv2d))
+    first_conv = next(m for m in encoder.modules() if isinstance(m, (nn.Conv2d, nn.Conv3d)))
     return first_conv.in_channels
 

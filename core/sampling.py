@@ -173,6 +173,31 @@ def random_frames(
     return keys.argsort(dim=1)[:, :num_select].sort(dim=1).values
 
 
+
+def central_frames(batch: int, num_select: int, num_candidates: int, *,
+                   device: torch.device | str | None = None) -> Tensor:
+    """Ablation baseline: the ``num_select`` consecutive candidates in the middle of the clip.
+
+    Returns LongTensor [batch, num_select].
+    """
+    _check_counts(num_select, num_candidates)
+    start = (num_candidates - num_select) // 2
+    return torch.arange(start, start + num_select, device=device).expand(batch, -1)
+
+
+def gaussian_frames(batch: int, num_select: int, num_candidates: int, *, sigma: float = 0.25,
+                    generator: torch.Generator | None = None,
+                    device: torch.device | str | None = None) -> Tensor:
+    """Ablation baseline: distinct candidates drawn without replacement from a Gaussian centred on the clip's
+    middle (``sigma`` in fractions of the clip length), sorted. Returns LongTensor [batch, num_select]."""
+    _check_counts(num_select, num_candidates)
+    if sigma <= 0:
+        raise ValueError(f"sigma must be positive, got {sigma}")
+    centres = (torch.arange(num_candidates, device=device, dtype=torch.float64) + 0.5) / num_candidates
+    weights = torch.exp(-0.5 * ((centres - 0.5) / sigma) ** 2).expand(batch, -1)
+    drawn = torch.multinomial(weights, num_select, replacement=False, generator=generator)
+    return drawn.sort(dim=1).values
+
 def _check_expectation_inputs(frame_logits: Tensor, weights: Tensor, num_draws: int) -> None:
     if frame_logits.ndim != 3:
         raise ValueError(f"frame_logits must have shape [B, T, C], got {tuple(frame_logits.shape)}")

