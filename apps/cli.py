@@ -83,10 +83,38 @@ def cmd_bench_flops(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    from adafocus.apps.synthetic_runs import run_demo
+DEMO_PARTS = ("focus", "video", "mri")
 
-    run_demo(Path(args.out), epochs=args.epochs, device=args.device)
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Each part trains on built-in data and writes under OUT/<part>; a summary of where to look comes last."""
+    out = Path(args.out)
+    parts = [p.strip() for p in args.parts.split(",") if p.strip()]
+    unknown = sorted(set(parts) - set(DEMO_PARTS))
+    if unknown:
+        raise ValueError(f"unknown demo part(s) {unknown}; choose from {', '.join(DEMO_PARTS)}")
+    where: list[str] = []
+    if "focus" in parts:
+        from adafocus.apps.synthetic_runs import run_demo
+
+        print("== focus: does the policy find the right frames and regions? (synthetic task, known truth)")
+        run_demo(out / "focus", epochs=args.epochs, device=args.device)
+        where.append(f"focus  {out / 'focus' / 'report.md'}  (+ focus_examples.png, results.json, run/)")
+    if "video" in parts:
+        from adafocus.apps.video_demo import run_video_demo
+
+        print("== video: RLVS-layout folder -> train -> adafocus score")
+        run_video_demo(out / "video", epochs=args.epochs, device=args.device)
+        where.append(f"video  {out / 'video'}  (scores.csv, details.jsonl, contact sheets, video_demo.json)")
+    if "mri" in parts:
+        from adafocus.apps.mri_demo import run_mri_demo
+
+        print("== mri: OASIS-1-layout cohort -> preprocess -> 5-fold cross-validation -> report")
+        run_mri_demo(out / "mri", device=args.device)
+        where.append(f"mri    {out / 'mri'}  (report.md / report.html, metrics.tsv, folds)")
+    print("\nDemo finished. Results:")
+    for line in where:
+        print("  " + line)
     return 0
 
 
@@ -102,6 +130,53 @@ def cmd_bench_score(args: argparse.Namespace) -> int:
     return bench_score_command(args)
 
 
+def cmd_bench_ablations(args: argparse.Namespace) -> int:
+    from adafocus.apps.ablations import bench_ablations_command
+
+    return bench_ablations_command(args)
+
+
+def cmd_bench_speed(args: argparse.Namespace) -> int:
+    from adafocus.apps.bench_speed import format_scaling_table, format_speed_table, run_bench_speed
+
+    result = run_bench_speed(args.preset, device=args.device, batch=args.batch, scaling=args.scaling,
+                             repeats=args.repeats, optimize=not args.no_optimize)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    print(f"preset {result['preset']} on {result['device']} ({result['torch_threads']} threads), batch {args.batch}; "
+          "ratios against the static baseline, measured in this run")
+    print(format_speed_table(result["rows"]))
+    if "scaling" in result:
+        print("\nUni-AdaFocus without exit as one setting grows (others at the preset's values)")
+        print(format_scaling_table(result["scaling"]))
+    return 0
+
+
+def cmd_preprocess(args: argparse.Namespace) -> int:
+    from adafocus.datasets.mri.preprocess import run_preprocess
+
+    manifest = run_preprocess(args.dataset, args.raw_dir, args.metadata, args.out,
+                              classes=tuple(args.classes) if args.classes else None, workers=args.workers)
+    print(f"manifest: {manifest}")
+    return 0
+
+
+def cmd_cv(args: argparse.Namespace) -> int:
+    from adafocus.apps.cv import run_cv
+    from adafocus.reports.cv_report import write_cv_report
+
+    if args.report_only:
+        print(f"report: {write_cv_report(args.out)}")
+        return 0
+    if not args.manifest:
+        raise ValueError("MANIFEST is required (only --report-only works without one)")
+    run_cv(args.manifest, args.out, preset=args.preset, folds=args.folds, fold=args.fold, budget=args.budget,
+           epochs=args.epochs, axis=args.axis, context=args.context, seed=args.seed, device=args.device,
+           progress=not args.quiet)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="adafocus", description="Uni-AdaFocus for MRI volumes and videos")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -109,9 +184,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("setup-weights", help="put the offline ImageNet MobileNetV2 weights in torchvision's cache")
     p.set_defaults(func=cmd_setup_weights)
 
-    p = sub.add_parser("demo", help="train, calibrate and evaluate on the built-in synthetic task")
+    p = sub.add_parser("demo", help="end to end on built-in data: focus proof, video scoring, MRI cross-validation")
     p.add_argument("--out", default="demo_out", help="output folder (default: demo_out)")
-    p.add_argument("--epochs", type=int, default=None, help="override the preset's epochs")
+    p.add_argument("--parts", default=",".join(DEMO_PARTS), help=f"comma-separated subset of {','.join(DEMO_PARTS)}")
+    p.add_argument("--epochs", type=int, default=None, help="override every part's epochs (smoke runs)")
     _add_device(p)
     p.set_defaults(func=cmd_demo)
 
@@ -167,6 +243,52 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     _add_device(p)
     p.set_defaults(func=cmd_bench_score)
+    p = bench.add_parser("speed", help="GMACs and videos/s: static baseline vs Uni-AdaFocus with and without exit")
+    p.add_argument("--preset", default="paper-mbv2-r50", choices=sorted(PRESETS))
+    p.add_argument("--batch", type=int, default=8, help="videos per batch")
+    p.add_argument("--repeats", type=int, default=5, help="timed batches per variant (median reported)")
+    p.add_argument("--scaling", action="store_true", help="also sweep T_g, T' and the patch size")
+    p.add_argument("--no-optimize", action="store_true",
+                   help="skip batch-norm folding and channels-last (for both baseline and Uni-AdaFocus)")
+    p.add_argument("--json", action="store_true")
+    _add_device(p)
+    p.set_defaults(func=cmd_bench_speed)
+    p = bench.add_parser("ablations", help="the paper's ablation tables (VII, IX, X, V1/V2/Uni) on the synthetic task")
+    p.add_argument("--out", required=True, help="folder for ablations.md/.json, plots and the trained runs")
+    p.add_argument("--preset", default="cpu-synthetic", choices=sorted(PRESETS), help="base recipe of every row")
+    p.add_argument("--quick", action="store_true", help="tiny data and one epoch (a smoke test)")
+    p.add_argument("--epochs", type=int, default=None, help="override the base preset's epochs")
+    p.add_argument("--train-samples", type=int, default=None, help="override the base preset's training clips")
+    p.add_argument("--tables", default=None, help="comma-separated subset of VII,IX,X,versions (default: all)")
+    _add_device(p)
+    p.set_defaults(func=cmd_bench_ablations)
+
+    p = sub.add_parser("preprocess", help="ADNI / OASIS-1 / PPMI download -> manifest.tsv + t1-linear-like cache")
+    p.add_argument("dataset", choices=["adni", "oasis", "ppmi"])
+    p.add_argument("raw_dir", metavar="RAW_DIR", help="the dataset's download folder")
+    p.add_argument("--metadata", required=True, metavar="CSV", help="the collection / oasis_cross-sectional CSV")
+    p.add_argument("--out", required=True, metavar="CACHE_DIR", help="cache folder (manifest.tsv, NIfTI, QC PNGs)")
+    p.add_argument("--classes", nargs="+", default=None,
+                   help="diagnoses in label order, e.g. CN AD (default per dataset: CN AD; Control PD)")
+    p.add_argument("--workers", type=int, default=2, help="parallel processes (default 2)")
+    p.set_defaults(func=cmd_preprocess)
+
+    p = sub.add_parser("cv", help="participant-level k-fold cross-validation on a preprocessed manifest + report")
+    p.add_argument("manifest", metavar="MANIFEST", nargs="?", help="manifest.tsv from `adafocus preprocess`")
+    p.add_argument("--out", required=True, metavar="DIR", help="CV folder (splits/, fold-i/, report.md)")
+    p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--fold", type=int, default=None, help="run only this fold (0-based); no report")
+    p.add_argument("--preset", default="cpu-mri", help="named recipe, e.g. cpu-mri or mri-paper")
+    p.add_argument("--budget", type=float, default=None, metavar="GMACS",
+                   help="mean GMACs per scan; exit thresholds are fitted on each fold's validation split")
+    p.add_argument("--epochs", type=int, default=None, help="override the preset's epochs")
+    p.add_argument("--axis", default="sagittal", choices=["sagittal", "coronal", "axial"])
+    p.add_argument("--context", type=int, default=1, help="neighbouring slices per side as channels (1 = 2.5D)")
+    p.add_argument("--seed", type=int, default=0, help="split and training seed")
+    p.add_argument("--report-only", action="store_true", help="only assemble DIR's report from finished folds")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_device(p)
+    p.set_defaults(func=cmd_cv)
     return parser
 
 

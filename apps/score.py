@@ -422,6 +422,13 @@ class ScoreSummary:
                 f"of {self.files} files in {self.wall_s:.1f}s ({rate:.1f} files/s)")
 
 
+def model_threads(workers: int) -> int:
+    """CPU threads for the model while `workers` processes decode: the cores they leave free (at least
+    one). Oversubscribed cores make PyTorch's CPU kernels many times slower, not a little."""
+    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(torch.get_num_threads(), available - workers))
+
+
 def _init_distributed(device: torch.device):
     """Join torchrun's process group (long timeout: ranks wait for the slowest shard)."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
@@ -489,14 +496,20 @@ def score_videos(inputs: Sequence[str], checkpoint: str | Path, out_csv: str | P
         from tqdm import tqdm
         bar = tqdm(total=len(mine), unit="file", dynamic_ncols=True,
                    desc="scoring" if not ctx.enabled else f"scoring (rank 0 of {ctx.world_size})")
+    threads = torch.get_num_threads()
+    if dev.type == "cpu":
+        torch.set_num_threads(model_threads(workers))
     loop_started = waited_from = time.perf_counter()
-    for batch in loader:
-        summary.wait_s += time.perf_counter() - waited_from
-        rows, records = _score_batch(model, batch, policy, class_names, thumb_dir, dev, summary)
-        out.append(rows, records)
-        if bar is not None:
-            bar.update(len(batch["items"]))
-        waited_from = time.perf_counter()
+    try:
+        for batch in loader:
+            summary.wait_s += time.perf_counter() - waited_from
+            rows, records = _score_batch(model, batch, policy, class_names, thumb_dir, dev, summary)
+            out.append(rows, records)
+            if bar is not None:
+                bar.update(len(batch["items"]))
+            waited_from = time.perf_counter()
+    finally:
+        torch.set_num_threads(threads)
     summary.loop_s = time.perf_counter() - loop_started
     if bar is not None:
         bar.close()

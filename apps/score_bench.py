@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from adafocus.apps.score import ScoreInputs, collate_scored, collect_inputs, score_videos
+from adafocus.apps.score import ScoreInputs, collate_scored, collect_inputs, model_threads, score_videos
 from adafocus.core.checkpoint import save_checkpoint
 from adafocus.core.config import get_preset
 from adafocus.core.model import UniAdaFocus
@@ -40,8 +40,9 @@ def untrained_checkpoint(preset_name: str, path: Path) -> Path:
 
 @torch.no_grad()
 def model_only_rate(checkpoint: str | Path, paths: Sequence[str], *, batch_size: int, device: str,
-                    min_seconds: float = 2.0) -> float:
-    """Videos/s of `model.infer` alone on one batch of already decoded clips (after a warm-up pass)."""
+                    threads: int, min_seconds: float = 2.0) -> float:
+    """Videos/s of `model.infer` alone on one batch of already decoded clips (after a warm-up pass), with
+    `threads` CPU threads (as while scoring)."""
     model, _ = load_model(checkpoint, device=device)
     dev = resolve_device(device)
     c = model.config
@@ -50,13 +51,18 @@ def model_only_rate(checkpoint: str | Path, paths: Sequence[str], *, batch_size:
     if clips is None:
         raise ValueError("none of the first videos could be decoded; cannot time the model")
     clips = clips.to(dev)
-    model.infer(clips)
-    runs, started = 0, time.perf_counter()
-    while runs < 3 or time.perf_counter() - started < min_seconds:
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
         model.infer(clips)
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-        runs += 1
+        runs, started = 0, time.perf_counter()
+        while runs < 3 or time.perf_counter() - started < min_seconds:
+            model.infer(clips)
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)
+            runs += 1
+    finally:
+        torch.set_num_threads(previous)
     return runs * len(clips) / (time.perf_counter() - started)
 
 
@@ -71,11 +77,13 @@ def bench_score(inputs: Sequence[str] = (), *, checkpoint: str | Path | None = N
             checkpoint = untrained_checkpoint(preset, scratch / "model.pt")
         summary = score_videos(paths, checkpoint, scratch / "scores.csv", device=device, workers=workers,
                                batch_size=batch_size, progress=False, log=lambda _: None)
-        model_rate = model_only_rate(checkpoint, paths, batch_size=batch_size, device=device)
+        threads = model_threads(workers)
+        model_rate = model_only_rate(checkpoint, paths, batch_size=batch_size, device=device, threads=threads)
     files = summary.scored + summary.failed
     busy_ms = summary.decode_ms + summary.model_ms
     return {
-        "videos": files, "failed": summary.failed, "workers": workers, "batch_size": batch_size,
+        "videos": files, "failed": summary.failed, "workers": workers, "model_threads": threads,
+        "batch_size": batch_size,
         "device": str(resolve_device(device)),
         "end_to_end_videos_per_s": files / summary.loop_s if summary.loop_s > 0 else 0.0,
         "decode_ms_per_video": summary.decode_ms / max(files, 1),
@@ -94,7 +102,8 @@ def bench_score_command(args) -> int:
         print(json.dumps(result, indent=2))
         return 0
     print(f"end to end: {result['end_to_end_videos_per_s']:.1f} videos/s ({result['videos']} videos, "
-          f"{result['workers']} decode workers, batch {result['batch_size']}, {result['device']})")
+          f"{result['workers']} decode workers, {result['model_threads']} model threads, batch "
+          f"{result['batch_size']}, {result['device']})")
     print(f"decoding:   {result['decode_ms_per_video']:.1f} ms/video in workers = "
           f"{result['decode_share_of_work']:.0%} of decode + model time; the model waited for decoded batches "
           f"{result['waiting_for_decode_share_of_wall']:.0%} of the wall time")

@@ -18,8 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, Dataset
-
 from adafocus.core.checkpoint import load_checkpoint, save_checkpoint
 from adafocus.core.config import LossConfig, Preset
 from adafocus.core.exits import accuracy_by_exit
@@ -28,6 +26,7 @@ from adafocus.core.model import UniAdaFocus
 from adafocus.core.objective import training_loss
 from adafocus.core.ppo import PPOConfig, discounted_returns, ppo_update
 from adafocus.core.train import collect_logits, cosine_lr, resolve_device, train
+from torch.utils.data import DataLoader, Dataset
 
 
 @dataclass
@@ -63,8 +62,8 @@ def collect_rollout(model: UniAdaFocus, clip: torch.Tensor, labels: torch.Tensor
     exit_probs = model.classifier.focus_logits(local, glance_state.repeat(2, 1)).softmax(-1)   # [2B, T', C]
     confidence = exit_probs.gather(2, labels.repeat(2)[:, None, None].expand(-1, c.num_focus, 1))[..., 0]
     rewards = confidence[:batch] - confidence[batch:]
-    return dict(glance=glance, frame_indices=frame_indices, choice=choice, log_probs=dist.log_prob(choice),
-                values=values, rewards=rewards, returns=discounted_returns(rewards, gamma))
+    return {"glance": glance, "frame_indices": frame_indices, "choice": choice, "log_probs": dist.log_prob(choice),
+            "values": values, "rewards": rewards, "returns": discounted_returns(rewards, gamma)}
 
 
 def train_policy_ppo(model: UniAdaFocus, loader: DataLoader, epochs: int, cfg: PPOConfig, device: torch.device,

@@ -28,19 +28,28 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
-
 from adafocus.core.backbones import create_backbone
 from adafocus.core.classifier import AccumulatedMaxPoolClassifier, TSNClassifier
 from adafocus.core.config import ModelConfig
 from adafocus.core.exits import ExitPolicy
 from adafocus.core.flops import count_gmacs, eval_mode
-from adafocus.core.geometry import (boxes_from_actions, boxes_to_source_pixels, crop_patches,
-                                    interpolate_over_time, scale_for_side)
+from adafocus.core.geometry import (
+    boxes_from_actions,
+    boxes_to_source_pixels,
+    crop_patches,
+    interpolate_over_time,
+    scale_for_side,
+)
 from adafocus.core.policy import SpatialPolicy, TemporalPolicy
 from adafocus.core.ppo import GridActorCritic
-from adafocus.core.sampling import (central_frames, gaussian_frames, random_frames, select_frames,
-                                    uniform_frames)
+from adafocus.core.sampling import (
+    central_frames,
+    gaussian_frames,
+    random_frames,
+    select_frames,
+    uniform_frames,
+)
+from torch import Tensor, nn
 
 
 @dataclass
@@ -276,9 +285,12 @@ class UniAdaFocus(nn.Module):
         return boxes_from_actions(actions, min_side=min_side, max_side=max_side)
 
     # ------------------------------------------------------------------------------------- 4. focus
-    def focus(self, clip: Tensor, frame_indices: Tensor, boxes: Tensor) -> Tensor:
-        """Local features ``[B, T', D_l]`` of the boxes ``[B, T', 4]`` in the chosen frames ``[B, T']``."""
-        frames = gather_frames(clip, frame_indices).flatten(0, 1)
+    def focus(self, clip: Tensor, frame_indices: Tensor, boxes: Tensor, samples: Tensor | None = None) -> Tensor:
+        """Local features ``[B', T', D_l]`` of the boxes ``[B', T', 4]`` in the chosen frames ``[B', T']``.
+
+        ``samples [B']`` says which clips of the batch the rows belong to (default: all, in order); only the
+        chosen frames are gathered, never whole clips."""
+        frames = gather_frames(clip, frame_indices, samples).flatten(0, 1)
         patches = crop_patches(self.normalize(frames), boxes.flatten(0, 1), self.config.patch_size)
         features = self.local_encoder.pooled(patches)
         return features.reshape(*frame_indices.shape, -1)
@@ -312,8 +324,8 @@ class UniAdaFocus(nn.Module):
         passes = [boxes]
         if diversity:
             passes.append(self.boxes(self.baseline_actions(batch, c.num_focus, "random", device)))
-        local = self.focus(clip.repeat(len(passes), 1, 1, 1, 1), frame_indices.repeat(len(passes), 1),
-                           torch.cat(passes))
+        local = self.focus(clip, frame_indices.repeat(len(passes), 1), torch.cat(passes),
+                           samples=torch.arange(batch, device=device).repeat(len(passes)))
         focus_exit_logits = self.classifier.focus_logits(local, glance_state.repeat(len(passes), 1))
         exit_logits = torch.cat([glance_exit_logits.repeat(len(passes), 1, 1), focus_exit_logits], dim=1)
 
@@ -329,6 +341,14 @@ class UniAdaFocus(nn.Module):
         )
 
     # ----------------------------------------------------------------------------------- inference
+    def optimize_for_inference(self) -> "UniAdaFocus":
+        """Fold batch norms and use channels-last in both encoders (see Backbone.optimize_for_inference).
+        Inference only; call after loading weights."""
+        self.eval()
+        self.glance_encoder.optimize_for_inference()
+        self.local_encoder.optimize_for_inference()
+        return self
+
     @torch.no_grad()
     def infer(self, clip: Tensor, exit_policy: ExitPolicy | None = None, *,
               view_boxes: Tensor | None = None) -> FocusResult:
@@ -362,16 +382,19 @@ class UniAdaFocus(nn.Module):
             chosen = self.select_frames(frame_weights[active], active.numel(), device)
             frame_indices[active], boxes[active] = chosen, self.boxes(self.patch_actions(sub, chosen)[0])
 
-        if c.classifier == "tsn" and active.numel():  # all patches of a clip go through the encoder together
-            local = self.focus(clip[active], frame_indices[active], boxes[active])
-            logits[active, 1] = self.classifier.focus_logits(local, glance_state[active])[:, 0]
-            exit_index[active] = 1
+        # Without exits to take (TSN heads, or no policy) all patches go through the encoder in one batch.
+        if active.numel() and (c.classifier == "tsn" or exit_policy is None):
+            local = self.focus(clip, frame_indices[active], boxes[active], samples=active)
+            focus_logits = self.classifier.focus_logits(local, glance_state[active])
+            logits[active, 1:] = focus_logits
+            exit_index[active] = num_exits - 1
+            active = active[:0]
         local_state = None
         for step in range(c.num_focus if c.classifier == "max_pool" else 0):
             if not active.numel():
                 break
-            feature = self.focus(clip[active], frame_indices[active, step:step + 1],
-                                 boxes[active, step:step + 1])[:, 0]
+            feature = self.focus(clip, frame_indices[active, step:step + 1], boxes[active, step:step + 1],
+                                 samples=active)[:, 0]
             local_state, step_logits = self.classifier.focus_step(step, feature, local_state, glance_state[active])
             logits[active, step + 1] = step_logits
             keep = self._continuing(step_logits, step + 1, exit_policy)
@@ -450,9 +473,12 @@ class UniAdaFocus(nn.Module):
         return list(self._exit_costs)
 
 
-def gather_frames(clip: Tensor, indices: Tensor) -> Tensor:
-    """``clip [B, N, C, H, W]``, ``indices [B, T]`` -> ``[B, T, C, H, W]``."""
-    return clip[torch.arange(clip.shape[0], device=clip.device)[:, None], indices]
+def gather_frames(clip: Tensor, indices: Tensor, samples: Tensor | None = None) -> Tensor:
+    """``clip [B, N, C, H, W]``, ``indices [B', T]`` -> ``[B', T, C, H, W]``; row i comes from clip
+    ``samples[i]`` (default: row i). Copies only the gathered frames."""
+    if samples is None:
+        samples = torch.arange(indices.shape[0], device=clip.device)
+    return clip[samples[:, None], indices]
 
 
 def encoder_in_channels(encoder: nn.Module) -> int:

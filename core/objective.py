@@ -40,7 +40,9 @@ def training_loss(out: TrainingOutputs, labels: Tensor, cfg: LossConfig) -> tupl
         frame_logits = out.glance_frame_logits if cfg.temporal_trains_glance else out.glance_frame_logits.detach()
         num_glance = frame_logits.shape[1]
         draws = cfg.mc_draws or max(1, num_glance // 3)
-        expected = mc_expected_logits(frame_logits, out.frame_weights, num_draws=min(draws, num_glance),
+        # A confident policy's softmax underflows to exact zeros; the estimator needs num_draws positive weights.
+        weights = out.frame_weights.clamp_min(1e-12)
+        expected = mc_expected_logits(frame_logits, weights, num_draws=min(draws, num_glance),
                                       num_samples=cfg.mc_samples)
         terms["temporal"] = F.cross_entropy(expected, labels)
     if cfg.spatial and out.proxy_logits is not None:

@@ -46,7 +46,7 @@ def ppo_loss(logits: Tensor, values: Tensor, actions: Tensor, old_log_probs: Ten
     surrogate = torch.minimum(ratio * advantages, ratio.clamp(1 - cfg.clip, 1 + cfg.clip) * advantages)
     policy_loss, value_loss, entropy = -surrogate.mean(), F.mse_loss(values, returns), dist.entropy().mean()
     loss = policy_loss + cfg.value_coef * value_loss - cfg.entropy_coef * entropy
-    return loss, {"policy": float(policy_loss), "value": float(value_loss), "entropy": float(entropy)}
+    return loss, {"policy": policy_loss.item(), "value": value_loss.item(), "entropy": entropy.item()}
 
 
 def ppo_update(evaluate: Callable[[], tuple[Tensor, Tensor]], optimizer: torch.optim.Optimizer, actions: Tensor,

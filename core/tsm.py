@@ -11,9 +11,8 @@ multiply-accumulates, so the backbones cost what the plain 2D networks cost.
 """
 from __future__ import annotations
 
-from torch import Tensor, nn
-
 from adafocus.core.backbones import Backbone, mobilenet_v2, register_backbone, resnet50
+from torch import Tensor, nn
 
 
 def temporal_shift(x: Tensor, num_frames: int, shift_div: int = 8) -> Tensor:

@@ -15,9 +15,8 @@ import math
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
-
 from adafocus.core.backbones import Backbone, register_backbone
+from torch import Tensor, nn
 
 STAGE_WIDTHS = (24, 48, 96, 192)
 BASE_DEPTHS = (1, 2, 5, 3)

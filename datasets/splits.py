@@ -212,7 +212,7 @@ def training_participants_path(model_path: str | Path) -> Path:
 
 def write_training_participants(run_dir: str | Path, participants: Iterable[str]) -> Path:
     """Record every participant a model was trained or selected on (one id per line, with a header)."""
-    path = training_participants_path(Path(run_dir))
+    path = Path(run_dir) / TRAINING_PARTICIPANTS_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, _tsv_text(("participant_id",), ([p] for p in sorted(set(participants)))))
     return path

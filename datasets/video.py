@@ -415,7 +415,9 @@ def _decode_pyav(container: av.container.InputContainer, path: Path, wanted: lis
     backoff = 0  # how far before a wanted index to aim after a seek overshot it
 
     def take(index: int, item: tuple[av.VideoFrame, Fraction]) -> None:
-        found[index] = item[0].to_ndarray(format="rgb24")
+        # threads=1: otherwise FFmpeg starts conversion threads for every frame, costing 300x the
+        # conversion itself on small frames (2.7 ms vs 0.008 ms at 64 x 64, measured).
+        found[index] = item[0].to_ndarray(format="rgb24", threads=1)
         positions[index] = max(0, round(item[1]))
 
     i = 0

@@ -1,5 +1,5 @@
 """`adafocus score`: broken inputs become rows with reasons, outputs survive SIGKILL, exit codes, details,
-budgets, contact sheets, merging of torchrun part files (and a real 2-process torchrun run, slow)."""
+budgets, contact sheets, merging of torchrun part files and a real 2-process torchrun run on 127.0.0.1."""
 from __future__ import annotations
 
 import csv
@@ -328,7 +328,6 @@ def test_sigkill_mid_run_then_resume_scores_every_file_once(checkpoint, tmp_path
     assert detail_names == [f"clip_{i:02d}.mp4" for i in range(24)]
 
 
-@pytest.mark.slow
 def test_torchrun_two_processes_shard_and_merge(corpus, checkpoint, tmp_path):
     folder, expected = corpus
     out, details = tmp_path / "scores.csv", tmp_path / "details.jsonl"

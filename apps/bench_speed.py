@@ -1,0 +1,210 @@
+"""`adafocus bench speed`: theoretical (GMACs) against practical (videos/s) savings, measured side by side.
+
+In one run, on the same random clips: the static baseline (both encoders on every glance frame at full
+resolution), Uni-AdaFocus without early exit, and with early exit at a few budgets. Weights are random:
+speed does not depend on them. Exit thresholds for the budgets are fitted on a separate batch of random
+clips, so the exit proportions are what the solver makes of real score distributions, not hand-set.
+"""
+from __future__ import annotations
+
+import dataclasses
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+from adafocus.core.baseline import StaticBaseline
+from adafocus.core.config import ModelConfig, get_preset
+from adafocus.core.exits import ExitPolicy, exit_scores, solve_budget
+from adafocus.core.model import UniAdaFocus
+from adafocus.core.train import resolve_device
+
+
+def _peak_memory_worker(kind: str, config: dict, batch: int, device: str, budget_fraction, queue) -> None:
+    """Child process: build one variant, run it once, report peak memory growth in MB over the run
+    (CUDA: the allocator's peak; CPU: resident set size sampled every millisecond during the run)."""
+    import threading
+
+    torch.set_num_threads(1)
+    dev = torch.device(device)
+    cfg = ModelConfig(**config)
+    module = (StaticBaseline(cfg) if kind == "baseline" else UniAdaFocus(cfg)).eval().to(dev)
+    module.optimize_for_inference()
+    clip = torch.rand(batch, cfg.num_candidates, cfg.in_channels, cfg.frame_size, cfg.frame_size, device=dev)
+    with torch.inference_mode():
+        policy = None
+        if budget_fraction is not None:
+            policy = budget_policies(module, torch.rand_like(clip), (budget_fraction,))[budget_fraction]
+        run = (lambda: module(clip)) if kind == "baseline" else (lambda: module.infer(clip, policy))
+        run()  # one warm-up call: one-off kernel caches and thread pools are not the variant's memory
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+            torch.cuda.reset_peak_memory_stats(dev)
+            before = torch.cuda.memory_allocated(dev)
+        else:
+            before = _rss_bytes()
+        samples, done = [before], threading.Event()
+
+        def sample():
+            while not done.is_set():
+                samples.append(_rss_bytes())
+                time.sleep(0.001)
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        run()
+        done.set()
+        sampler.join()
+        samples.append(_rss_bytes())
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+            peak = torch.cuda.max_memory_allocated(dev)
+        else:
+            peak = max(samples)
+    queue.put(max(peak - before, 0) / 2 ** 20)
+
+
+def peak_memory_mb(kind: str, config: ModelConfig, batch: int, device: torch.device,
+                   budget_fraction: float | None = None) -> float:
+    """Peak memory of one forward pass of a variant, measured alone in a fresh process (so allocator
+    caches of other variants do not hide it)."""
+    import multiprocessing as mp
+
+    context = mp.get_context("spawn")
+    queue = context.Queue()
+    process = context.Process(target=_peak_memory_worker,
+                              args=(kind, dataclasses.asdict(config), batch, str(device), budget_fraction, queue))
+    process.start()
+    process.join()
+    if process.exitcode != 0:
+        raise RuntimeError(f"memory measurement of {kind!r} failed (exit code {process.exitcode})")
+    return queue.get()
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096
+
+
+def time_per_batch(fn: Callable[[], object], device: torch.device, *, warmup: int, repeats: int) -> float:
+    """Median seconds per call after warm-up (CUDA synchronised)."""
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    for _ in range(warmup):
+        fn()
+    sync()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def budget_policies(model: UniAdaFocus, clips: torch.Tensor, fractions: tuple[float, ...]) -> dict[float, ExitPolicy]:
+    """Exit policies for budgets at ``fractions`` of the way from the glance-only to the full cost."""
+    logits = model.infer(clips).logits.float()
+    scores = exit_scores(logits, "entropy")
+    costs = model.exit_costs()
+    return {f: solve_budget(scores.cpu(), costs, costs[0] + f * (costs[-1] - costs[0]), criterion="entropy")
+            for f in fractions}
+
+
+def bench_speed(model_config: ModelConfig, *, device: str = "auto", batch: int = 8, warmup: int = 2,
+                repeats: int = 5, budget_fractions: tuple[float, ...] = (0.25, 0.5),
+                amp: bool = True, seed: int = 0, measure_memory: bool = True, optimize: bool = True,
+                calibration_clips: int = 16) -> list[dict]:
+    """Rows of {name, gmacs, videos_per_s, peak_mb, theoretical_ratio, practical_ratio, efficiency}."""
+    dev = resolve_device(device)
+    torch.manual_seed(seed)
+    cfg = dataclasses.replace(model_config, glance_pretrained=None, local_pretrained=None)
+    model = UniAdaFocus(cfg).eval().to(dev)
+    baseline = StaticBaseline(cfg).eval().to(dev)
+    if optimize:  # both get the same treatment
+        model.optimize_for_inference()
+        baseline.optimize_for_inference()
+    clip = torch.rand(batch, cfg.num_candidates, cfg.in_channels, cfg.frame_size, cfg.frame_size, device=dev)
+    calibration = torch.rand(max(batch, calibration_clips), *clip.shape[1:], device=dev)
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" and amp
+                else torch.autocast("cpu", enabled=False))
+
+    with torch.inference_mode(), autocast:
+        policies = budget_policies(model, calibration, budget_fractions)
+        variants: list[tuple[str, Callable[[], object], Callable[[], float], str, float | None]] = [
+            ("static baseline", lambda: baseline(clip), baseline.gmacs, "baseline", None),
+            ("uni-adafocus, no exit", lambda: model.infer(clip), lambda: model.exit_costs()[-1], "model", None),
+        ]
+        for fraction, policy in policies.items():
+            variants.append((f"uni-adafocus, exit @ {policy.budget:.3g} GMACs",
+                             lambda p=policy: model.infer(clip, p),
+                             lambda p=policy: float(model.infer(clip, p).gmacs.mean()), "model", fraction))
+        rows = []
+        for name, run, gmacs, kind, fraction in variants:
+            seconds = time_per_batch(run, dev, warmup=warmup, repeats=repeats)
+            rows.append({"name": name, "gmacs": gmacs(), "videos_per_s": batch / seconds,
+                         "peak_mb": peak_memory_mb(kind, cfg, batch, dev, fraction) if measure_memory else None})
+    base = rows[0]
+    for row in rows:
+        row["theoretical_ratio"] = base["gmacs"] / row["gmacs"]
+        row["practical_ratio"] = row["videos_per_s"] / base["videos_per_s"]
+        row["efficiency"] = row["practical_ratio"] / row["theoretical_ratio"]
+    return rows
+
+
+def scaling_rows(model_config: ModelConfig, *, device: str, batch: int, sweep: dict[str, list[int]],
+                 warmup: int = 1, repeats: int = 3, measure_memory: bool = True) -> list[dict]:
+    """videos/s and peak memory of Uni-AdaFocus (no exit) as one setting grows, the others fixed."""
+    dev = resolve_device(device)
+    rows = []
+    for field, values in sweep.items():
+        for value in values:
+            cfg = dataclasses.replace(model_config, glance_pretrained=None, local_pretrained=None, **{field: value})
+            model = UniAdaFocus(cfg).eval().to(dev).optimize_for_inference()
+            clip = torch.rand(batch, cfg.num_candidates, cfg.in_channels, cfg.frame_size, cfg.frame_size,
+                              device=dev)
+            with torch.inference_mode():
+                seconds = time_per_batch(lambda: model.infer(clip), dev, warmup=warmup, repeats=repeats)
+            rows.append({"setting": field, "value": value, "gmacs": model.exit_costs()[-1],
+                         "videos_per_s": batch / seconds,
+                         "peak_mb": peak_memory_mb("model", cfg, batch, dev) if measure_memory else None})
+    return rows
+
+
+def format_speed_table(rows: list[dict]) -> str:
+    header = (f"{'variant':42s} {'GMACs/video':>11s} {'videos/s':>9s} {'peak MB':>8s} "
+              f"{'theory x':>8s} {'practice x':>10s} {'practice/theory':>15s}")
+    lines = [header, "-" * len(header)]
+    for r in rows:
+        memory = "n/a" if r["peak_mb"] is None else f"{r['peak_mb']:.0f}"
+        lines.append(f"{r['name']:42s} {r['gmacs']:11.3f} {r['videos_per_s']:9.2f} {memory:>8s} "
+                     f"{r['theoretical_ratio']:8.2f} {r['practical_ratio']:10.2f} {r['efficiency']:15.2f}")
+    return "\n".join(lines)
+
+
+def format_scaling_table(rows: list[dict]) -> str:
+    lines = [f"{'setting':14s} {'value':>6s} {'GMACs/video':>11s} {'videos/s':>9s} {'peak MB':>8s}"]
+    for r in rows:
+        memory = "n/a" if r["peak_mb"] is None else f"{r['peak_mb']:.0f}"
+        lines.append(f"{r['setting']:14s} {r['value']:6d} {r['gmacs']:11.3f} {r['videos_per_s']:9.2f} {memory:>8s}")
+    return "\n".join(lines)
+
+
+def default_sweep(config: ModelConfig) -> dict[str, list[int]]:
+    p, max_side = config.patch_size, config.max_patch_side or config.frame_size
+    patch_sizes = sorted({max(8, p // 2), p, min(max_side, 3 * p // 2)})
+    return {"num_glance": sorted({max(1, config.num_glance // 2), config.num_glance}),
+            "num_focus": sorted({max(1, config.num_focus // 2), config.num_focus}),
+            "patch_size": patch_sizes}
+
+
+def run_bench_speed(preset: str, *, device: str, batch: int, scaling: bool, repeats: int,
+                    optimize: bool = True) -> dict:
+    config = get_preset(preset).model
+    result = {"preset": preset, "device": str(resolve_device(device)), "batch": batch,
+              "torch_threads": torch.get_num_threads(),
+              "rows": bench_speed(config, device=device, batch=batch, repeats=repeats)}
+    if scaling:
+        result["scaling"] = scaling_rows(config, device=device, batch=batch, sweep=default_sweep(config))
+    return result

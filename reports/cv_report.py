@@ -1,0 +1,213 @@
+"""Assemble a cross-validation folder (written by apps.cv) into metrics.tsv, report.md and report.html.
+
+DIR/metrics.tsv columns: metric, fold-0 .. fold-(k-1), mean, sd (sample SD over folds), pooled (all test
+folds' baseline predictions together), ci_low, ci_high (percentile bootstrap of the pooled value,
+resampling participants). Figures (PNG, referenced by both reports): roc.png, confusion.png,
+accuracy_vs_gmacs.png, selected_slices.png. Only the datasets' own participant codes appear.
+"""
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+
+import numpy as np
+
+from adafocus.core.io import atomic_write_text
+from adafocus.datasets.mri.dataset import ClipSpec, MRISliceDataset, is_usable
+from adafocus.datasets.mri.manifest import read_manifest
+from adafocus.reports.metrics import METRICS, binary_metrics, bootstrap_ci, confusion_counts
+from adafocus.reports.plots import plot_accuracy_vs_gmacs, plot_confusion, plot_roc, plot_selected_slices
+from adafocus.reports.tables import read_tsv, tsv_text
+
+CV_JSON = "cv.json"
+BOOTSTRAP_RESAMPLES = 2000
+FIGURES = {"roc": "roc.png", "confusion": "confusion.png", "accuracy_vs_gmacs": "accuracy_vs_gmacs.png",
+           "selected_slices": "selected_slices.png"}
+METRIC_TITLES = {"accuracy": "Accuracy", "balanced_accuracy": "Balanced accuracy", "sensitivity": "Sensitivity",
+                 "specificity": "Specificity", "auc": "AUC"}
+
+
+def fold_dir(cv_dir: str | Path, index: int) -> Path:
+    return Path(cv_dir) / f"fold-{index}"
+
+
+def load_fold_tables(cv_dir: Path, n_folds: int) -> list[dict]:
+    """Each fold's predictions, metrics and budget curve; ValueError naming unfinished folds."""
+    missing = [i for i in range(n_folds) if not (fold_dir(cv_dir, i) / "metrics.tsv").exists()]
+    if missing:
+        raise ValueError(f"fold(s) {', '.join(map(str, missing))} of {cv_dir} are not finished; run "
+                         f"`adafocus cv MANIFEST --out {cv_dir} --fold i` for each, then assemble the report")
+    return [{"predictions": read_tsv(fold_dir(cv_dir, i) / "predictions.tsv"),
+             "metrics": {r["metric"]: float(r["value"]) for r in read_tsv(fold_dir(cv_dir, i) / "metrics.tsv")},
+             "curve": read_tsv(fold_dir(cv_dir, i) / "budget_curve.tsv")} for i in range(n_folds)]
+
+
+def _arrays(predictions: list[dict]) -> dict[str, np.ndarray]:
+    base = [p for p in predictions if int(p["baseline"])]
+    return {"labels": np.array([int(p["label"]) for p in base]),
+            "predictions": np.array([int(p["prediction"]) for p in base]),
+            "probabilities": np.array([float(p["probability"]) for p in base]),
+            "participants": np.array([p["participant_id"] for p in base]),
+            "gmacs": np.array([float(p["gmacs"]) for p in base])}
+
+
+def summary_rows(folds: list[dict], pooled: dict[str, np.ndarray], *, seed: int = 0) -> list[dict]:
+    """The DIR/metrics.tsv rows (see module docstring), numbers as floats."""
+    pooled_values = binary_metrics(pooled["labels"], pooled["predictions"], pooled["probabilities"])
+    intervals = bootstrap_ci(pooled["labels"], pooled["predictions"], pooled["probabilities"],
+                             groups=pooled["participants"], n_resamples=BOOTSTRAP_RESAMPLES, seed=seed)
+    rows = []
+    for name in METRICS:
+        per_fold = np.array([f["metrics"][name] for f in folds])
+        finite = per_fold[np.isfinite(per_fold)]
+        rows.append({"metric": name, **{f"fold-{i}": v for i, v in enumerate(per_fold)},
+                     "mean": float(finite.mean()) if finite.size else float("nan"),
+                     "sd": float(finite.std(ddof=1)) if finite.size > 1 else float("nan"),
+                     "pooled": pooled_values[name], "ci_low": intervals[name][0], "ci_high": intervals[name][1]})
+    gmacs = np.array([f["metrics"]["mean_gmacs"] for f in folds])
+    rows.append({"metric": "mean_gmacs", **{f"fold-{i}": v for i, v in enumerate(gmacs)}, "mean": float(gmacs.mean()),
+                 "sd": float(gmacs.std(ddof=1)) if len(gmacs) > 1 else float("nan"),
+                 "pooled": float(pooled["gmacs"].mean()), "ci_low": float("nan"), "ci_high": float("nan")})
+    return rows
+
+
+def _selected_slice_panels(predictions: list[dict], experiment: dict, per_class: int = 2) -> list[dict]:
+    """Panels for `plot_selected_slices`: the first `per_class` baseline test scans of each class."""
+    candidates = sorted((p for p in predictions if int(p["baseline"]) and p["slices"]),
+                        key=lambda p: p["participant_id"])
+    if not candidates:
+        return []
+    spec = ClipSpec(**experiment["clip"])
+    manifest = {(r.participant_id, r.session_id): r for r in read_manifest(experiment["manifest"]) if is_usable(r)}
+    chosen, counts = [], {}
+    for p in candidates:
+        label = int(p["label"])
+        if counts.get(label, 0) < per_class and (p["participant_id"], p["session_id"]) in manifest:
+            counts[label] = counts.get(label, 0) + 1
+            chosen.append(p)
+    dataset = MRISliceDataset([manifest[(p["participant_id"], p["session_id"])] for p in chosen], spec)
+    panels = []
+    for k, p in enumerate(chosen):
+        clip, info = dataset.clip_and_info(k)
+        slices = [int(s) for s in p["slices"].split(";")]
+        boxes = [tuple(float(v) for v in b.split()) for b in p["boxes"].split(";")]
+        positions = [info.slice_indices.index(s) for s in slices]
+        panels.append({
+            "title": f"{p['participant_id']} {p['session_id']}\nlabel {p['label']}, p={float(p['probability']):.2f}",
+            "frames": [clip[t, clip.shape[1] // 2].numpy() for t in positions],
+            "boxes": boxes,
+            "captions": [f"{spec.axis} {s}" for s in slices]})
+    return panels
+
+
+def _fmt(value: float, digits: int = 3) -> str:
+    return "n/a" if not np.isfinite(value) else f"{value:.{digits}f}"
+
+
+def _markdown(experiment: dict, rows: list[dict], n_folds: int, n_participants: int) -> str:
+    preset, clip = experiment["preset_name"], experiment["clip"]
+    lines = [
+        "# Cross-validation report", "",
+        f"- manifest: `{experiment['manifest']}`",
+        f"- preset: `{preset}`; clips: {clip['num_slices']} {clip['axis']} slices of {clip['size']} px, "
+        f"context {clip['context']} ({'2.5D' if clip['context'] else 'single slice'}), "
+        f"{clip['discard_border']:.0%} discarded at each end",
+        f"- {n_folds}-fold participant-level stratified group k-fold (seed {experiment['seed']}); model "
+        f"selection and exit thresholds on an inner validation split "
+        f"({experiment['validation_fraction']:.0%} of each fold's training participants)",
+        f"- exit budget: {experiment['budget_gmacs'] if experiment['budget_gmacs'] is not None else 'none (last exit)'}"
+        f" GMACs per scan",
+        f"- metrics count each of the {n_participants} participants once (baseline session); 95% CIs: "
+        f"percentile bootstrap over participants ({BOOTSTRAP_RESAMPLES} resamples) of the pooled test predictions",
+        "", "| metric | mean ± SD over folds | pooled [95% CI] | " + " | ".join(f"fold {i}" for i in range(n_folds))
+        + " |", "|---|---|---|" + "---|" * n_folds]
+    for r in rows:
+        digits = 4 if r["metric"] == "mean_gmacs" else 3
+        title = METRIC_TITLES.get(r["metric"], "Mean GMACs per scan")
+        ci = "" if not np.isfinite(r["ci_low"]) else f" [{_fmt(r['ci_low'], digits)}, {_fmt(r['ci_high'], digits)}]"
+        lines.append(f"| {title} | {_fmt(r['mean'], digits)} ± {_fmt(r['sd'], digits)} | "
+                     f"{_fmt(r['pooled'], digits)}{ci} | "
+                     + " | ".join(_fmt(r[f"fold-{i}"], digits) for i in range(n_folds)) + " |")
+    captions = {"roc": "ROC curves (each test fold and pooled)", "confusion": "Confusion matrices",
+                "accuracy_vs_gmacs": "Accuracy vs mean GMACs per scan (exit thresholds fitted on validation)",
+                "selected_slices": "Slices and regions the focus policy selected (orange boxes)"}
+    for key, name in FIGURES.items():
+        lines += ["", f"## {captions[key]}", "", f"![{captions[key]}]({name})"]
+    return "\n".join(lines) + "\n"
+
+
+def _html(markdown: str) -> str:
+    """A small, dependency-free rendering of the report's Markdown subset (headings, bullets, tables, images)."""
+    body, in_table, in_list = [], False, False
+    for line in markdown.splitlines():
+        if line.startswith("|"):
+            cells = [html.escape(c.strip()) for c in line.strip("|").split("|")]
+            if set("".join(cells)) <= set("-"):
+                continue
+            tag = "th" if not in_table else "td"
+            if not in_table:
+                body.append("<table>")
+                in_table = True
+            body.append("<tr>" + "".join(f"<{tag}>{c}</{tag}>" for c in cells) + "</tr>")
+            continue
+        if in_table:
+            body.append("</table>")
+            in_table = False
+        if line.startswith("- "):
+            if not in_list:
+                body.append("<ul>")
+                in_list = True
+            text = html.escape(line[2:])
+            body.append("<li>" + text.replace("`", "") + "</li>")
+            continue
+        if in_list:
+            body.append("</ul>")
+            in_list = False
+        if line.startswith("## "):
+            body.append(f"<h2>{html.escape(line[3:])}</h2>")
+        elif line.startswith("# "):
+            body.append(f"<h1>{html.escape(line[2:])}</h1>")
+        elif line.startswith("!["):
+            alt, src = line[2:].split("](")
+            body.append(f'<img src="{html.escape(src.rstrip(")"))}" alt="{html.escape(alt)}">')
+    if in_table:
+        body.append("</table>")
+    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse}"
+             "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}img{max-width:100%}")
+    return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>Cross-validation report</title>"
+            f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+
+
+def write_cv_report(cv_dir: str | Path) -> Path:
+    """Write DIR/metrics.tsv, the four figures, report.md and report.html; returns the report.md path."""
+    cv_dir = Path(cv_dir)
+    experiment = json.loads((cv_dir / CV_JSON).read_text())
+    n_folds = experiment["folds"]
+    folds = load_fold_tables(cv_dir, n_folds)
+    all_predictions = [p for f in folds for p in f["predictions"]]
+    pooled = _arrays(all_predictions)
+    rows = summary_rows(folds, pooled, seed=experiment["seed"])
+    columns = ["metric", *(f"fold-{i}" for i in range(n_folds)), "mean", "sd", "pooled", "ci_low", "ci_high"]
+    atomic_write_text(cv_dir / "metrics.tsv", tsv_text(
+        columns, [{k: (v if isinstance(v, str) else f"{v:.6g}") for k, v in r.items()} for r in rows]))
+
+    per_fold = [_arrays(f["predictions"]) for f in folds]
+    pooled_auc = binary_metrics(pooled["labels"], pooled["predictions"], pooled["probabilities"])["auc"]
+    roc = {f"fold {i}": (a["labels"], a["probabilities"]) for i, a in enumerate(per_fold)}
+    roc[f"pooled (AUC {_fmt(pooled_auc)})"] = (pooled["labels"], pooled["probabilities"])
+    plot_roc(roc, cv_dir / FIGURES["roc"])
+    matrices = {"pooled": confusion_counts(pooled["labels"], pooled["predictions"])}
+    matrices.update({f"fold {i}": confusion_counts(a["labels"], a["predictions"]) for i, a in enumerate(per_fold)})
+    plot_confusion(matrices, ["0", "1"], cv_dir / FIGURES["confusion"])
+    curves = {f"fold {i}": (np.array([float(r["mean_gmacs"]) for r in f["curve"]]),
+                            np.array([float(r["accuracy"]) for r in f["curve"]])) for i, f in enumerate(folds)}
+    accuracy = binary_metrics(pooled["labels"], pooled["predictions"], pooled["probabilities"])["accuracy"]
+    plot_accuracy_vs_gmacs(curves, {"reported operating point": (float(pooled["gmacs"].mean()), accuracy)},
+                           cv_dir / FIGURES["accuracy_vs_gmacs"])
+    plot_selected_slices(_selected_slice_panels(all_predictions, experiment), cv_dir / FIGURES["selected_slices"])
+
+    markdown = _markdown(experiment, rows, n_folds, len(pooled["labels"]))
+    atomic_write_text(cv_dir / "report.md", markdown)
+    atomic_write_text(cv_dir / "report.html", _html(markdown))
+    return cv_dir / "report.md"

@@ -1,0 +1,75 @@
+"""Binary classification metrics (ClinicaDL's set plus AUC) and percentile-bootstrap confidence intervals.
+
+Label 1 is the positive class (e.g. AD, PD): sensitivity = recall of 1, specificity = recall of 0.
+Undefined values (no positive sample, one class only for AUC) are NaN, never an exception.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+from sklearn.metrics import roc_auc_score
+
+METRICS = ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "auc")
+
+
+def _ratio(numerator: int, denominator: int) -> float:
+    return numerator / denominator if denominator else float("nan")
+
+
+def binary_metrics(labels: np.ndarray, predictions: np.ndarray, probabilities: np.ndarray) -> dict[str, float]:
+    """labels, predictions in {0, 1} and positive-class probabilities, all [N] -> the METRICS dict."""
+    labels, predictions = np.asarray(labels, dtype=int), np.asarray(predictions, dtype=int)
+    probabilities = np.asarray(probabilities, dtype=float)
+    if not labels.shape == predictions.shape == probabilities.shape or labels.ndim != 1:
+        raise ValueError(f"labels, predictions and probabilities must be 1D of one length, got "
+                         f"{labels.shape}, {predictions.shape}, {probabilities.shape}")
+    if not set(np.unique(labels)) | set(np.unique(predictions)) <= {0, 1}:
+        raise ValueError("binary metrics need labels and predictions in {0, 1}")
+    tp = int(((labels == 1) & (predictions == 1)).sum())
+    tn = int(((labels == 0) & (predictions == 0)).sum())
+    sensitivity = _ratio(tp, int((labels == 1).sum()))
+    specificity = _ratio(tn, int((labels == 0).sum()))
+    both = len(np.unique(labels)) == 2
+    return {
+        "accuracy": _ratio(tp + tn, len(labels)),
+        "balanced_accuracy": (sensitivity + specificity) / 2,
+        "sensitivity": sensitivity,
+        "specificity": specificity,
+        "auc": float(roc_auc_score(labels, probabilities)) if both else float("nan"),
+    }
+
+
+def confusion_counts(labels: np.ndarray, predictions: np.ndarray) -> np.ndarray:
+    """2 x 2 int matrix, rows = true label (0, 1), columns = predicted label."""
+    matrix = np.zeros((2, 2), dtype=int)
+    np.add.at(matrix, (np.asarray(labels, dtype=int), np.asarray(predictions, dtype=int)), 1)
+    return matrix
+
+
+def bootstrap_ci(labels: np.ndarray, predictions: np.ndarray, probabilities: np.ndarray, *,
+                 groups: np.ndarray | None = None, n_resamples: int = 2000, level: float = 0.95,
+                 seed: int = 0, metric_fn: Callable[..., dict[str, float]] = binary_metrics
+                 ) -> dict[str, tuple[float, float]]:
+    """Percentile bootstrap CI of every metric: (low, high) per name.
+
+    With `groups` (e.g. participant ids) whole groups are resampled, so repeat scans of one person stay
+    together. Resamples where a metric is undefined (one class only) are skipped for that metric."""
+    labels, predictions = np.asarray(labels), np.asarray(predictions)
+    probabilities = np.asarray(probabilities)
+    groups = np.arange(len(labels)) if groups is None else np.asarray(groups)
+    unique, members = np.unique(groups, return_inverse=True)
+    index_of = [np.flatnonzero(members == g) for g in range(len(unique))]
+    rng = np.random.default_rng(seed)
+    samples: dict[str, list[float]] = {}
+    for _ in range(n_resamples):
+        picked = np.concatenate([index_of[g] for g in rng.integers(0, len(unique), len(unique))])
+        for name, value in metric_fn(labels[picked], predictions[picked], probabilities[picked]).items():
+            samples.setdefault(name, []).append(value)
+    tail = 100 * (1 - level) / 2
+    intervals = {}
+    for name, values in samples.items():
+        finite = np.asarray(values)[np.isfinite(values)]
+        intervals[name] = ((float(np.percentile(finite, tail)), float(np.percentile(finite, 100 - tail)))
+                           if finite.size else (float("nan"), float("nan")))
+    return intervals

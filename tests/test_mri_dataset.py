@@ -1,0 +1,46 @@
+"""Preprocessed scans as clips: shapes, slice bookkeeping, caching, refusal of unusable rows."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from adafocus.datasets.mri.dataset import ClipSpec, MRISliceDataset, augment_clip, collate_scans, is_usable
+from adafocus.datasets.mri.manifest import read_manifest
+from _cv_fixtures import tiny_preset, write_preprocessed_cohort
+
+
+def test_dataset_items_and_cache(tmp_path, monkeypatch):
+    rows = read_manifest(write_preprocessed_cohort(tmp_path, n_participants=2, repeats=1))
+    usable = [r for r in rows if is_usable(r)]
+    assert len(usable) == 3 and len(rows) == 4
+    spec = ClipSpec.for_preset(tiny_preset())
+    dataset = MRISliceDataset(usable, spec)
+    item = dataset[0]
+    assert item["clip"].shape == (8, 3, 32, 32) and item["clip"].dtype == torch.float32
+    assert 0.0 <= float(item["clip"].min()) and float(item["clip"].max()) <= 1.0
+    info = dataset.slice_info(0)
+    assert item["slice_indices"].tolist() == list(info.slice_indices) and info.axis == "sagittal"
+    assert (item["participant_id"], item["session_id"], item["label"]) == ("P000", "ses-M000", 0)
+    import adafocus.datasets.mri.dataset as module
+
+    def fail(*args):
+        raise AssertionError("volume decoded twice")
+
+    monkeypatch.setattr(module, "load_preprocessed", fail)
+    assert torch.equal(dataset[0]["clip"], item["clip"])  # served from the cache
+    batch = collate_scans([dataset[0], dataset[0]])
+    assert batch["clip"].shape == (2, 8, 3, 32, 32) and batch["label"].tolist() == [0, 0]
+
+
+def test_unusable_rows_are_refused(tmp_path):
+    rows = read_manifest(write_preprocessed_cohort(tmp_path, n_participants=2, repeats=0))
+    with pytest.raises(ValueError, match="PBAD"):
+        MRISliceDataset(rows, ClipSpec())
+
+
+def test_augmentation_keeps_range_and_changes_the_clip():
+    torch.manual_seed(0)
+    clip = torch.rand(4, 3, 16, 16)
+    augmented = augment_clip(clip, torch.Generator().manual_seed(1))
+    assert augmented.shape == clip.shape and not torch.equal(augmented, clip)
+    assert float(augmented.min()) >= 0 and float(augmented.max()) <= 1
