@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEMO_OUT ?= demo_out
 
-.PHONY: demo test test-slow env clean
+.PHONY: demo test test-slow test-browser env clean
 
 env: $(STAMP)
 
@@ -29,6 +29,11 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
+
+# The review app in a real browser: needs Debian's chromium on PATH (apt-get install chromium), never
+# `playwright install`.
+test-browser: $(STAMP)
+	$(BIN)/python -m pytest -q -m browser
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) build *.egg-info

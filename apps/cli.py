@@ -111,7 +111,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
         print("== mri: OASIS-1-layout cohort -> preprocess -> 5-fold cross-validation -> report")
         run_mri_demo(out / "mri", device=args.device)
-        where.append(f"mri    {out / 'mri'}  (report.md / report.html, metrics.tsv, folds)")
+        where.append(f"mri    {out / 'mri' / 'cv' / 'report.md'}  (+ report.html, metrics.tsv, per-fold predictions)")
     print("\nDemo finished. Results:")
     for line in where:
         print("  " + line)
@@ -175,6 +175,36 @@ def cmd_cv(args: argparse.Namespace) -> int:
            epochs=args.epochs, axis=args.axis, context=args.context, seed=args.seed, device=args.device,
            progress=not args.quiet)
     return 0
+
+
+def cmd_app(args: argparse.Namespace) -> int:
+    """Start the Streamlit review app on 127.0.0.1 (blocks until Ctrl-C)."""
+    import os
+    import subprocess
+
+    from adafocus.apps import review_app
+
+    env = dict(os.environ)
+    for value, name, variable in ((args.scans, "--scans", review_app.ENV_SCANS),
+                                  (args.videos, "--videos", review_app.ENV_VIDEOS),
+                                  (args.model, "--model", review_app.ENV_MODEL)):
+        if value is None:
+            continue
+        if not Path(value).exists():
+            raise FileNotFoundError(f"{name} {value} does not exist")
+        env[variable] = str(Path(value).resolve())
+    if args.scans is None and args.videos is None:
+        raise ValueError("give --scans DIR and/or --videos DIR (the folders the app may read)")
+    env[review_app.ENV_MAX_UPLOAD] = str(args.max_upload_mb)
+    command = [sys.executable, "-m", "streamlit", "run", review_app.__file__, "--server.headless", "true",
+               "--server.address", "127.0.0.1", "--server.port", str(args.port),
+               "--server.maxUploadSize", str(max(1, round(args.max_upload_mb))),
+               "--browser.gatherUsageStats", "false"]
+    print(f"review app: http://127.0.0.1:{args.port}/  (Ctrl-C to stop)")
+    try:
+        return subprocess.call(command, env=env)
+    except KeyboardInterrupt:
+        return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -289,6 +319,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_device(p)
     p.set_defaults(func=cmd_cv)
+    p = sub.add_parser("app", help="the review app (Streamlit) for flagged scans and videos, on 127.0.0.1")
+    p.add_argument("--scans", default=None, metavar="DIR", help="an `adafocus cv` output folder (and its cache)")
+    p.add_argument("--videos", default=None, metavar="DIR", help="a folder with `adafocus score` outputs and videos")
+    p.add_argument("--model", default=None, metavar="CKPT", help="checkpoint for scoring new scans (budget page)")
+    p.add_argument("--port", type=int, default=8501)
+    p.add_argument("--max-upload-mb", type=float, default=100.0, help="largest scan upload accepted (default 100)")
+    p.set_defaults(func=cmd_app)
     return parser
 
 

@@ -25,8 +25,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
-
 from adafocus.core.config import Preset, get_preset
 from adafocus.core.exits import ExitPolicy, budget_curve, exit_scores
 from adafocus.core.io import atomic_write_json, atomic_write_text
@@ -34,11 +32,17 @@ from adafocus.core.model import UniAdaFocus
 from adafocus.core.train import calibrate, collect_logits, load_model, resolve_device, train
 from adafocus.datasets.mri.dataset import ClipSpec, MRISliceDataset, collate_scans, is_usable
 from adafocus.datasets.mri.manifest import ManifestRow, read_manifest
-from adafocus.datasets.splits import (Fold, as_scans, check_no_leakage, load_or_make_folds,
-                                      write_training_participants)
+from adafocus.datasets.splits import (
+    Fold,
+    as_scans,
+    check_no_leakage,
+    load_or_make_folds,
+    write_training_participants,
+)
 from adafocus.reports.cv_report import CV_JSON, fold_dir, write_cv_report
 from adafocus.reports.metrics import binary_metrics
 from adafocus.reports.tables import read_tsv, tsv_text
+from torch.utils.data import DataLoader
 
 PREDICTION_COLUMNS = ("participant_id", "session_id", "baseline", "label", "prediction", "probability", "exit",
                       "gmacs", "slices", "boxes")

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-
 from adafocus.apps.cv import run_cv, usable_rows
 from adafocus.core.io import atomic_write_json
 from adafocus.datasets.mri.cohort import CohortConfig, slices_in_band, write_oasis_cohort

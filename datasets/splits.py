@@ -25,9 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from sklearn.model_selection import StratifiedGroupKFold, train_test_split
-
 from adafocus.core.io import atomic_write_json, atomic_write_text
+from sklearn.model_selection import StratifiedGroupKFold, train_test_split
 
 log = logging.getLogger(__name__)
 

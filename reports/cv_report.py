@@ -12,7 +12,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-
 from adafocus.core.io import atomic_write_text
 from adafocus.datasets.mri.dataset import ClipSpec, MRISliceDataset, is_usable
 from adafocus.datasets.mri.manifest import read_manifest
@@ -110,16 +109,16 @@ def _markdown(experiment: dict, rows: list[dict], n_folds: int, n_participants: 
     lines = [
         "# Cross-validation report", "",
         f"- manifest: `{experiment['manifest']}`",
-        f"- preset: `{preset}`; clips: {clip['num_slices']} {clip['axis']} slices of {clip['size']} px, "
+        (f"- preset: `{preset}`; clips: {clip['num_slices']} {clip['axis']} slices of {clip['size']} px, "
         f"context {clip['context']} ({'2.5D' if clip['context'] else 'single slice'}), "
-        f"{clip['discard_border']:.0%} discarded at each end",
-        f"- {n_folds}-fold participant-level stratified group k-fold (seed {experiment['seed']}); model "
+        f"{clip['discard_border']:.0%} discarded at each end"),
+        (f"- {n_folds}-fold participant-level stratified group k-fold (seed {experiment['seed']}); model "
         f"selection and exit thresholds on an inner validation split "
-        f"({experiment['validation_fraction']:.0%} of each fold's training participants)",
-        f"- exit budget: {experiment['budget_gmacs'] if experiment['budget_gmacs'] is not None else 'none (last exit)'}"
-        f" GMACs per scan",
-        f"- metrics count each of the {n_participants} participants once (baseline session); 95% CIs: "
-        f"percentile bootstrap over participants ({BOOTSTRAP_RESAMPLES} resamples) of the pooled test predictions",
+        f"({experiment['validation_fraction']:.0%} of each fold's training participants)"),
+        (f"- exit budget: {experiment['budget_gmacs'] if experiment['budget_gmacs'] is not None else 'none (last exit)'}"
+        f" GMACs per scan"),
+        (f"- metrics count each of the {n_participants} participants once (baseline session); 95% CIs: "
+        f"percentile bootstrap over participants ({BOOTSTRAP_RESAMPLES} resamples) of the pooled test predictions"),
         "", "| metric | mean ± SD over folds | pooled [95% CI] | " + " | ".join(f"fold {i}" for i in range(n_folds))
         + " |", "|---|---|---|" + "---|" * n_folds]
     for r in rows:

@@ -5,12 +5,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from adafocus.core.io import atomic_write
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from sklearn.metrics import roc_curve
-
-from adafocus.core.io import atomic_write
 
 
 def save_figure(figure: Figure, path: str | Path, dpi: int = 110) -> Path:

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-
 from adafocus.core.config import get_preset
 from adafocus.datasets.mri.cohort import AtrophyRegion, apply_atrophy
 from adafocus.datasets.mri.manifest import STATUS_OK, ManifestRow, write_manifest

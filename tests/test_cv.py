@@ -5,7 +5,6 @@ import json
 
 import pytest
 import torch
-
 from _cv_fixtures import tiny_preset, write_preprocessed_cohort
 from adafocus.apps.cv import predict_checkpoint, run_cv, usable_rows
 from adafocus.datasets.mri.dataset import ClipSpec

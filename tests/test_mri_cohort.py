@@ -5,7 +5,6 @@ import csv
 import dataclasses
 
 import numpy as np
-
 from adafocus.datasets.mri.adapters import build_oasis_manifest
 from adafocus.datasets.mri.cohort import (
     TRUTH_NAME,
@@ -21,7 +20,7 @@ from adafocus.datasets.mri.preprocess import OrientationRAS, mni_template
 from adafocus.datasets.mri.volume import load_volume, sitk_to_volume
 from adafocus.reports.tables import read_tsv
 
-STILL = dict(rotation_deg=0.0, scale=0.0, shift_mm=0.0, elastic_mm=0.0, bias_strength=0.0, noise=0.0)
+STILL = {"rotation_deg": 0.0, "scale": 0.0, "shift_mm": 0.0, "elastic_mm": 0.0, "bias_strength": 0.0, "noise": 0.0}
 
 
 def test_apply_atrophy_darkens_only_inside_the_region():

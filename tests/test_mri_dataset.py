@@ -3,10 +3,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-
+from _cv_fixtures import tiny_preset, write_preprocessed_cohort
 from adafocus.datasets.mri.dataset import ClipSpec, MRISliceDataset, augment_clip, collate_scans, is_usable
 from adafocus.datasets.mri.manifest import read_manifest
-from _cv_fixtures import tiny_preset, write_preprocessed_cohort
 
 
 def test_dataset_items_and_cache(tmp_path, monkeypatch):

@@ -5,12 +5,11 @@ import json
 
 import numpy as np
 import pytest
-from sklearn.metrics import accuracy_score, balanced_accuracy_score, recall_score, roc_auc_score
-
 from adafocus.apps.cli import main
 from adafocus.reports.cv_report import write_cv_report
 from adafocus.reports.metrics import binary_metrics, bootstrap_ci, confusion_counts
 from adafocus.reports.tables import read_tsv, tsv_text
+from sklearn.metrics import accuracy_score, balanced_accuracy_score, recall_score, roc_auc_score
 
 
 def known_predictions(n: int = 60, seed: int = 0):
@@ -75,7 +74,7 @@ def fake_cv_dir(tmp_path, n_folds: int = 3):
 
 
 def test_cv_report_files_contain_the_numbers(tmp_path):
-    labels, predictions, probabilities = fake_cv_dir(tmp_path)
+    labels, predictions, _probabilities = fake_cv_dir(tmp_path)
     report = write_cv_report(tmp_path)
     summary = {r["metric"]: r for r in read_tsv(tmp_path / "metrics.tsv")}
     pooled_ba = balanced_accuracy_score(labels, predictions)

@@ -5,7 +5,6 @@ import logging
 from collections import Counter
 
 import pytest
-
 from adafocus.datasets.splits import (
     DataLeakageError,
     Scan,

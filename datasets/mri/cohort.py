@@ -24,11 +24,10 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-from scipy import ndimage
-
 from adafocus.core.io import atomic_write_text
 from adafocus.datasets.mri.preprocess import mni_template
 from adafocus.datasets.mri.volume import Volume, sitk_to_volume
+from scipy import ndimage
 
 OASIS_CSV_NAME = "oasis_cross-sectional.csv"
 TRUTH_NAME = "cohort_truth.tsv"

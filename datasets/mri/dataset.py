@@ -19,12 +19,11 @@ from dataclasses import asdict, dataclass
 import nibabel as nib
 import numpy as np
 import torch
-from torch import Tensor
-from torch.utils.data import Dataset
-
 from adafocus.core.config import Preset
 from adafocus.datasets.mri.manifest import STATUS_OK, ManifestRow
 from adafocus.datasets.mri.slices import PLANES, SliceInfo, volume_to_clip
+from torch import Tensor
+from torch.utils.data import Dataset
 
 
 @dataclass(frozen=True)

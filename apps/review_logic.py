@@ -1,0 +1,316 @@
+"""Pure logic behind the review app (apps/review_app.py): no Streamlit here, so all of it is unit-testable.
+
+- Queues: MRI cross-validation predictions (`fold-*/predictions.tsv` of `adafocus cv`) and video scores
+  (`scores.csv` + `details.jsonl` of `adafocus score`) become one table per kind, sorted by risk, with a
+  "needs review" flag when the prediction at the exit taken is uncertain (normalised entropy).
+- Path safety: every path that comes from an output file, a widget or an upload is resolved (symlinks
+  and `..` included) and refused unless it lies inside one of the folders the app was started with.
+- Decisions: an SQLite log (confirm / dismiss / note, UTC time stamps) beside the outputs.
+- Uploads: size limit, NIfTI parsing from bytes, 3D/finite/non-constant checks, before anything else runs.
+- Identifiers: NIfTI header text fields that may carry patient identifiers are hidden unless opted in.
+
+Risk is the probability of "not the first class" (class 0 is the reference class: CN, NonViolence, ...);
+for binary models that is the probability of class 1.
+"""
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+import math
+import os
+import sqlite3
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+
+DECISIONS = ("confirm", "dismiss", "note")
+DECISIONS_FILE = "review_decisions.sqlite"
+DEFAULT_MAX_UPLOAD_MB = 100
+DEFAULT_REVIEW_ENTROPY = 0.8
+QUEUE_COLUMNS = ("item_id", "kind", "name", "prediction", "confidence", "risk", "entropy", "needs_review",
+                 "exit", "gmacs", "label", "decision", "reviewed_at")
+# NIfTI-1 header text fields that scanners and converters fill with names, IDs or free text.
+IDENTIFYING_HEADER_FIELDS = ("descrip", "db_name", "aux_file", "intent_name")
+HIDDEN = "[hidden]"
+
+
+class UnsafePathError(ValueError):
+    """A path resolves outside the folders the app may read."""
+
+
+class UploadError(ValueError):
+    """An uploaded or chosen scan cannot be used; the message says why."""
+
+
+# ------------------------------------------------------------------------------------------ path safety
+def resolve_inside(path: str | os.PathLike, roots: Sequence[str | os.PathLike], *, base: str | os.PathLike | None = None
+                   ) -> Path:
+    """The real path of `path` (relative paths are taken from `base`, default the first root), if it lies
+    inside one of `roots` after resolving symlinks and `..`; UnsafePathError otherwise (also when no root)."""
+    if not roots:
+        raise UnsafePathError("no folder was configured for the app to read")
+    text = os.fspath(path)
+    if "\x00" in text:
+        raise UnsafePathError("path contains a NUL byte")
+    candidate = Path(text)
+    if not candidate.is_absolute():
+        candidate = Path(base if base is not None else roots[0]) / candidate
+    real = Path(os.path.realpath(candidate))
+    for root in roots:
+        real_root = Path(os.path.realpath(root))
+        if real == real_root or real_root in real.parents:
+            return real
+    raise UnsafePathError(f"{path} is outside the folders this app was started with")
+
+
+# ---------------------------------------------------------------------------------------------- queues
+def normalised_entropy(probabilities: Sequence[float] | np.ndarray) -> float:
+    """Entropy of a probability vector divided by log(C): 0 = certain, 1 = uniform."""
+    p = np.clip(np.asarray(probabilities, dtype=np.float64), 0.0, 1.0)
+    if p.size < 2:
+        return 0.0
+    p = p / p.sum()
+    nonzero = p[p > 0]
+    return float(-(nonzero * np.log(nonzero)).sum() / math.log(p.size))
+
+
+def find_prediction_files(scans_dir: str | Path) -> list[Path]:
+    """Every predictions.tsv under `scans_dir` (one per CV fold), sorted."""
+    return sorted(p for p in Path(scans_dir).rglob("predictions.tsv") if p.is_file())
+
+
+def scan_queue(scans_dir: str | Path) -> pd.DataFrame:
+    """One row per scored scan from all predictions.tsv files under `scans_dir` (QUEUE_COLUMNS plus
+    participant_id, session_id, slices, boxes, fold_dir). item_id is "<participant>/<session>"."""
+    records = []
+    for path in find_prediction_files(scans_dir):
+        with path.open(newline="", encoding="utf-8") as handle:
+            for row in csv.DictReader(handle, delimiter="\t"):
+                risk = float(row["probability"])
+                prediction = int(row["prediction"])
+                records.append({
+                    "item_id": f"{row['participant_id']}/{row['session_id']}", "kind": "scan",
+                    "name": f"{row['participant_id']} {row['session_id']}",
+                    "prediction": str(prediction), "confidence": max(risk, 1.0 - risk), "risk": risk,
+                    "entropy": normalised_entropy([1.0 - risk, risk]), "exit": int(row["exit"]),
+                    "gmacs": float(row["gmacs"]), "label": row.get("label", ""),
+                    "participant_id": row["participant_id"], "session_id": row["session_id"],
+                    "slices": row.get("slices", ""), "boxes": row.get("boxes", ""), "fold_dir": str(path.parent)})
+    return _finish_queue(records)
+
+
+def read_details(path: str | Path) -> dict[str, dict]:
+    """details.jsonl -> {path: record}; unreadable lines are skipped (a killed run may leave a partial one)."""
+    records = {}
+    path = Path(path)
+    if not path.is_file():
+        return records
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and "path" in record:
+            records[record["path"]] = record
+    return records
+
+
+def video_queue(videos_dir: str | Path) -> pd.DataFrame:
+    """One row per successfully scored video from every scores.csv under `videos_dir` (QUEUE_COLUMNS plus
+    path, scores_dir). item_id is the path as written in scores.csv."""
+    records = []
+    for scores in sorted(Path(videos_dir).rglob("scores.csv")):
+        with scores.open(newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            classes = [c[2:] for c in (reader.fieldnames or []) if c.startswith("p_")]
+            for row in reader:
+                if row.get("status") != "ok" or not classes:
+                    continue
+                probs = [float(row[f"p_{c}"]) for c in classes]
+                records.append({
+                    "item_id": row["path"], "kind": "video", "name": Path(row["path"]).name,
+                    "prediction": row["label"], "confidence": max(probs), "risk": 1.0 - probs[0],
+                    "entropy": normalised_entropy(probs), "exit": int(row["exit_step"]),
+                    "gmacs": float(row["gmacs"]), "label": "", "path": row["path"], "scores_dir": str(scores.parent)})
+    return _finish_queue(records)
+
+
+def _finish_queue(records: list[dict]) -> pd.DataFrame:
+    frame = pd.DataFrame.from_records(records)
+    for column in QUEUE_COLUMNS:
+        if column not in frame.columns:
+            frame[column] = pd.Series(dtype=object)
+    return frame
+
+
+def flag_and_sort(queue: pd.DataFrame, entropy_threshold: float, decisions: dict[str, dict] | None = None
+                  ) -> pd.DataFrame:
+    """Set needs_review (entropy >= threshold), attach the latest decision per item_id, and sort: highest
+    risk first, flagged before unflagged at equal risk. Returns a new frame."""
+    queue = queue.copy()
+    queue["needs_review"] = queue["entropy"].astype(float) >= entropy_threshold
+    decisions = decisions or {}
+    queue["decision"] = [decisions.get(i, {}).get("decision", "") for i in queue["item_id"]]
+    queue["reviewed_at"] = [decisions.get(i, {}).get("created_at", "") for i in queue["item_id"]]
+    return queue.sort_values(["risk", "needs_review", "item_id"], ascending=[False, False, True],
+                             kind="stable").reset_index(drop=True)
+
+
+REVIEW_STATES = ("all", "not reviewed", "reviewed")
+
+
+def filter_queue(queue: pd.DataFrame, *, needs_review_only: bool = False, predictions: Iterable[str] | None = None,
+                 review_state: str = "all", min_risk: float = 0.0) -> pd.DataFrame:
+    """Rows matching every filter: flagged only, predicted class in `predictions` (None = any), review state
+    (one of REVIEW_STATES), risk >= min_risk."""
+    if review_state not in REVIEW_STATES:
+        raise ValueError(f"review_state must be one of {REVIEW_STATES}, got {review_state!r}")
+    keep = queue["risk"].astype(float) >= min_risk
+    if needs_review_only:
+        keep &= queue["needs_review"].astype(bool)
+    if predictions is not None:
+        keep &= queue["prediction"].isin(list(predictions))
+    if review_state != "all":
+        reviewed = queue["decision"].fillna("").astype(str) != ""
+        keep &= reviewed if review_state == "reviewed" else ~reviewed
+    return queue[keep].reset_index(drop=True)
+
+
+def parse_slices_and_boxes(slices: str, boxes: str) -> list[tuple[int, tuple[float, float, float, float]]]:
+    """predictions.tsv cells ("12;30", "x0 y0 x1 y1;...") -> [(voxel slice index, box frame fractions)]."""
+    indices = [int(s) for s in slices.split(";") if s.strip()]
+    box_list = [tuple(float(v) for v in b.split()) for b in boxes.split(";") if b.strip()]
+    if len(indices) != len(box_list) or any(len(b) != 4 for b in box_list):
+        raise ValueError(f"slices {slices!r} and boxes {boxes!r} do not pair up")
+    return list(zip(indices, box_list))
+
+
+# ------------------------------------------------------------------------------------------- decisions
+class DecisionStore:
+    """Review decisions in an SQLite file: one row per decision (history kept), newest wins in the queue."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._connect() as db:
+            db.execute("CREATE TABLE IF NOT EXISTS decisions (id INTEGER PRIMARY KEY AUTOINCREMENT, "
+                       "kind TEXT NOT NULL, item_id TEXT NOT NULL, decision TEXT NOT NULL, note TEXT NOT NULL, "
+                       "created_at TEXT NOT NULL)")
+
+    def _connect(self) -> sqlite3.Connection:
+        return sqlite3.connect(self.path, timeout=10)
+
+    def record(self, kind: str, item_id: str, decision: str, note: str = "", *, now: datetime | None = None) -> dict:
+        """Append a decision (one of DECISIONS) with a UTC ISO time stamp; returns it as a dict."""
+        if decision not in DECISIONS:
+            raise ValueError(f"decision must be one of {DECISIONS}, got {decision!r}")
+        if decision == "note" and not note.strip():
+            raise ValueError("a note decision needs some text")
+        stamp = (now or datetime.now(timezone.utc)).astimezone(timezone.utc).isoformat(timespec="seconds")
+        with self._connect() as db:
+            db.execute("INSERT INTO decisions (kind, item_id, decision, note, created_at) VALUES (?, ?, ?, ?, ?)",
+                       (kind, item_id, decision, note.strip(), stamp))
+        return {"kind": kind, "item_id": item_id, "decision": decision, "note": note.strip(), "created_at": stamp}
+
+    def history(self, kind: str | None = None) -> list[dict]:
+        """All decisions, oldest first (optionally of one kind)."""
+        query = "SELECT kind, item_id, decision, note, created_at FROM decisions"
+        params: tuple = ()
+        if kind is not None:
+            query, params = query + " WHERE kind = ?", (kind,)
+        with self._connect() as db:
+            rows = db.execute(query + " ORDER BY id", params).fetchall()
+        return [dict(zip(("kind", "item_id", "decision", "note", "created_at"), r)) for r in rows]
+
+    def latest(self, kind: str) -> dict[str, dict]:
+        """item_id -> its most recent decision."""
+        return {d["item_id"]: d for d in self.history(kind)}
+
+    def export_csv(self) -> str:
+        """Every decision as CSV text (kind, item_id, decision, note, created_at)."""
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=["kind", "item_id", "decision", "note", "created_at"])
+        writer.writeheader()
+        writer.writerows(self.history())
+        return buffer.getvalue()
+
+
+# ---------------------------------------------------------------------------------------------- uploads
+@dataclass(frozen=True)
+class ValidatedScan:
+    """A scan that passed `validate_nifti_bytes`: the image and its uncompressed NIfTI bytes."""
+
+    image: nib.Nifti1Image
+    nifti_bytes: bytes
+
+
+def validate_nifti_bytes(name: str, data: bytes, max_bytes: int) -> ValidatedScan:
+    """Check an uploaded file before use: size <= max_bytes (also after gunzip), a .nii / .nii.gz name, a
+    parseable NIfTI-1/2 header, a 3D (or 3D + singleton) finite, non-constant image. UploadError otherwise."""
+    lower = name.lower()
+    if not lower.endswith((".nii", ".nii.gz")):
+        raise UploadError("only NIfTI files (.nii or .nii.gz) can be scored")
+    if len(data) > max_bytes:
+        raise UploadError(f"the file is {len(data) / 2**20:.1f} MB; the limit is {max_bytes / 2**20:.0f} MB")
+    if data[:2] == b"\x1f\x8b":
+        try:
+            with gzip.GzipFile(fileobj=io.BytesIO(data)) as handle:
+                data = handle.read(max_bytes + 1)
+        except (OSError, EOFError) as error:
+            raise UploadError(f"the file is not a valid gzip archive ({error})") from None
+        if len(data) > max_bytes:
+            raise UploadError(f"the decompressed file is over the {max_bytes / 2**20:.0f} MB limit")
+    try:
+        image = nib.Nifti1Image.from_bytes(data)
+    except Exception:  # noqa: BLE001  (nibabel raises many types for garbage input)
+        try:
+            image = nib.Nifti2Image.from_bytes(data)
+        except Exception:  # noqa: BLE001
+            raise UploadError("the file is not a readable NIfTI image (header or data could not be parsed)") from None
+    from adafocus.datasets.mri.volume import ScanError, validated_array
+
+    try:
+        validated_array(np.asanyarray(image.dataobj), "the upload")
+    except ScanError as error:
+        raise UploadError(str(error)) from None
+    except Exception:  # noqa: BLE001  (truncated data fails in numpy or nibabel)
+        raise UploadError("the image data could not be read (truncated file?)") from None
+    return ValidatedScan(image, data)
+
+
+def write_private_copy(scan: ValidatedScan, folder: str | Path) -> Path:
+    """Write the validated upload as scan.nii in a new private temp folder under `folder` (the user's file
+    name is not reused: it may contain a patient name). Returns the file path."""
+    target = Path(tempfile.mkdtemp(prefix="upload-", dir=folder)) / "scan.nii"
+    target.write_bytes(scan.nifti_bytes)
+    return target
+
+
+# ------------------------------------------------------------------------------------------ identifiers
+def header_summary(image: nib.Nifti1Image, *, show_identifiers: bool = False) -> dict[str, str]:
+    """What the app shows about a NIfTI header: shape, voxel size, orientation, data type, and the free-text
+    fields in IDENTIFYING_HEADER_FIELDS, which read HIDDEN unless `show_identifiers`."""
+    header = image.header
+    summary = {"shape": " x ".join(str(n) for n in image.shape),
+               "voxel size (mm)": " x ".join(f"{z:.2f}" for z in header.get_zooms()[:3]),
+               "orientation": "".join(nib.aff2axcodes(image.affine)),
+               "data type": str(header.get_data_dtype())}
+    for field in IDENTIFYING_HEADER_FIELDS:
+        try:
+            raw = header[field]
+        except (KeyError, ValueError):
+            continue
+        text = raw.item().decode("latin-1", "replace") if hasattr(raw, "item") and isinstance(raw.item(), bytes) \
+            else str(raw)
+        text = text.strip("\x00 ")
+        if text:
+            summary[field] = text if show_identifiers else HIDDEN
+    return summary

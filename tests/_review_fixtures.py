@@ -1,0 +1,108 @@
+"""Small review-app fixtures: a CV output folder with scans, a scored video folder and a tiny model."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+from _video_fixtures import write_counter_video
+from adafocus.core.checkpoint import save_checkpoint
+from adafocus.core.config import get_preset
+from adafocus.core.model import UniAdaFocus
+from adafocus.datasets.mri.manifest import STATUS_OK, ManifestRow, write_manifest
+from adafocus.datasets.mri.slices import select_slice_indices
+
+CLIP = {"axis": "sagittal", "num_slices": 8, "discard_border": 0.15, "context": 1, "size": 32}
+VOLUME_SHAPE = (24, 28, 24)
+# (participant, probability of class 1, exit): sorted by risk the order is P002, P000, P003, P001
+SCANS = [("P000", 0.62, 1), ("P001", 0.05, 0), ("P002", 0.97, 2), ("P003", 0.40, 2)]
+# (video name, p_NonViolence, p_Violence, exit)
+VIDEOS = [("calm.mp4", 0.95, 0.05, 0), ("fight.mp4", 0.45, 0.55, 2), ("brawl.mp4", 0.10, 0.90, 1)]
+
+
+def _brain(seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    x, y, z = np.meshgrid(*(np.linspace(-1, 1, n) for n in VOLUME_SHAPE), indexing="ij")
+    head = (x**2 + y**2 + z**2 < 0.8).astype(np.float32)
+    return np.clip(head * (0.6 + 0.3 * np.cos(4 * y)) + rng.normal(0, 0.03, VOLUME_SHAPE), 0, 1).astype(np.float32)
+
+
+def write_scans(root: Path) -> Path:
+    """root/cache (NIfTI + manifest, raw sources with an identifying header) and root/cv (cv.json,
+    fold-0/predictions.tsv). Returns root."""
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    rows, predictions = [], []
+    indices = select_slice_indices(VOLUME_SHAPE[0], CLIP["num_slices"], CLIP["discard_border"])
+    for k, (participant, probability, exit_) in enumerate(SCANS):
+        folder = root / "cache" / f"sub-{participant}"
+        folder.mkdir(parents=True, exist_ok=True)
+        volume = _brain(k)
+        pre, raw = folder / "t1_pre.nii.gz", folder / "t1_raw.nii.gz"
+        nib.save(nib.Nifti1Image(volume, affine), str(pre))
+        raw_image = nib.Nifti1Image(volume[::-1].copy() * 800, np.diag([-2.0, 2.0, 2.0, 1.0]))
+        raw_image.header["descrip"] = b"Patient DOE^JOHN"
+        nib.save(raw_image, str(raw))
+        rows.append(ManifestRow(participant, "ses-M000", int(probability > 0.5), "AD", 70.0, "F", raw, pre, STATUS_OK))
+        chosen = [int(i) for i in indices[1:1 + exit_]]
+        boxes = ";".join(f"{0.2 + 0.1 * j:.3f} 0.250 {0.6 + 0.1 * j:.3f} 0.700" for j in range(exit_))
+        predictions.append({"participant_id": participant, "session_id": "ses-M000", "baseline": 1,
+                            "label": int(probability > 0.5), "prediction": int(probability > 0.5),
+                            "probability": f"{probability:.6f}", "exit": exit_, "gmacs": f"{0.01 * (1 + exit_):.6f}",
+                            "slices": ";".join(map(str, chosen)), "boxes": boxes})
+    manifest = write_manifest(rows, root / "cache" / "manifest.tsv")
+    fold = root / "cv" / "fold-0"
+    fold.mkdir(parents=True)
+    (root / "cv" / "cv.json").write_text(json.dumps({"manifest": str(manifest), "clip": CLIP}))
+    with (fold / "predictions.tsv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(predictions[0]), delimiter="\t")
+        writer.writeheader()
+        writer.writerows(predictions)
+    return root
+
+
+def write_videos(root: Path) -> Path:
+    """Three small MP4s with scores.csv / details.jsonl (relative paths) under root. Returns root."""
+    root.mkdir(parents=True, exist_ok=True)
+    columns = ["path", "status", "error", "note", "label", "p_NonViolence", "p_Violence", "exit_step", "gmacs",
+               "decode_ms", "model_ms"]
+    with (root / "scores.csv").open("w", newline="") as handle, (root / "details.jsonl").open("w") as details:
+        writer = csv.writer(handle)
+        writer.writerow(columns)
+        for name, p0, p1, exit_ in VIDEOS:
+            write_counter_video(root / name, 80, width=96, height=64)
+            label = "Violence" if p1 > p0 else "NonViolence"
+            writer.writerow([name, "ok", "", "", label, p0, p1, exit_, 0.02 * (1 + exit_), 5.0, 3.0])
+            selected = [{"frame": 10 + 30 * j, "time_s": (10 + 30 * j) / 25, "box": [10.0 + 8 * j, 8.0, 60.0, 50.0]}
+                        for j in range(exit_)]
+            details.write(json.dumps({"path": name, "status": "ok", "label": label,
+                                      "probs": {"NonViolence": p0, "Violence": p1}, "exit_step": exit_,
+                                      "selected": selected}) + "\n")
+        writer.writerow(["broken.mp4", "error", "unreadable", "", "", "", "", "", "", "1.0", ""])
+    return root
+
+
+def write_model(folder: Path) -> Path:
+    """An untrained tiny MRI model (8 sagittal slices of 32 x 32) with a calibration.pt. Returns best.pt."""
+    torch.manual_seed(0)
+    preset = get_preset("cpu-mri", num_candidates=8, num_glance=8, num_focus=2, frame_size=32, glance_size=32,
+                        patch_size=16, min_patch_side=16, max_patch_side=24)
+    model = UniAdaFocus(preset.model)
+    folder.mkdir(parents=True, exist_ok=True)
+    checkpoint = folder / "best.pt"
+    save_checkpoint(checkpoint, model_state=model.state_dict(), config=preset.to_dict())
+    generator = torch.Generator().manual_seed(0)
+    num_exits = model.config.num_exits
+    logits = torch.randn(64, num_exits, 2, generator=generator) * torch.linspace(0.5, 3, num_exits)[None, :, None]
+    labels = logits[:, -1].argmax(-1)
+    save_checkpoint(folder / "calibration.pt", model_state={}, config={"criterion": "entropy"}, logits=logits,
+                    labels=labels, exit_costs=model.exit_costs())
+    return checkpoint
+
+
+def write_all(root: Path) -> dict[str, Path]:
+    """Everything the app needs under root: {"scans", "videos", "model"}."""
+    return {"scans": write_scans(root / "scans"), "videos": write_videos(root / "videos"),
+            "model": write_model(root / "model")}
