@@ -88,19 +88,28 @@ def _rss_bytes() -> int:
 
 def time_per_batch(fn: Callable[[], object], device: torch.device, *, warmup: int, repeats: int) -> float:
     """Median seconds per call after warm-up (CUDA synchronised)."""
+    return time_round_robin([fn], device, warmup=warmup, repeats=repeats)[0]
+
+
+def time_round_robin(fns: list[Callable[[], object]], device: torch.device, *, warmup: int,
+                     repeats: int) -> list[float]:
+    """Median seconds per call of each function, timed in turns (f1, f2, ..., f1, f2, ...) so that a
+    change in machine load during the run hits every variant alike: the ratios stay fair."""
     def sync():
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-    for _ in range(warmup):
-        fn()
+    for fn in fns:
+        for _ in range(warmup):
+            fn()
     sync()
-    times = []
+    times: list[list[float]] = [[] for _ in fns]
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for fn, samples in zip(fns, times):
+            start = time.perf_counter()
+            fn()
+            sync()
+            samples.append(time.perf_counter() - start)
+    return [statistics.median(samples) for samples in times]
 
 
 def budget_policies(model: UniAdaFocus, clips: torch.Tensor, fractions: tuple[float, ...]) -> dict[float, ExitPolicy]:
@@ -141,8 +150,8 @@ def bench_speed(model_config: ModelConfig, *, device: str = "auto", batch: int =
                              lambda p=policy: model.infer(clip, p),
                              lambda p=policy: float(model.infer(clip, p).gmacs.mean()), "model", fraction))
         rows = []
-        for name, run, gmacs, kind, fraction in variants:
-            seconds = time_per_batch(run, dev, warmup=warmup, repeats=repeats)
+        seconds_per_batch = time_round_robin([v[1] for v in variants], dev, warmup=warmup, repeats=repeats)
+        for (name, run, gmacs, kind, fraction), seconds in zip(variants, seconds_per_batch):
             rows.append({"name": name, "gmacs": gmacs(), "videos_per_s": batch / seconds,
                          "peak_mb": peak_memory_mb(kind, cfg, batch, dev, fraction) if measure_memory else None})
     base = rows[0]

@@ -150,6 +150,9 @@ def test_review_app_in_chromium(app_url, tmp_path):
             assert frames.count() == 2
             assert all(yellow_pixels(frames.nth(i).screenshot()) > 20 for i in range(2))
             page.get_by_role("button", name="▶ 1.60 s").click()
+            # the player jumped (st.video start_time, whole seconds)
+            page.wait_for_function("() => { const v = document.querySelector('video');"
+                                   " return v !== null && v.currentTime >= 1; }")
             page.get_by_role("radio", name="dismiss").check(force=True)
             page.get_by_role("button", name="Save decision").click()
             page.get_by_text("Saved decision: dismiss at").wait_for()
