@@ -176,8 +176,8 @@ def run_ablations(out_dir: Path, *, preset_name: str = "cpu-synthetic", quick: b
     for index, key in enumerate(keys, 1):
         row_file = out_dir / "rows" / f"{key}.json"
         preset = all_variants[key](base)
-        if row_file.exists() and json.loads(row_file.read_text())["config"] == preset.to_dict():
-            results[key] = json.loads(row_file.read_text())
+        if row_file.exists() and json.loads(row_file.read_text(encoding="utf-8"))["config"] == preset.to_dict():
+            results[key] = json.loads(row_file.read_text(encoding="utf-8"))
             continue
         log(f"[{index}/{len(keys)}] {key}")
         torch.manual_seed(base.train.seed)

@@ -179,7 +179,7 @@ def load_or_write_experiment(out_dir: Path, experiment: dict) -> dict:
     cannot silently mix settings)."""
     path = out_dir / CV_JSON
     if path.exists():
-        saved = json.loads(path.read_text())
+        saved = json.loads(path.read_text(encoding="utf-8"))
         differing = sorted(k for k in experiment if saved.get(k) != experiment[k])
         if differing:
             raise ValueError(f"{out_dir} holds a cross-validation with other settings ({', '.join(differing)}); "

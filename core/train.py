@@ -233,7 +233,7 @@ def train(preset: Preset, train_set: Dataset, val_set: Dataset, out_dir: str | P
 
 def _append_log(path: Path, row: dict) -> None:
     """Rewrite the TSV with one more row (atomic, so a crash never leaves half a line)."""
-    lines = path.read_text().splitlines() if path.exists() else []
+    lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
     header = "\t".join(row)
     if not lines or lines[0] != header:
         lines = [header]
@@ -272,4 +272,4 @@ def calibrate(model: UniAdaFocus, loader: DataLoader, budget: float, *, criterio
 
 
 def load_exit_policy(path: str | Path) -> ExitPolicy:
-    return ExitPolicy.from_dict(json.loads(Path(path).read_text()))
+    return ExitPolicy.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))

@@ -166,11 +166,11 @@ def write_folds(folds: Sequence[Fold], scans: Sequence[Scan], folder: str | Path
 def read_folds(folder: str | Path) -> list[Fold]:
     """Read the folds written by `write_folds`."""
     folder = Path(folder)
-    meta = json.loads((folder / SPLITS_JSON).read_text())
+    meta = json.loads((folder / SPLITS_JSON).read_text(encoding="utf-8"))
     folds = []
     for index in range(meta["n_folds"]):
         members: dict[str, set[str]] = {name: set() for name in SUBSETS}
-        with (folder / f"fold-{index}.tsv").open(newline="") as handle:
+        with (folder / f"fold-{index}.tsv").open(newline="", encoding="utf-8") as handle:
             for rec in csv.DictReader(handle, delimiter="\t"):
                 members[rec["subset"]].add(rec["participant_id"])
         folds.append(Fold(index, *(tuple(sorted(members[name])) for name in SUBSETS)))
@@ -185,7 +185,7 @@ def load_or_make_folds(scans: Sequence[Scan], folder: str | Path, n_folds: int, 
     silently mix two experiments."""
     folder = Path(folder)
     if (folder / SPLITS_JSON).exists():
-        meta = json.loads((folder / SPLITS_JSON).read_text())
+        meta = json.loads((folder / SPLITS_JSON).read_text(encoding="utf-8"))
         wanted = {"n_folds": n_folds, "seed": seed, "validation_fraction": validation_fraction}
         if meta != wanted:
             raise ValueError(f"{folder} holds a split made with {meta}, not {wanted}; use another output folder")
@@ -223,7 +223,7 @@ def read_training_participants(model_path: str | Path) -> set[str]:
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: cannot tell which participants this model was trained on "
                                 f"(the leakage check needs it)")
-    with path.open(newline="") as handle:
+    with path.open(newline="", encoding="utf-8") as handle:
         return {rec["participant_id"] for rec in csv.DictReader(handle, delimiter="\t")}
 
 

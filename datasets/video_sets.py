@@ -212,7 +212,7 @@ def make_or_load_split(
         raise ValueError("samples contain the same file more than once")
     current = {(key, label) for key, (_, label) in by_key.items()}
     if split_file.exists():
-        stored = json.loads(split_file.read_text())
+        stored = json.loads(split_file.read_text(encoding="utf-8"))
         stored_names = set(stored.get("splits", {}))
         if stored.get("version") != _SPLIT_FORMAT_VERSION or stored_names != set(SPLIT_NAMES):
             raise ValueError(f"{split_file} is not a split file written by make_or_load_split")
@@ -320,7 +320,7 @@ def _find_file(root: Path, name: str) -> Path | None:
 
 def _load_json_list(path: Path, what: str) -> list:
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise ValueError(f"{path} is not valid JSON ({e})") from None
     if not isinstance(data, list):

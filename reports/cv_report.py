@@ -181,7 +181,7 @@ def _html(markdown: str) -> str:
 def write_cv_report(cv_dir: str | Path) -> Path:
     """Write DIR/metrics.tsv, the four figures, report.md and report.html; returns the report.md path."""
     cv_dir = Path(cv_dir)
-    experiment = json.loads((cv_dir / CV_JSON).read_text())
+    experiment = json.loads((cv_dir / CV_JSON).read_text(encoding="utf-8"))
     n_folds = experiment["folds"]
     folds = load_fold_tables(cv_dir, n_folds)
     all_predictions = [p for f in folds for p in f["predictions"]]

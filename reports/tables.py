@@ -18,5 +18,5 @@ def tsv_text(columns: Sequence[str], rows: Sequence[dict]) -> str:
 
 def read_tsv(path: str | Path) -> list[dict[str, str]]:
     """A TSV with a header -> list of {column: cell text}."""
-    with Path(path).open(newline="") as handle:
+    with Path(path).open(newline="", encoding="utf-8") as handle:
         return list(csv.DictReader(handle, delimiter="\t"))

@@ -23,9 +23,9 @@ def test_versions_table_quick_run_writes_report_and_resumes(tmp_path):
     assert all(0.0 <= r["accuracy"] <= 1.0 for r in rows)
     # V2 and Uni process the same number of P x P patches: their last-exit costs differ only by the policies.
     assert rows[1]["exit_costs"][-1] == pytest.approx(rows[2]["exit_costs"][-1], rel=0.1)
-    text = (tmp_path / "ablations.md").read_text()
+    text = (tmp_path / "ablations.md").read_text(encoding="utf-8")
     assert "AdaFocusV1 (3 stages, PPO)" in text and (tmp_path / "ablations_versions.png").stat().st_size > 0
-    assert json.loads((tmp_path / "ablations.json").read_text())["quick"] is True
+    assert json.loads((tmp_path / "ablations.json").read_text(encoding="utf-8"))["quick"] is True
     trained = [m for m in messages if m.startswith("[")]
     assert len(trained) == 3
     messages.clear()
@@ -36,7 +36,7 @@ def test_versions_table_quick_run_writes_report_and_resumes(tmp_path):
 @pytest.mark.slow
 def test_all_tables_quick_run_through_the_cli(tmp_path, capsys):
     assert main(["bench", "ablations", "--out", str(tmp_path), "--quick", "--device", "cpu"]) == 0
-    report = json.loads((tmp_path / "ablations.json").read_text())
+    report = json.loads((tmp_path / "ablations.json").read_text(encoding="utf-8"))
     assert set(report["tables"]) == set(TABLES)
     curve = report["tables"]["X"][-1]["budget_curve"]
     assert len(curve) == 4 and all(p["adaptive"] is not None for p in curve)

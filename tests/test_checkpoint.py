@@ -119,7 +119,7 @@ def test_missing_truncated_and_foreign_files_give_clear_errors(tmp_path):
         load_checkpoint(truncated)
 
     text = tmp_path / "notes.pt"
-    text.write_text("just some text")
+    text.write_text("just some text", encoding="utf-8")
     with pytest.raises(CheckpointError, match="truncated, corrupt"):
         load_checkpoint(text)
 

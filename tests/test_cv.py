@@ -51,7 +51,7 @@ def test_every_participant_is_tested_once_by_a_model_that_never_saw_it(cv_run):
 def test_budget_thresholds_and_fold_files(cv_run):
     out = cv_run["out"]
     for i in range(3):
-        policy = json.loads((out / f"fold-{i}" / "exit_policy.json").read_text())
+        policy = json.loads((out / f"fold-{i}" / "exit_policy.json").read_text(encoding="utf-8"))
         assert policy["budget"] == pytest.approx(cv_run["budget"])
         metrics = {r["metric"]: float(r["value"]) for r in read_tsv(out / f"fold-{i}" / "metrics.tsv")}
         assert set(metrics) >= {"accuracy", "balanced_accuracy", "sensitivity", "specificity", "auc"}
@@ -65,7 +65,7 @@ def test_report_assembled_with_numbers_from_the_folds(cv_run):
     per_fold = [cv_run["result"]["folds"][i]["balanced_accuracy"] for i in range(3)]
     assert float(summary["balanced_accuracy"]["mean"]) == pytest.approx(sum(per_fold) / 3, abs=1e-4)
     assert (out / "report.html").exists() and (out / "selected_slices.png").stat().st_size > 1000
-    assert f"{sum(per_fold) / 3:.3f}" in (out / "report.md").read_text()
+    assert f"{sum(per_fold) / 3:.3f}" in (out / "report.md").read_text(encoding="utf-8")
 
 
 def test_finished_folds_are_not_retrained(cv_run):
@@ -87,7 +87,7 @@ def test_scoring_training_participants_is_refused_unless_overridden(cv_run):
     out = cv_run["out"]
     fold = read_folds(out / "splits")[0]
     rows = usable_rows(cv_run["manifest"])
-    spec = ClipSpec(**json.loads((out / "cv.json").read_text())["clip"])
+    spec = ClipSpec(**json.loads((out / "cv.json").read_text(encoding="utf-8"))["clip"])
     checkpoint = out / "fold-0" / "best.pt"
     trained_on = [r for r in rows if r.participant_id == fold.train[0]]
     with pytest.raises(DataLeakageError, match=fold.train[0]):

@@ -34,7 +34,7 @@ def free_port() -> int:
 @pytest.mark.timeout(300)
 def test_torchrun_two_cpu_processes_train_one_model(tmp_path):
     script = tmp_path / "ddp_train.py"
-    script.write_text(SCRIPT)
+    script.write_text(SCRIPT, encoding="utf-8")
     run_dir = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
@@ -44,6 +44,6 @@ def test_torchrun_two_cpu_processes_train_one_model(tmp_path):
     # Only rank 0 logs and writes; both ranks stepped together (per-rank batch 4 -> 4 steps per epoch each).
     assert done.stdout.count("epoch 2/2") == 1
     assert load_checkpoint(run_dir / "last.pt")["epoch"] == 1
-    assert json.loads((run_dir / "config.json").read_text())["train"]["batch_size"] == 8
-    rows = (run_dir / "log.tsv").read_text().strip().splitlines()
+    assert json.loads((run_dir / "config.json").read_text(encoding="utf-8"))["train"]["batch_size"] == 8
+    rows = (run_dir / "log.tsv").read_text(encoding="utf-8").strip().splitlines()
     assert len(rows) == 3

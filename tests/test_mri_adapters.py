@@ -248,12 +248,12 @@ def test_manifest_round_trip_is_typed_atomic_and_relative(tmp_path):
     ]
     path = write_manifest(rows, cache / "manifest.tsv")
     assert read_manifest(path) == rows
-    lines = path.read_text().splitlines()
+    lines = path.read_text(encoding="utf-8").splitlines()
     assert lines[0].split("\t") == list(MANIFEST_COLUMNS)
     assert "\tsub-941S1194/x.nii.gz\t" in lines[1]  # inside the cache -> relative, so the cache can move
     assert str(outside) in lines[1]
     assert [p.name for p in cache.iterdir()] == ["manifest.tsv"]  # no temp file left behind
-    (tmp_path / "bad.tsv").write_text("participant_id\tlabel\nx\t1\n")
+    (tmp_path / "bad.tsv").write_text("participant_id\tlabel\nx\t1\n", encoding="utf-8")
     with pytest.raises(ValueError, match="missing columns"):
         read_manifest(tmp_path / "bad.tsv")
 

@@ -69,7 +69,7 @@ def fake_cv_dir(tmp_path, n_folds: int = 3):
         m.update(participants=len(rows), mean_gmacs=0.05)
         (fold / "metrics.tsv").write_text(tsv_text(["metric", "value"],
                                                    [{"metric": k, "value": v} for k, v in m.items()]))
-        (fold / "budget_curve.tsv").write_text("q\tmean_gmacs\taccuracy\n1\t0.02\t0.6\n10\t0.05\t0.7\n")
+        (fold / "budget_curve.tsv").write_text("q\tmean_gmacs\taccuracy\n1\t0.02\t0.6\n10\t0.05\t0.7\n", encoding="utf-8")
     return labels, predictions, probabilities
 
 
@@ -83,10 +83,10 @@ def test_cv_report_files_contain_the_numbers(tmp_path):
     assert float(summary["balanced_accuracy"]["mean"]) == pytest.approx(np.mean(per_fold), abs=1e-5)
     assert float(summary["balanced_accuracy"]["sd"]) == pytest.approx(np.std(per_fold, ddof=1), abs=1e-5)
     assert float(summary["auc"]["ci_low"]) <= float(summary["auc"]["pooled"]) <= float(summary["auc"]["ci_high"])
-    text = report.read_text()
+    text = report.read_text(encoding="utf-8")
     assert f"{np.mean(per_fold):.3f} ± {np.std(per_fold, ddof=1):.3f}" in text
     assert f"{pooled_ba:.3f} [" in text
-    html = (tmp_path / "report.html").read_text()
+    html = (tmp_path / "report.html").read_text(encoding="utf-8")
     assert f"{pooled_ba:.3f}" in html and html.count("<img") == 4
     for png in ("roc.png", "confusion.png", "accuracy_vs_gmacs.png", "selected_slices.png"):
         assert (tmp_path / png).read_bytes()[:4] == b"\x89PNG"

@@ -219,7 +219,7 @@ def test_app_refuses_a_video_path_outside_the_folder(app_env, tmp_path, monkeypa
     videos = tmp_path / "videos"
     videos.mkdir()
     (videos / "scores.csv").write_text("path,status,error,note,label,p_a,p_b,exit_step,gmacs,decode_ms,model_ms\n"
-                                       "../../etc/passwd,ok,,,b,0.1,0.9,1,0.1,1,1\n")
+                                       "../../etc/passwd,ok,,,b,0.1,0.9,1,0.1,1,1\n", encoding="utf-8")
     monkeypatch.setenv(review_app.ENV_VIDEOS, str(videos))
     at = run_app("Videos")
     assert "outside the folders" in at.error[0].value

@@ -39,7 +39,7 @@ def checkpoint(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("model")
     preset = get_preset("cpu-video")
     save_checkpoint(folder / "best.pt", config=preset.to_dict(), model_state=UniAdaFocus(preset.model).state_dict())
-    (folder / "classes.json").write_text(json.dumps(["NonViolence", "Violence"]))
+    (folder / "classes.json").write_text(json.dumps(["NonViolence", "Violence"]), encoding="utf-8")
     return folder / "best.pt"
 
 
@@ -135,7 +135,7 @@ def test_broken_corpus_becomes_rows_with_reasons(corpus, checkpoint, tmp_path):
     failures = sum(status == "error" for status, _ in expected.values())
     assert (summary.scored, summary.failed, summary.exit_code) == (len(expected) - failures, failures, 0)
 
-    records = [json.loads(line) for line in details.read_text().splitlines()]
+    records = [json.loads(line) for line in details.read_text(encoding="utf-8").splitlines()]
     assert sorted(Path(r["path"]).name for r in records) == sorted(expected)
     for record in records:
         name = Path(record["path"]).name
@@ -222,14 +222,14 @@ def test_resume_drops_partial_rows_and_orphan_details(corpus, checkpoint, tmp_pa
     assert records[0] == csv_columns(["NonViolence", "Violence"])
     assert sorted(r[0] for r in records[1:]) == sorted(everything)
     assert all(len(r) == len(records[0]) for r in records)
-    detail_paths = [json.loads(line)["path"] for line in details.read_text().splitlines()]
+    detail_paths = [json.loads(line)["path"] for line in details.read_text(encoding="utf-8").splitlines()]
     assert sorted(detail_paths) == sorted(everything)
 
 
 def test_existing_csv_of_another_model_is_refused(corpus, checkpoint, tmp_path):
     folder, _ = corpus
     out = tmp_path / "scores.csv"
-    out.write_text("path,status,error,note,label,p_cat,p_dog,exit_step,gmacs,decode_ms,model_ms\n")
+    out.write_text("path,status,error,note,label,p_cat,p_dog,exit_step,gmacs,decode_ms,model_ms\n", encoding="utf-8")
     with pytest.raises(ValueError, match="another model"):
         score_videos([str(folder / "good.mp4")], checkpoint, out, workers=0, progress=False, log=lambda _: None)
 
@@ -265,7 +265,7 @@ def test_contact_sheets_show_the_boxes(corpus, checkpoint, tmp_path):
     sheets, details = tmp_path / "sheets", tmp_path / "details.jsonl"
     score_videos(files, checkpoint, tmp_path / "s.csv", details=details, thumbnails=sheets, workers=0,
                  progress=False, log=lambda _: None)
-    records = {Path(r["path"]).name: r for r in map(json.loads, details.read_text().splitlines())}
+    records = {Path(r["path"]).name: r for r in map(json.loads, details.read_text(encoding="utf-8").splitlines())}
     assert "thumbnail" not in records["zero.mp4"]
     assert len(list(sheets.glob("*.png"))) == 2
     for name in ("good.mp4", "thin.mp4"):
@@ -281,16 +281,16 @@ def _csv_text(paths: list[str]) -> str:
 
 def test_merge_parts_keeps_each_file_once(tmp_path):
     final = OutputFiles(tmp_path / "scores.csv", tmp_path / "details.jsonl")
-    final.csv.write_text(_csv_text(["/v/0.mp4"]))
-    final.details.write_text(json.dumps({"path": "/v/0.mp4"}) + "\n")
-    (tmp_path / ".scores.csv.rank0.part").write_text(_csv_text(["/v/0.mp4", "/v/2.mp4"]) + "/v/4.mp4,ok,")
-    (tmp_path / ".scores.csv.rank1.part").write_text(_csv_text(["/v/1.mp4", "/v/3.mp4"]))
+    final.csv.write_text(_csv_text(["/v/0.mp4"]), encoding="utf-8")
+    final.details.write_text(json.dumps({"path": "/v/0.mp4"}) + "\n", encoding="utf-8")
+    (tmp_path / ".scores.csv.rank0.part").write_text(_csv_text(["/v/0.mp4", "/v/2.mp4"]) + "/v/4.mp4,ok,", encoding="utf-8")
+    (tmp_path / ".scores.csv.rank1.part").write_text(_csv_text(["/v/1.mp4", "/v/3.mp4"]), encoding="utf-8")
     (tmp_path / ".details.jsonl.rank1.part").write_text(
         "".join(json.dumps({"path": p}) + "\n" for p in ("/v/1.mp4", "/v/3.mp4")) + '{"path": "/v/5')
     merge_parts(final, csv_columns(["a", "b"]))
     _, rows = read_rows(final.csv)
     assert sorted(r["path"] for r in rows) == [f"/v/{i}.mp4" for i in range(4)]
-    assert [json.loads(line)["path"] for line in final.details.read_text().splitlines()] == \
+    assert [json.loads(line)["path"] for line in final.details.read_text(encoding="utf-8").splitlines()] == \
         ["/v/0.mp4", "/v/1.mp4", "/v/3.mp4"]
     assert not list(tmp_path.glob(".*.part"))
 
@@ -324,7 +324,7 @@ def test_sigkill_mid_run_then_resume_scores_every_file_once(checkpoint, tmp_path
     assert all(len(r) == len(records[0]) for r in records)
     assert sorted(Path(r[0]).name for r in records[1:]) == [f"clip_{i:02d}.mp4" for i in range(24)]
     assert all(r[1] == "ok" for r in records[1:])
-    detail_names = sorted(Path(json.loads(line)["path"]).name for line in details.read_text().splitlines())
+    detail_names = sorted(Path(json.loads(line)["path"]).name for line in details.read_text(encoding="utf-8").splitlines())
     assert detail_names == [f"clip_{i:02d}.mp4" for i in range(24)]
 
 
@@ -348,7 +348,7 @@ def test_torchrun_two_processes_shard_and_merge(corpus, checkpoint, tmp_path):
     # input i went to rank i % 2, and rank 0's part was merged before rank 1's
     inputs = collect_inputs([str(folder)])
     assert [row["path"] for row in read_rows(out)[1]] == inputs[0::2] + inputs[1::2]
-    assert sorted(Path(json.loads(line)["path"]).name for line in details.read_text().splitlines()) == \
+    assert sorted(Path(json.loads(line)["path"]).name for line in details.read_text(encoding="utf-8").splitlines()) == \
         sorted(expected)
     assert not list(tmp_path.glob(".*.part"))
     assert result.stdout.count(" scored, ") == 1  # one summary line, from rank 0

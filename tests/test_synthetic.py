@@ -297,7 +297,7 @@ def test_written_videos_keep_ground_truth_and_readable_patterns(tmp_path, upscal
     ds = SyntheticFocusDataset(4, cfg, seed=15)
     names = ["NonViolence", "Violence"]
     gt_path = write_class_folder_videos(tmp_path, ds, names, fps=10, upscale=upscale)
-    records = [json.loads(line) for line in gt_path.read_text().splitlines()]
+    records = [json.loads(line) for line in gt_path.read_text(encoding="utf-8").splitlines()]
     assert len(records) == 4
     assert sorted(p.name for p in tmp_path.iterdir()) == ["NonViolence", "Violence", "ground_truth.jsonl"]
     for record in records:

@@ -57,14 +57,14 @@ def test_train_writes_run_files_and_resumes_after_a_crash(tmp_path):
         train(preset, train_set, val_set, tmp_path, device="cpu", collate_fn=collate, progress=False,
               log=crash_after_first_epoch)
     assert {"config.json", "last.pt", "best.pt", "log.tsv"} <= {p.name for p in tmp_path.iterdir()}
-    assert json.loads((tmp_path / "config.json").read_text()) == preset.to_dict()
+    assert json.loads((tmp_path / "config.json").read_text(encoding="utf-8")) == preset.to_dict()
     assert load_checkpoint(tmp_path / "last.pt")["epoch"] == 0
 
     messages = []
     train(preset, train_set, val_set, tmp_path, device="cpu", collate_fn=collate, progress=False,
           log=messages.append)
     assert messages[0].startswith("resumed") and not any(m.startswith("epoch 1/") for m in messages)
-    rows = (tmp_path / "log.tsv").read_text().strip().splitlines()
+    rows = (tmp_path / "log.tsv").read_text(encoding="utf-8").strip().splitlines()
     assert [r.split("\t")[0] for r in rows[1:]] == ["1", "2"]
     assert load_checkpoint(tmp_path / "last.pt")["epoch"] == 1
 
@@ -101,7 +101,7 @@ def test_calibrate_writes_policy_for_budget(tmp_path):
                                          collate_fn=collate)
     policy = calibrate(model, loader, budget, device="cpu", out_dir=tmp_path)
     assert policy.calibration_cost <= budget * 1.001 and policy.calibration_cost >= costs[0]
-    saved = json.loads((tmp_path / "exit_policy.json").read_text())
+    saved = json.loads((tmp_path / "exit_policy.json").read_text(encoding="utf-8"))
     assert saved["budget"] == budget and len(saved["thresholds"]) == model.config.num_exits
     assert load_checkpoint(tmp_path / "calibration.pt")["logits"].shape == (40, model.config.num_exits, 4)
     assert not math.isnan(policy.q)

@@ -168,13 +168,15 @@ def test_policy_stop_gradient_switch_controls_whether_the_task_loss_reaches_the_
 @pytest.mark.parametrize("shape", ["random", "full_frame"])
 def test_patch_shape_baselines(shape):
     torch.manual_seed(0)
-    model = UniAdaFocus(dataclasses.replace(get_preset("cpu-synthetic").model, patch_shape=shape)).eval()
+    config = dataclasses.replace(get_preset("cpu-synthetic").model, patch_shape=shape)
+    model = UniAdaFocus(config).eval()
     boxes = model.infer(torch.rand(4, 8, 3, 64, 64)).boxes
     sides = boxes[..., 2:] - boxes[..., :2]
     if shape == "full_frame":
         assert model.spatial_policy is None and torch.allclose(sides, torch.ones_like(sides))
     else:
-        assert sides.std() > 0.01 and (sides >= 0.25 - 1e-5).all() and (sides <= 0.5 + 1e-5).all()
+        low, high = config.min_patch_side / config.frame_size, config.max_patch_side / config.frame_size
+        assert sides.std() > 0.01 and (sides >= low - 1e-5).all() and (sides <= high + 1e-5).all()
 
 
 @pytest.mark.parametrize("policy", ["central", "gaussian"])

@@ -47,7 +47,7 @@ def test_class_folder_tree(tmp_path, template_videos):
     _place(mp4, root / "run" / "z.mp4")
     _place(mp4, root / "run" / ".hidden.mp4")
     _place(mp4, root / "__MACOSX" / "run" / "._z.mp4")
-    (root / "run" / "notes.txt").write_text("not a video")
+    (root / "run" / "notes.txt").write_text("not a video", encoding="utf-8")
     ds = ClassFolderVideos(root, num_frames=4, size=16, train=False)
     assert ds.class_names == ["run", "walk"]
     rel = [(Path(p).relative_to(root).as_posix(), label) for p, label in ds.samples]
@@ -141,7 +141,7 @@ def test_rlvs_with_persisted_split(tmp_path, template_videos):
         assert labels.count(0) == labels.count(1)
     all_paths = [p for ds in parts.values() for p, _ in ds.samples]
     assert len(set(all_paths)) == 20
-    stored = json.loads(split_file.read_text())
+    stored = json.loads(split_file.read_text(encoding="utf-8"))
     assert all(not Path(row[0]).is_absolute() for row in stored["splits"]["train"])  # portable
     with pytest.raises(ValueError, match="split_file"):
         RLVS(root, num_frames=4, size=16, train=False, split="train")
@@ -200,12 +200,12 @@ def _diving48_tree(root: Path, videos: dict[str, Path], *, version: str = "V2_",
                    annotations_dir: str = "") -> Path:
     ann = root / annotations_dir
     ann.mkdir(parents=True, exist_ok=True)
-    (ann / "Diving48_vocab.json").write_text(json.dumps(_VOCAB))
+    (ann / "Diving48_vocab.json").write_text(json.dumps(_VOCAB), encoding="utf-8")
     train = [{"vid_name": "aaa_00001", "label": 2, "start_frame": 0, "end_frame": 60},
              {"vid_name": "bbb_00002", "label": 0, "start_frame": 20, "end_frame": 40}]
     test = [{"vid_name": "ccc_00003", "label": 1, "start_frame": 10, "end_frame": 70}]  # end past the video
-    (ann / f"Diving48_{version}train.json").write_text(json.dumps(train))
-    (ann / f"Diving48_{version}test.json").write_text(json.dumps(test))
+    (ann / f"Diving48_{version}train.json").write_text(json.dumps(train), encoding="utf-8")
+    (ann / f"Diving48_{version}test.json").write_text(json.dumps(test), encoding="utf-8")
     for entry in train + test:
         _place(videos["long.mp4"], root / "rgb" / f"{entry['vid_name']}.mp4")
     return root
@@ -248,10 +248,10 @@ def test_diving48_missing_videos_and_bad_annotations(tmp_path, template_videos):
     assert len(ds) == 1 and [Path(p).name for p in ds.missing] == ["bbb_00002.mp4"]
 
     (root / "Diving48_V2_test.json").write_text(json.dumps([{"vid_name": "ccc_00003", "label": 48,
-                                                            "start_frame": 0, "end_frame": 5}]))
+                                                            "start_frame": 0, "end_frame": 5}]), encoding="utf-8")
     with pytest.raises(ValueError, match="label 48"):
         Diving48(root, "test", num_frames=4, size=16)
-    (root / "Diving48_V2_test.json").write_text(json.dumps([{"vid_name": "ccc_00003"}]))
+    (root / "Diving48_V2_test.json").write_text(json.dumps([{"vid_name": "ccc_00003"}]), encoding="utf-8")
     with pytest.raises(ValueError, match="start_frame"):
         Diving48(root, "test", num_frames=4, size=16)
     with pytest.raises(ValueError, match="split"):

@@ -31,14 +31,14 @@ def _diving48(root: Path, train: int = 24, test: int = 3) -> Path:
     (root / "rgb").mkdir(parents=True)
     vocab = [["Back", "15som", "05Twis", "FREE"], ["Forward", "NoTwis", "PIKE", "SS"], ["Inward", "25som", "NoTwis",
                                                                                           "TUCK"]]
-    (root / "Diving48_vocab.json").write_text(json.dumps(vocab))
+    (root / "Diving48_vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
     for split, count in (("train", train), ("test", test)):
         entries = []
         for i in range(count):
             name = f"{split}_{i:03d}"
             write_counter_video(root / "rgb" / f"{name}.mp4", 40, height=32, width=32)
             entries.append({"vid_name": name, "label": i % 3, "start_frame": 10 + i, "end_frame": 25 + i})
-        (root / f"Diving48_V2_{split}.json").write_text(json.dumps(entries))
+        (root / f"Diving48_V2_{split}.json").write_text(json.dumps(entries), encoding="utf-8")
     return root
 
 
@@ -51,12 +51,12 @@ def test_detect_video_data(tmp_path):
     assert detect_video_data(tmp_path / "classes") == ("class-folders", tmp_path / "classes")
     annotations = tmp_path / "d48" / "annotations"
     annotations.mkdir(parents=True)
-    (annotations / "Diving48_V2_train.json").write_text("[]")
+    (annotations / "Diving48_V2_train.json").write_text("[]", encoding="utf-8")
     assert detect_video_data(annotations / "Diving48_V2_train.json") == ("diving48", tmp_path / "d48")
     assert detect_video_data(tmp_path / "d48") == ("diving48", tmp_path / "d48")
     with pytest.raises(FileNotFoundError):
         detect_video_data(tmp_path / "missing")
-    (tmp_path / "notes.txt").write_text("x")
+    (tmp_path / "notes.txt").write_text("x", encoding="utf-8")
     with pytest.raises(ValueError, match="Diving48"):
         detect_video_data(tmp_path / "notes.txt")
 
@@ -107,11 +107,11 @@ def test_train_on_class_folders_writes_a_complete_run_and_resumes(tmp_path):
     for name in ("best.pt", "last.pt", "log.tsv", "config.json", "split.json", "classes.json", "calibration.pt",
                  "exit_policy.json", "evaluation.json"):
         assert (run / name).is_file(), name
-    assert json.loads((run / "classes.json").read_text()) == ["calm", "fight", "other"]
+    assert json.loads((run / "classes.json").read_text(encoding="utf-8")) == ["calm", "fight", "other"]
     assert load_checkpoint(run / "best.pt")["config"]["model"]["num_classes"] == 3  # set from the data
     calibration = load_checkpoint(run / "calibration.pt")
-    assert calibration["logits"].shape == (len(json.loads((run / "split.json").read_text())["splits"]["val"]), 3, 3)
-    evaluation = json.loads((run / "evaluation.json").read_text())
+    assert calibration["logits"].shape == (len(json.loads((run / "split.json").read_text(encoding="utf-8"))["splits"]["val"]), 3, 3)
+    evaluation = json.loads((run / "evaluation.json").read_text(encoding="utf-8"))
     assert evaluation["samples"] == summary["evaluation"]["samples"] > 0
     assert len(evaluation["accuracy_by_exit"]) == 3
     assert any("classes" in m for m in messages)
@@ -119,10 +119,10 @@ def test_train_on_class_folders_writes_a_complete_run_and_resumes(tmp_path):
     messages.clear()
     train_on_videos(root, _tiny_preset(), run, device="cpu", progress=False, log=messages.append)
     assert any(m.startswith("resumed from") for m in messages)
-    assert len((run / "log.tsv").read_text().splitlines()) == 2  # header + the one epoch, not retrained
+    assert len((run / "log.tsv").read_text(encoding="utf-8").splitlines()) == 2  # header + the one epoch, not retrained
 
     # the run's calibration lets `score --budget` fit any budget; class names become the columns
-    costs = json.loads((run / "exit_policy.json").read_text())["exit_costs"]
+    costs = json.loads((run / "exit_policy.json").read_text(encoding="utf-8"))["exit_costs"]
     out = tmp_path / "scores.csv"
     score_videos([str(root)], run / "best.pt", out, budget=costs[0], workers=0, progress=False, log=lambda _: None)
     header, rows = read_rows(out)
@@ -133,7 +133,7 @@ def test_train_on_class_folders_writes_a_complete_run_and_resumes(tmp_path):
 def test_train_cli_reports_bad_video_data(tmp_path, capsys):
     root = tmp_path / "Diving48"
     root.mkdir()
-    (root / "Diving48_V2_train.json").write_text("[]")
+    (root / "Diving48_V2_train.json").write_text("[]", encoding="utf-8")
     assert cli_main(["train", "--data", str(root / "Diving48_V2_train.json"), "--preset", "cpu-video",
                      "--out", str(tmp_path / "run")]) == 2
     assert "Diving48_vocab.json" in capsys.readouterr().err
