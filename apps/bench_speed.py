@@ -15,7 +15,6 @@ import time
 from collections.abc import Callable
 
 import torch
-
 from adafocus.core.baseline import StaticBaseline
 from adafocus.core.config import ModelConfig, get_preset
 from adafocus.core.exits import ExitPolicy, exit_scores, solve_budget
@@ -175,7 +174,7 @@ def scaling_rows(model_config: ModelConfig, *, device: str, batch: int, sweep: d
             clip = torch.rand(batch, cfg.num_candidates, cfg.in_channels, cfg.frame_size, cfg.frame_size,
                               device=dev)
             with torch.inference_mode():
-                seconds = time_per_batch(lambda: model.infer(clip), dev, warmup=warmup, repeats=repeats)
+                seconds = time_per_batch(lambda m=model, x=clip: m.infer(x), dev, warmup=warmup, repeats=repeats)
             rows.append({"setting": field, "value": value, "gmacs": model.exit_costs()[-1],
                          "videos_per_s": batch / seconds,
                          "peak_mb": peak_memory_mb("model", cfg, batch, dev) if measure_memory else None})

@@ -46,11 +46,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from torch.utils.data import DataLoader
-
     from adafocus.apps.synthetic_runs import synthetic_splits
     from adafocus.core.train import calibrate, load_model
     from adafocus.datasets.synthetic import collate
+    from torch.utils.data import DataLoader
 
     model, preset = load_model(args.model, device=args.device)
     out_dir = Path(args.out) if args.out else Path(args.model).parent

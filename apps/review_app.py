@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import tempfile
+from functools import partial
 from pathlib import Path
 
 import adafocus.core  # noqa: F401  (torchvision shim first)
@@ -204,8 +205,8 @@ def main() -> None:
     threshold = st.sidebar.slider("Needs review when exit entropy ≥", 0.0, 1.0, rl.DEFAULT_REVIEW_ENTROPY, 0.05,
                                   key="entropy_threshold")
     budget_note = st.sidebar.empty()  # filled after the page: the Budget page may change the budget
-    pages = {"Scans": scans_page, "Score a scan": score_page, "Videos": videos_page, "Budget": budget_page,
-             "Decisions": decisions_page}
+    pages = {"Scans": partial(queue_page, kind="scan"), "Score a scan": score_page,
+             "Videos": partial(queue_page, kind="video"), "Budget": budget_page, "Decisions": decisions_page}
     pages[view](st, folders, roots, threshold)
     budget = st.session_state.get("budget")
     budget_note.caption(f"Scoring budget: {budget:.4g} GMACs" if budget else "Scoring budget: none (all exits)")
@@ -270,22 +271,37 @@ def save_decision(store: rl.DecisionStore, kind: str, item_id: str) -> None:
         st.session_state[f"{kind}_saved"] = str(error)
 
 
-def scans_page(st, folders, roots, threshold) -> None:
-    st.header("Scans")
-    if folders["scans"] is None:
-        st.info("Start the app with --scans DIR (an `adafocus cv` output folder) to review scans.")
+# Per kind of item: the folder, how to build its queue, and what to say when something is missing.
+QUEUE_PAGES = {
+    "scan": dict(title="Scans", folder="scans", queue=lambda folder: rl.scan_queue(folder),
+                 no_folder="Start the app with --scans DIR (an `adafocus cv` output folder) to review scans.",
+                 empty="No predictions.tsv under the scans folder.", no_match="No scan matches the filters."),
+    "video": dict(title="Videos", folder="videos", queue=lambda folder: rl.video_queue(folder),
+                  no_folder="Start the app with --videos DIR (an `adafocus score` output folder) to review videos.",
+                  empty="No scored videos (scores.csv) under the videos folder.",
+                  no_match="No video matches the filters."),
+}
+
+
+def queue_page(st, folders, roots, threshold, kind: str) -> None:
+    """The queue of one kind of item, the selected item's view, and its decision form."""
+    page = QUEUE_PAGES[kind]
+    st.header(page["title"])
+    folder = folders[page["folder"]]
+    if folder is None:
+        st.info(page["no_folder"])
         return
-    store = _store(folders["scans"])
-    queue = rl.flag_and_sort(rl.scan_queue(folders["scans"]), threshold, store.latest("scan"))
+    store = _store(folder)
+    queue = rl.flag_and_sort(page["queue"](folder), threshold, store.latest(kind))
     if queue.empty:
-        st.warning("No predictions.tsv under the scans folder.")
+        st.warning(page["empty"])
         return
-    row = show_queue(st, queue_filters(st, queue, "scan"), "scan")
+    row = show_queue(st, queue_filters(st, queue, kind), kind)
     if row is None:
-        st.info("No scan matches the filters.")
+        st.info(page["no_match"])
         return
-    scan_view(st, row, roots)
-    decision_form(st, store, "scan", row["item_id"])
+    (scan_view if kind == "scan" else video_view)(st, row, roots)
+    decision_form(st, store, kind, row["item_id"])
 
 
 def scan_view(st, row, roots) -> None:
@@ -441,24 +457,6 @@ def nib_canonical(image):
     import nibabel as nib
 
     return nib.as_closest_canonical(image)
-
-
-def videos_page(st, folders, roots, threshold) -> None:
-    st.header("Videos")
-    if folders["videos"] is None:
-        st.info("Start the app with --videos DIR (an `adafocus score` output folder) to review videos.")
-        return
-    store = _store(folders["videos"])
-    queue = rl.flag_and_sort(rl.video_queue(folders["videos"]), threshold, store.latest("video"))
-    if queue.empty:
-        st.warning("No scored videos (scores.csv) under the videos folder.")
-        return
-    row = show_queue(st, queue_filters(st, queue, "video"), "video")
-    if row is None:
-        st.info("No video matches the filters.")
-        return
-    video_view(st, row, roots)
-    decision_form(st, store, "video", row["item_id"])
 
 
 def video_view(st, row, roots) -> None:

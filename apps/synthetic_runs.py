@@ -5,13 +5,10 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import time
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader
-
 from adafocus.core.config import Preset, get_preset
 from adafocus.core.exits import ExitPolicy, exit_accuracy, random_exit_accuracy
 from adafocus.core.geometry import box_contains_points
@@ -19,6 +16,7 @@ from adafocus.core.io import atomic_write_json, atomic_write_text
 from adafocus.core.model import UniAdaFocus
 from adafocus.core.train import calibrate, load_model, train
 from adafocus.datasets.synthetic import FocusTaskConfig, SyntheticFocusDataset, collate, object_centre
+from torch.utils.data import DataLoader
 
 SPLIT_SEEDS = {"train": 1, "val": 2, "calibration": 3, "test": 4}
 
@@ -82,7 +80,6 @@ def evaluate_focus(model: UniAdaFocus, dataset: SyntheticFocusDataset, *, exit_p
     }
     if exit_policy is not None:
         logits, labels, exits = torch.cat(all_logits), torch.cat(all_labels), torch.cat(all_exits)
-        full = model.infer  # noqa: F841  (documentational: random exits need every exit's logits)
         metrics["exit_fractions"] = (torch.bincount(exits, minlength=model.config.num_exits).double() / n).tolist()
         metrics["accuracy_at_exits"] = exit_accuracy(torch.nan_to_num(logits), labels, exits)
         metrics["_exits"] = exits
@@ -157,9 +154,9 @@ def _report_markdown(results: dict) -> str:
         lines.append(f"| {name} | {m['accuracy']:.3f} | {m['centre_in_box']:.3f} | {m['object_frame_rate']:.3f} "
                      f"| {m['mean_gmacs']:.4f} |")
     b = results["budgeted"]
-    lines += ["", f"Early exit at a budget of {b['budget']:.4f} GMACs/sample: measured {b['mean_gmacs']:.4f} on the "
-              f"test split, accuracy {b['accuracy']:.3f} (random exiting with the same exit proportions: "
-              f"{b['random_exit_accuracy']:.3f}).", ""]
+    lines += ["", (f"Early exit at a budget of {b['budget']:.4f} GMACs/sample: measured {b['mean_gmacs']:.4f} on "
+                   f"the test split, accuracy {b['accuracy']:.3f} (random exiting with the same exit proportions: "
+                   f"{b['random_exit_accuracy']:.3f})."), ""]
     return "\n".join(lines)
 
 
@@ -199,4 +196,3 @@ def plot_focus_examples(model: UniAdaFocus, dataset: SyntheticFocusDataset, path
     fig.savefig(tmp, dpi=90)
     plt.close(fig)
     tmp.replace(path)
-    json  # noqa: B018

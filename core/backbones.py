@@ -66,7 +66,7 @@ class Backbone(nn.Module):
             x = x.contiguous(memory_format=torch.channels_last)
         return self.body(x)
 
-    def optimize_for_inference(self) -> "Backbone":
+    def optimize_for_inference(self) -> Backbone:
         """Fold batch norms into the convolutions (torch.fx) and switch to channels-last memory.
 
         Measured on a 2-core CPU, the two together made MobileNetV2 at 224 about 3x and ResNet-50 1.7x

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
-
 from adafocus.core.backbones import create_backbone
 from adafocus.core.config import ModelConfig
 from adafocus.core.flops import count_gmacs, eval_mode
 from adafocus.core.sampling import uniform_frames
+from torch import Tensor, nn
 
 
 class StaticBaseline(nn.Module):
@@ -35,7 +34,7 @@ class StaticBaseline(nn.Module):
         features = torch.cat([self.glance_encoder.pooled(glance_input), self.local_encoder.pooled(frames)], dim=1)
         return self.head(features.reshape(batch, c.num_glance, -1).mean(dim=1))
 
-    def optimize_for_inference(self) -> "StaticBaseline":
+    def optimize_for_inference(self) -> StaticBaseline:
         """The same encoder optimisation Uni-AdaFocus gets, so speed comparisons stay fair."""
         self.eval()
         self.glance_encoder.optimize_for_inference()

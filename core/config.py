@@ -131,7 +131,7 @@ class Preset:
         return json.loads(json.dumps(dataclasses.asdict(self)))
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Preset":
+    def from_dict(cls, d: dict[str, Any]) -> Preset:
         return cls(model=ModelConfig(**d["model"]), loss=LossConfig(**d["loss"]), train=TrainConfig(**d["train"]),
                    data=SyntheticDataConfig(**d.get("data", {})))
 

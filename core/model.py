@@ -341,7 +341,7 @@ class UniAdaFocus(nn.Module):
         )
 
     # ----------------------------------------------------------------------------------- inference
-    def optimize_for_inference(self) -> "UniAdaFocus":
+    def optimize_for_inference(self) -> UniAdaFocus:
         """Fold batch norms and use channels-last in both encoders (see Backbone.optimize_for_inference).
         Inference only; call after loading weights."""
         self.eval()

@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
-
 from adafocus.core.config import LossConfig
 from adafocus.core.model import TrainingOutputs
 from adafocus.core.sampling import mc_expected_logits
+from torch import Tensor
 
 
 def _per_step_ce(logits: Tensor, labels: Tensor) -> Tensor:

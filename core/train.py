@@ -20,15 +20,14 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
-
 from adafocus.core.checkpoint import load_checkpoint, save_checkpoint
 from adafocus.core.config import Preset
 from adafocus.core.exits import ExitPolicy, accuracy_by_exit, exit_scores, solve_budget
 from adafocus.core.io import atomic_write_json, atomic_write_text
 from adafocus.core.model import UniAdaFocus
 from adafocus.core.objective import training_loss
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 # Which module's parameters follow which LR multiplier (TrainConfig.lr_multipliers).
 PARAMETER_GROUPS = {

@@ -3,7 +3,6 @@ consistent (the ratios are computed from the measured rows)."""
 import json
 
 import pytest
-
 from adafocus.apps.bench_speed import bench_speed, default_sweep, format_scaling_table, scaling_rows
 from adafocus.apps.cli import main
 from adafocus.core.config import get_preset

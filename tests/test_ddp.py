@@ -7,7 +7,6 @@ import sys
 import textwrap
 
 import pytest
-
 from adafocus.core.checkpoint import load_checkpoint
 
 SCRIPT = textwrap.dedent("""
@@ -39,7 +38,7 @@ def test_torchrun_two_cpu_processes_train_one_model(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
            f"--master_port={free_port()}", str(script), str(run_dir)]
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=280)
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=280, check=False)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     # Only rank 0 logs and writes; both ranks stepped together (per-rank batch 4 -> 4 steps per epoch each).
     assert done.stdout.count("epoch 2/2") == 1

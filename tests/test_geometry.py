@@ -1,8 +1,13 @@
 import pytest
 import torch
-
-from adafocus.core.geometry import (box_contains_points, boxes_from_actions, boxes_to_source_pixels, crop_patches,
-                                    interpolate_over_time, scale_for_side)
+from adafocus.core.geometry import (
+    box_contains_points,
+    boxes_from_actions,
+    boxes_to_source_pixels,
+    crop_patches,
+    interpolate_over_time,
+    scale_for_side,
+)
 
 
 def test_boxes_from_actions_stay_inside_frame_and_respect_side_bounds():

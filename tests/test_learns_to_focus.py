@@ -4,12 +4,16 @@ that budgeted early exit meets its budget on held-out data. Trains for a few min
 import json
 
 import pytest
-from torch.utils.data import DataLoader
-
-from adafocus.apps.synthetic_runs import compare_policies, evaluate_focus, random_exit_baseline, synthetic_splits
+from adafocus.apps.synthetic_runs import (
+    compare_policies,
+    evaluate_focus,
+    random_exit_baseline,
+    synthetic_splits,
+)
 from adafocus.core.config import get_preset
 from adafocus.core.train import calibrate, load_model, train
 from adafocus.datasets.synthetic import collate
+from torch.utils.data import DataLoader
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@ import dataclasses
 
 import pytest
 import torch
-
 from adafocus.core.config import LossConfig, ModelConfig, get_preset
 from adafocus.core.exits import ExitPolicy
 from adafocus.core.model import UniAdaFocus

@@ -4,7 +4,6 @@ import math
 
 import pytest
 import torch
-
 from adafocus.core.checkpoint import load_checkpoint
 from adafocus.core.config import Preset, get_preset
 from adafocus.core.model import UniAdaFocus
