@@ -304,19 +304,24 @@ def queue_page(st, folders, roots, threshold, kind: str) -> None:
     decision_form(st, store, kind, row["item_id"])
 
 
-def scan_view(st, row, roots) -> None:
-    """Prediction, three planes with sliders, the selected-slice strip, raw beside preprocessed."""
-    from adafocus.datasets.mri.dataset import load_preprocessed
-    from adafocus.datasets.mri.slices import PLANES, plane_frame
-
-    st.subheader(f"Scan {row['name']}")
+def prediction_header(st, title: str, prediction: str, row) -> None:
+    """Title, the four prediction metrics, and the needs-review warning shared by scans and videos."""
+    st.subheader(title)
     cols = st.columns(4)
-    cols[0].metric("Prediction", f"class {row['prediction']}")
+    cols[0].metric("Prediction", prediction)
     cols[1].metric("Confidence", f"{row['confidence']:.2f}")
     cols[2].metric("Exit taken", int(row["exit"]))
     cols[3].metric("GMACs", f"{row['gmacs']:.4g}")
     if row["needs_review"]:
         st.warning(f"Needs review: exit entropy {row['entropy']:.2f}")
+
+
+def scan_view(st, row, roots) -> None:
+    """Prediction, three planes with sliders, the selected-slice strip, raw beside preprocessed."""
+    from adafocus.datasets.mri.dataset import load_preprocessed
+    from adafocus.datasets.mri.slices import PLANES, plane_frame
+
+    prediction_header(st, f"Scan {row['name']}", f"class {row['prediction']}", row)
     try:
         experiment = experiment_of(Path(row["fold_dir"]), roots)
         preprocessed, raw = manifest_paths(experiment, row["participant_id"], row["session_id"], roots)
@@ -465,14 +470,7 @@ def video_view(st, row, roots) -> None:
     from adafocus.apps.score import render_contact_sheet
     from adafocus.datasets.video import VideoDecodeError, decode_frames
 
-    st.subheader(f"Video {row['name']}")
-    cols = st.columns(4)
-    cols[0].metric("Prediction", row["prediction"])
-    cols[1].metric("Confidence", f"{row['confidence']:.2f}")
-    cols[2].metric("Exit taken", int(row["exit"]))
-    cols[3].metric("GMACs", f"{row['gmacs']:.4g}")
-    if row["needs_review"]:
-        st.warning(f"Needs review: exit entropy {row['entropy']:.2f}")
+    prediction_header(st, f"Video {row['name']}", str(row["prediction"]), row)
     try:
         path = rl.resolve_inside(row["path"], roots, base=row["scores_dir"])
     except rl.UnsafePathError as error:
