@@ -18,8 +18,9 @@ import torch
 from adafocus.core.baseline import StaticBaseline
 from adafocus.core.config import ModelConfig, get_preset
 from adafocus.core.exits import ExitPolicy, exit_scores, solve_budget
+from adafocus.core.flops import count_gmacs
 from adafocus.core.model import UniAdaFocus
-from adafocus.core.train import resolve_device
+from adafocus.core.train import cuda_autocast, resolve_device
 
 
 def _peak_memory_worker(kind: str, config: dict, batch: int, device: str, budget_fraction, queue) -> None:
@@ -136,10 +137,8 @@ def bench_speed(model_config: ModelConfig, *, device: str = "auto", batch: int =
         baseline.optimize_for_inference()
     clip = torch.rand(batch, cfg.num_candidates, cfg.in_channels, cfg.frame_size, cfg.frame_size, device=dev)
 
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" and amp
-                else torch.autocast("cpu", enabled=False))
 
-    with torch.inference_mode(), autocast:
+    with torch.inference_mode(), cuda_autocast(dev, amp):
         policies = budget_policies(model, clip, budget_fractions)
         variants: list[tuple[str, Callable[[], object], Callable[[], float], str, float | None]] = [
             ("static baseline", lambda: baseline(clip), baseline.gmacs, "baseline", None),
@@ -160,6 +159,42 @@ def bench_speed(model_config: ModelConfig, *, device: str = "auto", batch: int =
         row["practical_ratio"] = row["videos_per_s"] / base["videos_per_s"]
         row["efficiency"] = row["practical_ratio"] / row["theoretical_ratio"]
     return rows
+
+
+def encoder_rates(model_config: ModelConfig, *, device: str = "auto", batch: int = 8, warmup: int = 1,
+                  repeats: int = 3, optimize: bool = True) -> list[dict]:
+    """Where the time goes: each encoder alone on one batch's worth of inputs, as GMACs and milliseconds per
+    video and the GMACs per second it reaches. Encoders that reach fewer GMACs/s than the baseline's local
+    encoder keep less of their theoretical saving in practice."""
+    dev = resolve_device(device)
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(model_config, glance_pretrained=None, local_pretrained=None)
+    model = UniAdaFocus(cfg).eval().to(dev)
+    if optimize:
+        model.optimize_for_inference()
+    channels = cfg.in_channels
+    parts = [(f"glance encoder {cfg.glance_backbone}, {cfg.num_glance} frames at {model.glance_size}",
+              model.glance_encoder, cfg.num_glance, model.glance_size),
+             (f"local encoder {cfg.local_backbone}, {cfg.num_focus} patches at {cfg.patch_size}",
+              model.local_encoder, cfg.num_focus, cfg.patch_size),
+             (f"baseline local encoder {cfg.local_backbone}, {cfg.num_glance} frames at {cfg.frame_size}",
+              model.local_encoder, cfg.num_glance, cfg.frame_size)]
+    rows = []
+    with torch.inference_mode(), cuda_autocast(dev):
+        for name, encoder, images, size in parts:
+            inputs = torch.rand(batch * images, channels, size, size, device=dev)
+            gmacs = count_gmacs(encoder, inputs[:images])  # one video's worth
+            seconds = time_per_batch(lambda e=encoder, x=inputs: e(x), dev, warmup=warmup, repeats=repeats)
+            rows.append({"part": name, "gmacs_per_video": gmacs, "ms_per_video": 1000.0 * seconds / batch,
+                         "gmacs_per_s": gmacs * batch / seconds})
+    return rows
+
+
+def format_encoder_table(rows: list[dict]) -> str:
+    lines = [f"{'part':60s} {'GMACs/video':>11s} {'ms/video':>9s} {'GMACs/s':>8s}"]
+    for r in rows:
+        lines.append(f"{r['part']:60s} {r['gmacs_per_video']:11.3f} {r['ms_per_video']:9.1f} {r['gmacs_per_s']:8.1f}")
+    return "\n".join(lines)
 
 
 def scaling_rows(model_config: ModelConfig, *, device: str, batch: int, sweep: dict[str, list[int]],
@@ -213,7 +248,8 @@ def run_bench_speed(preset: str, *, device: str, batch: int, scaling: bool, repe
     config = get_preset(preset).model
     result = {"preset": preset, "device": str(resolve_device(device)), "batch": batch,
               "torch_threads": torch.get_num_threads(),
-              "rows": bench_speed(config, device=device, batch=batch, repeats=repeats)}
+              "rows": bench_speed(config, device=device, batch=batch, repeats=repeats, optimize=optimize),
+              "encoders": encoder_rates(config, device=device, batch=batch, optimize=optimize)}
     if scaling:
         result["scaling"] = scaling_rows(config, device=device, batch=batch, sweep=default_sweep(config))
     return result

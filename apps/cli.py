@@ -9,6 +9,17 @@ from pathlib import Path
 import adafocus.core  # noqa: F401  (installs the torchvision shim before anything imports torchvision)
 
 
+def _positive_ints(text: str) -> list[int]:
+    """argparse type for "16,64,256"."""
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated whole numbers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive whole numbers, got {text!r}")
+    return values
+
+
 def _add_device(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
 
@@ -136,7 +147,8 @@ def cmd_bench_ablations(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_speed(args: argparse.Namespace) -> int:
-    from adafocus.apps.bench_speed import format_scaling_table, format_speed_table, run_bench_speed
+    from adafocus.apps.bench_speed import (format_encoder_table, format_scaling_table, format_speed_table,
+                                           run_bench_speed)
 
     result = run_bench_speed(args.preset, device=args.device, batch=args.batch, scaling=args.scaling,
                              repeats=args.repeats, optimize=not args.no_optimize)
@@ -146,6 +158,8 @@ def cmd_bench_speed(args: argparse.Namespace) -> int:
     print(f"preset {result['preset']} on {result['device']} ({result['torch_threads']} threads), batch {args.batch}; "
           "ratios against the static baseline, measured in this run")
     print(format_speed_table(result["rows"]))
+    print("\nwhere the time goes: each encoder alone on the same batch")
+    print(format_encoder_table(result["encoders"]))
     if "scaling" in result:
         print("\nUni-AdaFocus without exit as one setting grows (others at the preset's values)")
         print(format_scaling_table(result["scaling"]))
@@ -267,6 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="checkpoint (default: an untrained --preset model)")
     p.add_argument("--preset", default="cpu-video", choices=sorted(PRESETS))
     p.add_argument("--videos", type=int, default=48, help="number of default sample videos")
+    p.add_argument("--files", type=_positive_ints, default=None, metavar="N,N,...",
+                   help="instead: time per file and peak memory as the number of files grows, e.g. 16,64,256")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--json", action="store_true")

@@ -164,11 +164,12 @@ def score_volume(model, volume: np.ndarray, spacing, clip_spec: dict, policy) ->
     """Run the model on a preprocessed RAS volume. Returns prediction, probabilities, exit, gmacs and the
     selected (slice, box frame fractions) pairs."""
     import torch
+    from adafocus.core.train import cuda_autocast
     from adafocus.datasets.mri.slices import volume_to_clip
 
     clip, info = volume_to_clip(volume, spacing, **clip_spec)
     device = model.pixel_mean.device
-    with torch.no_grad():
+    with torch.inference_mode(), cuda_autocast(device):
         result = model.infer(clip[None].to(device), policy)
     chosen = result.frame_indices[0].cpu().tolist()
     boxes = result.boxes[0].cpu().tolist()
@@ -392,7 +393,8 @@ def cached_model(path: str):
     def load(checkpoint: str):
         from adafocus.core.train import load_model
 
-        return load_model(checkpoint, device="auto")
+        model, preset = load_model(checkpoint, device="auto")
+        return model.optimize_for_inference(), preset
 
     return load(path)
 

@@ -40,7 +40,7 @@ from adafocus.core.checkpoint import load_checkpoint
 from adafocus.core.exits import ExitPolicy, exit_scores, solve_budget
 from adafocus.core.io import atomic_write, atomic_write_text
 from adafocus.core.model import UniAdaFocus
-from adafocus.core.train import init_distributed, load_exit_policy, load_model, resolve_device
+from adafocus.core.train import cuda_autocast, init_distributed, load_exit_policy, load_model, resolve_device
 from adafocus.datasets.video import (
     VIDEO_EXTENSIONS,
     ClipInfo,
@@ -468,6 +468,7 @@ def score_videos(inputs: Sequence[str], checkpoint: str | Path, out_csv: str | P
     if ctx.enabled and dev.type == "cuda":
         dev = torch.device("cuda", ctx.local_rank)
         model.to(dev)
+    model.optimize_for_inference()
     if ctx.is_main:
         merge_parts(final, columns)  # parts left by a killed distributed run
         done = prepare_csv(final.csv, columns)
@@ -545,7 +546,8 @@ def _score_batch(model: UniAdaFocus, batch: dict[str, Any], policy: ExitPolicy |
     outputs: dict[str, tuple[list[Any], dict[str, Any]]] = {}
     if readable:
         started = time.perf_counter()
-        result = model.infer(batch["clips"].to(device, non_blocking=True), policy)
+        with torch.inference_mode(), cuda_autocast(device):
+            result = model.infer(batch["clips"].to(device, non_blocking=True), policy)
         probs, exits = result.probabilities.float().cpu(), result.exit_index.cpu()
         gmacs, frames, boxes = result.gmacs.cpu(), result.frame_indices.cpu(), result.boxes.float().cpu()
         batch_ms = 1000.0 * (time.perf_counter() - started)

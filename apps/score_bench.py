@@ -1,8 +1,11 @@
 """`adafocus bench score`: how fast batch scoring runs end to end, how much of it is decoding, and how fast
-the model alone is, measured in one run on the same files."""
+the model alone is, measured in one run on the same files; with ``--files`` also how time per file and
+peak memory change as the number of files grows (each count scored in a fresh process)."""
 from __future__ import annotations
 
 import json
+import multiprocessing
+import resource
 import tempfile
 import time
 from collections.abc import Sequence
@@ -94,8 +97,64 @@ def bench_score(inputs: Sequence[str] = (), *, checkpoint: str | Path | None = N
     }
 
 
+def _scaling_worker(count: int, preset: str, workers: int, batch_size: int, device: str, queue) -> None:
+    """Child process: score ``count`` sample links with an untrained model (scores.csv + details.jsonl) and
+    report time per file and the peak resident memory of this process and of its decoding workers."""
+    with tempfile.TemporaryDirectory(prefix="adafocus-bench-") as scratch:
+        scratch = Path(scratch)
+        paths = sample_video_links(scratch / "videos", count)
+        checkpoint = untrained_checkpoint(preset, scratch / "model.pt")
+        summary = score_videos(paths, checkpoint, scratch / "scores.csv", details=scratch / "details.jsonl",
+                               device=device, workers=workers, batch_size=batch_size, progress=False,
+                               log=lambda _: None)
+    queue.put({"files": count, "failed": summary.failed, "loop_s": summary.loop_s,
+               "ms_per_file": 1000.0 * summary.loop_s / count, "files_per_s": count / summary.loop_s,
+               # ru_maxrss is in KiB on Linux; RUSAGE_CHILDREN = the largest finished worker
+               "main_peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+               "worker_peak_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024})
+
+
+def score_scaling(counts: Sequence[int], *, preset: str = "cpu-video", workers: int = 2, batch_size: int = 16,
+                  device: str = "auto") -> list[dict]:
+    """One row per file count: ms per file, files/s and peak memory of a whole `score_videos` run on that
+    many copies of the sample clips. Each count runs in a fresh process so that peaks do not carry over."""
+    if not counts or min(counts) < 1:
+        raise ValueError(f"file counts must be positive, got {list(counts)}")
+    context = multiprocessing.get_context("spawn")
+    rows = []
+    for count in counts:
+        queue = context.Queue()
+        process = context.Process(target=_scaling_worker, args=(count, preset, workers, batch_size, device, queue))
+        process.start()
+        try:
+            rows.append(queue.get(timeout=3600))
+        finally:
+            process.join()
+        if process.exitcode != 0:
+            raise RuntimeError(f"scoring {count} files failed in its benchmark process (exit {process.exitcode})")
+    return rows
+
+
+def format_scaling_table(rows: list[dict]) -> str:
+    lines = [f"{'files':>6s} {'ms/file':>8s} {'files/s':>8s} {'main peak MB':>12s} {'worker peak MB':>14s}"]
+    for r in rows:
+        lines.append(f"{r['files']:6d} {r['ms_per_file']:8.1f} {r['files_per_s']:8.2f} {r['main_peak_mb']:12.0f} "
+                     f"{r['worker_peak_mb']:14.0f}")
+    return "\n".join(lines)
+
+
 def bench_score_command(args) -> int:
     """`adafocus bench score` (arguments in apps/cli.py)."""
+    if args.files:
+        rows = score_scaling(args.files, preset=args.preset, workers=args.workers, batch_size=args.batch_size,
+                             device=args.device)
+        if args.json:
+            print(json.dumps(rows, indent=2))
+        else:
+            print(f"scoring copies of the sample clips ({args.workers} decode workers, batch {args.batch_size}, "
+                  "scores.csv + details.jsonl; each count in a fresh process)")
+            print(format_scaling_table(rows))
+        return 0
     result = bench_score(args.inputs, checkpoint=args.model, preset=args.preset, videos=args.videos,
                          workers=args.workers, batch_size=args.batch_size, device=args.device)
     if args.json:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from adafocus.core.backbones import create_backbone
+from adafocus.core.backbones import cpu_micro_batch, create_backbone
 from adafocus.core.config import ModelConfig
 from adafocus.core.flops import count_gmacs, eval_mode
 from adafocus.core.sampling import uniform_frames
@@ -37,8 +37,9 @@ class StaticBaseline(nn.Module):
     def optimize_for_inference(self) -> StaticBaseline:
         """The same encoder optimisation Uni-AdaFocus gets, so speed comparisons stay fair."""
         self.eval()
-        self.glance_encoder.optimize_for_inference()
-        self.local_encoder.optimize_for_inference()
+        micro_batch = cpu_micro_batch(self.pixel_mean.device)
+        self.glance_encoder.optimize_for_inference(micro_batch)
+        self.local_encoder.optimize_for_inference(micro_batch)
         return self
 
     def gmacs(self) -> float:

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from adafocus.core.backbones import create_backbone
+from adafocus.core.backbones import cpu_micro_batch, create_backbone
 from adafocus.core.classifier import AccumulatedMaxPoolClassifier, TSNClassifier
 from adafocus.core.config import ModelConfig
 from adafocus.core.exits import ExitPolicy
@@ -342,11 +342,12 @@ class UniAdaFocus(nn.Module):
 
     # ----------------------------------------------------------------------------------- inference
     def optimize_for_inference(self) -> UniAdaFocus:
-        """Fold batch norms and use channels-last in both encoders (see Backbone.optimize_for_inference).
-        Inference only; call after loading weights."""
+        """Fold batch norms, use channels-last and, on CPU, cache-sized encoder calls in both encoders (see
+        Backbone.optimize_for_inference). Inference only; call after loading weights and moving the model."""
         self.eval()
-        self.glance_encoder.optimize_for_inference()
-        self.local_encoder.optimize_for_inference()
+        micro_batch = cpu_micro_batch(self.pixel_mean.device)
+        self.glance_encoder.optimize_for_inference(micro_batch)
+        self.local_encoder.optimize_for_inference(micro_batch)
         return self
 
     @torch.no_grad()
@@ -389,17 +390,24 @@ class UniAdaFocus(nn.Module):
             logits[active, 1:] = focus_logits
             exit_index[active] = num_exits - 1
             active = active[:0]
-        local_state = None
-        for step in range(c.num_focus if c.classifier == "max_pool" else 0):
-            if not active.numel():
-                break
-            feature = self.focus(clip, frame_indices[active, step:step + 1], boxes[active, step:step + 1],
-                                 samples=active)[:, 0]
-            local_state, step_logits = self.classifier.focus_step(step, feature, local_state, glance_state[active])
-            logits[active, step + 1] = step_logits
-            keep = self._continuing(step_logits, step + 1, exit_policy)
-            exit_index[active[~keep]] = step + 1
-            active, local_state = active[keep], local_state[keep]
+        local_state, step = None, 0
+        while c.classifier == "max_pool" and step < c.num_focus and active.numel():
+            # Encode the next few patches of every remaining clip in one call (see focus_lookahead); the
+            # exits are still decided patch by patch, so results do not depend on the lookahead.
+            ahead = focus_lookahead(active.numel(), c.num_focus - step, self.local_encoder.micro_batch)
+            features = self.focus(clip, frame_indices[active, step:step + ahead], boxes[active, step:step + ahead],
+                                  samples=active)
+            rows = torch.arange(active.numel(), device=device)
+            for offset in range(ahead):
+                local_state, step_logits = self.classifier.focus_step(step, features[rows, offset], local_state,
+                                                                      glance_state[active])
+                logits[active, step + 1] = step_logits
+                keep = self._continuing(step_logits, step + 1, exit_policy)
+                exit_index[active[~keep]] = step + 1
+                active, local_state, rows = active[keep], local_state[keep], rows[keep]
+                step += 1
+                if not active.numel():
+                    break
 
         patches_seen = exit_index * c.num_focus if c.classifier == "tsn" else exit_index
         processed = torch.arange(c.num_focus, device=device)[None] < patches_seen[:, None]
@@ -471,6 +479,19 @@ class UniAdaFocus(nn.Module):
                 self._exit_costs = [glance_only] + [glance_only + policies + k * per_patch
                                                     for k in range(1, self.config.num_focus + 1)]
         return list(self._exit_costs)
+
+
+def focus_lookahead(active: int, steps_left: int, micro_batch: int | None) -> int:
+    """Patches per remaining clip to encode in one local-encoder call during early-exit inference.
+
+    With few clips left, one patch each is too small a batch to run efficiently on a CPU (ResNet-50 at
+    128: 26 ms per image in batches of 4, 17 ms in batches of 16), so up to ``micro_batch`` patches are
+    encoded at once, at the price of encoding patches that a clip exiting within the lookahead never uses.
+    Without a micro-batch (accelerators) the lookahead is one patch: nothing is computed in vain.
+    """
+    if micro_batch is None or active >= micro_batch:
+        return 1
+    return max(1, min(steps_left, micro_batch // active))
 
 
 def gather_frames(clip: Tensor, indices: Tensor, samples: Tensor | None = None) -> Tensor:

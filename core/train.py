@@ -111,7 +111,9 @@ def collect_logits(model: UniAdaFocus, loader: DataLoader, device: torch.device,
     return torch.cat(all_logits), torch.cat(all_labels)
 
 
-def _autocast(device: torch.device, enabled: bool):
+def cuda_autocast(device: torch.device, enabled: bool = True):
+    """Mixed precision on CUDA (bf16 where the GPU has it, else fp16); a no-op elsewhere or when disabled.
+    CPU runs stay in float32 so that CPU results are reproducible."""
     if not enabled or device.type != "cuda":
         return nullcontext()
     dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -186,7 +188,7 @@ def train(preset: Preset, train_set: Dataset, val_set: Dataset, out_dir: str | P
             for group in optimizer.param_groups:
                 group["lr"] = cosine_lr(cfg.lr, step, total_steps) * group["lr_mult"]
             clip, labels = _to_device(batch, dev)
-            with _autocast(dev, use_amp):
+            with cuda_autocast(dev, use_amp):
                 outputs = train_model(clip, diversity=preset.loss.diversity)
                 loss, terms = training_loss(outputs, labels, preset.loss)
             if not torch.isfinite(loss):

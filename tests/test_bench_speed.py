@@ -3,7 +3,8 @@ consistent (the ratios are computed from the measured rows)."""
 import json
 
 import pytest
-from adafocus.apps.bench_speed import bench_speed, default_sweep, format_scaling_table, scaling_rows
+from adafocus.apps.bench_speed import (bench_speed, default_sweep, encoder_rates, format_encoder_table,
+                                       format_scaling_table, scaling_rows)
 from adafocus.apps.cli import main
 from adafocus.core.config import get_preset
 
@@ -40,3 +41,14 @@ def test_bench_speed_cli_json_measures_memory_in_fresh_processes(capsys):
     assert all(r["peak_mb"] is not None and r["peak_mb"] >= 0 for r in result["rows"])
     baseline, no_exit = result["rows"][:2]
     assert baseline["peak_mb"] > no_exit["peak_mb"]  # full-resolution local encoder on every frame
+
+
+def test_encoder_rates_divide_measured_gmacs_by_measured_time():
+    config = get_preset("cpu-synthetic").model
+    rows = encoder_rates(config, device="cpu", batch=2, repeats=1)
+    glance, local, baseline_local = rows
+    assert local["gmacs_per_video"] < baseline_local["gmacs_per_video"]  # patches are smaller than frames
+    for r in rows:
+        assert r["ms_per_video"] > 0
+        assert r["gmacs_per_s"] == pytest.approx(r["gmacs_per_video"] / (r["ms_per_video"] / 1000.0))
+    assert "GMACs/s" in format_encoder_table(rows)

