@@ -154,8 +154,9 @@ def _budget_curve(model, splits: dict, budgets: list[float]) -> list[dict]:
 
 def run_ablations(out_dir: Path, *, preset_name: str = "cpu-synthetic", quick: bool = False,
                   epochs: int | None = None, train_samples: int | None = None, tables: tuple[str, ...] = TABLES,
-                  device: str = "cpu", log=print) -> dict:
-    """Train every row the chosen tables need (same seeds and data), evaluate, write the report."""
+                  rows: tuple[str, ...] | None = None, device: str = "cpu", log=print) -> dict:
+    """Train every row the chosen tables need (same seeds and data), evaluate, write the report.
+    ``rows`` (variant keys, e.g. ``ix_loc_learned``) restricts the run to those rows of the chosen tables."""
     unknown = set(tables) - set(TABLES)
     if unknown:
         raise ValueError(f"unknown tables {sorted(unknown)}; choose from {TABLES}")
@@ -167,8 +168,16 @@ def run_ablations(out_dir: Path, *, preset_name: str = "cpu-synthetic", quick: b
     if train_samples is not None:
         base.data = dataclasses.replace(base.data, train_samples=train_samples)
     splits = synthetic_splits(base)
-    rows_wanted = {name: rows for name, rows in table_rows(base).items() if name in tables}
-    keys = list(dict.fromkeys(key for rows in rows_wanted.values() for _, key in rows))
+    rows_wanted = {name: table for name, table in table_rows(base).items() if name in tables}
+    if rows is not None:
+        known = {key for table in rows_wanted.values() for _, key in table}
+        if not rows or set(rows) - known:
+            raise ValueError(f"unknown rows {sorted(set(rows) - known) or '(none given)'}; "
+                             f"choose from {sorted(known)}")
+        rows_wanted = {name: [(label, key) for label, key in table if key in rows]
+                       for name, table in rows_wanted.items()}
+        rows_wanted = {name: table for name, table in rows_wanted.items() if table}
+    keys = list(dict.fromkeys(key for table in rows_wanted.values() for _, key in table))
     all_variants = variants(base)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "rows").mkdir(exist_ok=True)
@@ -187,7 +196,7 @@ def run_ablations(out_dir: Path, *, preset_name: str = "cpu-synthetic", quick: b
         results[key] = {"config": preset.to_dict(), "exit_costs": model.exit_costs(), **metrics}
         atomic_write_json(row_file, results[key])
         log(f"    accuracy {metrics['accuracy']:.3f}  GMACs {metrics['mean_gmacs']:.4f}")
-    if "X" in rows_wanted:
+    if len(rows_wanted.get("X", ())) == len(table_rows(base)["X"]):  # budget curves compare all four rows
         _add_budget_curves(results, rows_wanted["X"], splits, out_dir)
     report = {"preset": preset_name, "quick": quick, "epochs": base.train.epochs,
               "train_samples": base.data.train_samples, "test_samples": base.data.test_samples,
@@ -229,7 +238,7 @@ def render_markdown(report: dict) -> str:
                   "|---|---|---|---|---|"]
         lines += [f"| {r['row']} | {r['accuracy']:.3f} | {r['centre_in_box']:.3f} | {r['object_frame_rate']:.3f} "
                   f"| {r['mean_gmacs']:.4f} |" for r in rows]
-        if name == "X":
+        if "budget_curve" in rows[0]:
             budgets = [p["budget"] for p in rows[0]["budget_curve"]]
             lines += ["", ("Accuracy at average budgets (GMACs/clip); sample-wise on = entropy exits fitted on the "
                            "calibration split / off = random exits with the same proportions:"), "",
@@ -249,7 +258,7 @@ def plot_tables(report: dict, out_dir: Path) -> None:
 
     for name, rows in report["tables"].items():
         fig, ax = plt.subplots(figsize=(7, 0.35 * len(rows) + 1.2))
-        if name == "X":
+        if "budget_curve" in rows[0]:
             for r in rows:
                 pts = [p for p in r["budget_curve"] if p["adaptive"] is not None]
                 line, = ax.plot([p["budget"] for p in pts], [p["adaptive"] for p in pts], marker="o", label=r["row"])
@@ -271,7 +280,8 @@ def plot_tables(report: dict, out_dir: Path) -> None:
 
 def bench_ablations_command(args) -> int:
     tables = tuple(args.tables.split(",")) if args.tables else TABLES
+    rows = tuple(args.rows.split(",")) if args.rows else None
     report = run_ablations(Path(args.out), preset_name=args.preset, quick=args.quick, epochs=args.epochs,
-                           train_samples=args.train_samples, tables=tables, device=args.device)
+                           train_samples=args.train_samples, tables=tables, rows=rows, device=args.device)
     print(render_markdown(report))
     return 0

@@ -1,11 +1,12 @@
 """`adafocus bench speed`: theoretical (GMACs) against practical (videos/s) savings, measured side by side.
 
-In one run, on the same random clips: the static baseline (both encoders on every glance frame at full
-resolution), Uni-AdaFocus without early exit, and with early exit at a few budgets. Weights are random:
-speed does not depend on them. With random weights, exit scores carry no signal, so thresholds fitted on
-other clips would not transfer; they are fitted by the budget solver on the timed batch itself, which
-gives that batch the exit mix a trained model would have at that budget (the measured GMACs column shows
-how close it came).
+In one run, on the same synthetic clips: the static baseline (both encoders on every glance frame at full
+resolution), Uni-AdaFocus without early exit, and with early exit at a few budgets. Speed does not depend
+on the weights, so nothing is trained or downloaded: the glance encoder gets its ImageNet weights when they
+are installed locally (otherwise random ones), the rest is random. Exit scores of such a model carry no
+signal, so thresholds fitted on other clips would not transfer; they are fitted by the budget solver on
+the timed batch itself, which gives that batch the exit mix a trained model would have at that budget
+(the measured GMACs column shows how close it came).
 """
 from __future__ import annotations
 
@@ -15,12 +16,15 @@ import time
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
+from adafocus.core.backbones import create_backbone
 from adafocus.core.baseline import StaticBaseline
 from adafocus.core.config import ModelConfig, get_preset
 from adafocus.core.exits import ExitPolicy, exit_scores, solve_budget
 from adafocus.core.flops import count_gmacs
 from adafocus.core.model import UniAdaFocus
 from adafocus.core.train import cuda_autocast, resolve_device
+from adafocus.core.weights import WeightsError
 
 
 def _peak_memory_worker(kind: str, config: dict, batch: int, device: str, budget_fraction, queue) -> None:
@@ -31,9 +35,10 @@ def _peak_memory_worker(kind: str, config: dict, batch: int, device: str, budget
     torch.set_num_threads(1)
     dev = torch.device(device)
     cfg = ModelConfig(**config)
+    torch.manual_seed(0)
     module = (StaticBaseline(cfg) if kind == "baseline" else UniAdaFocus(cfg)).eval().to(dev)
     module.optimize_for_inference()
-    clip = torch.rand(batch, cfg.num_candidates, cfg.in_channels, cfg.frame_size, cfg.frame_size, device=dev)
+    clip = benchmark_clips(batch, cfg, dev)
     with torch.inference_mode():
         policy = None
         if budget_fraction is not None:
@@ -123,19 +128,44 @@ def budget_policies(model: UniAdaFocus, clips: torch.Tensor, fractions: tuple[fl
             for f in fractions}
 
 
+def benchmark_clips(batch: int, config: ModelConfig, device: torch.device, seed: int = 0) -> torch.Tensor:
+    """``[batch, N, C, S, S]`` clips in [0, 1] that differ from each other: smooth random colour fields with a
+    random gain per clip. Uniform pixel noise would not do: every clip then has the same statistics, the
+    glance features coincide and all exit scores tie, so no budget can be met."""
+    generator = torch.Generator().manual_seed(seed)
+    frames = batch * config.num_candidates
+    coarse = torch.rand(frames, config.in_channels, 4, 4, generator=generator)
+    clips = F.interpolate(coarse, size=(config.frame_size, config.frame_size), mode="bilinear", align_corners=False)
+    clips = clips.reshape(batch, config.num_candidates, config.in_channels, config.frame_size, config.frame_size)
+    gain = torch.rand(batch, 1, config.in_channels, 1, 1, generator=generator)
+    return (clips * gain).clamp(0.0, 1.0).to(device)
+
+
+def offline_weights(config: ModelConfig) -> ModelConfig:
+    """The config with ImageNet weights for the glance encoder if they are installed locally (never
+    downloaded), random weights everywhere else."""
+    glance = None
+    try:
+        create_backbone(config.glance_backbone, pretrained="imagenet", **dict(config.glance_backbone_kwargs))
+        glance = "imagenet"
+    except (WeightsError, ValueError):
+        pass
+    return dataclasses.replace(config, glance_pretrained=glance, local_pretrained=None)
+
+
 def bench_speed(model_config: ModelConfig, *, device: str = "auto", batch: int = 8, warmup: int = 2,
                 repeats: int = 5, budget_fractions: tuple[float, ...] = (0.25, 0.5),
                 amp: bool = True, seed: int = 0, measure_memory: bool = True, optimize: bool = True) -> list[dict]:
     """Rows of {name, gmacs, videos_per_s, peak_mb, theoretical_ratio, practical_ratio, efficiency}."""
     dev = resolve_device(device)
     torch.manual_seed(seed)
-    cfg = dataclasses.replace(model_config, glance_pretrained=None, local_pretrained=None)
+    cfg = offline_weights(model_config)
     model = UniAdaFocus(cfg).eval().to(dev)
     baseline = StaticBaseline(cfg).eval().to(dev)
     if optimize:  # both get the same treatment
         model.optimize_for_inference()
         baseline.optimize_for_inference()
-    clip = torch.rand(batch, cfg.num_candidates, cfg.in_channels, cfg.frame_size, cfg.frame_size, device=dev)
+    clip = benchmark_clips(batch, cfg, dev, seed)
 
 
     with torch.inference_mode(), cuda_autocast(dev, amp):

@@ -147,8 +147,12 @@ def cmd_bench_ablations(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_speed(args: argparse.Namespace) -> int:
-    from adafocus.apps.bench_speed import (format_encoder_table, format_scaling_table, format_speed_table,
-                                           run_bench_speed)
+    from adafocus.apps.bench_speed import (
+        format_encoder_table,
+        format_scaling_table,
+        format_speed_table,
+        run_bench_speed,
+    )
 
     result = run_bench_speed(args.preset, device=args.device, batch=args.batch, scaling=args.scaling,
                              repeats=args.repeats, optimize=not args.no_optimize)
@@ -305,6 +309,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=None, help="override the base preset's epochs")
     p.add_argument("--train-samples", type=int, default=None, help="override the base preset's training clips")
     p.add_argument("--tables", default=None, help="comma-separated subset of VII,IX,X,versions (default: all)")
+    p.add_argument("--rows", default=None,
+                   help="comma-separated row keys to run (e.g. ix_loc_learned,ix_loc_center; default: every row)")
     _add_device(p)
     p.set_defaults(func=cmd_bench_ablations)
 

@@ -51,7 +51,7 @@ def evaluate_focus(model: UniAdaFocus, dataset: SyntheticFocusDataset, *, exit_p
     torch.manual_seed(seed)  # random / gaussian baselines draw positions
     model.eval()
     frame_size = model.config.frame_size
-    totals = dict(correct=0, samples=0, hits=0, object_steps=0, steps=0, gmacs=0.0)
+    totals = {"correct": 0, "samples": 0, "hits": 0, "object_steps": 0, "steps": 0, "gmacs": 0.0}
     all_logits, all_labels, all_exits = [], [], []
     for batch in DataLoader(dataset, batch_size=batch_size, collate_fn=collate):
         result = model.infer(batch["clip"], exit_policy)

@@ -163,8 +163,8 @@ def train(preset: Preset, train_set: Dataset, val_set: Dataset, out_dir: str | P
             model, device_ids=[dev.index] if dev.type == "cuda" else None)
     sampler = DistributedSampler(train_set, shuffle=True, seed=cfg.seed) if ctx.enabled else None
     per_rank_batch = max(1, cfg.batch_size // ctx.world_size)
-    loader_kwargs = dict(num_workers=cfg.workers, collate_fn=collate_fn, pin_memory=dev.type == "cuda",
-                         persistent_workers=cfg.workers > 0)
+    loader_kwargs = {"num_workers": cfg.workers, "collate_fn": collate_fn, "pin_memory": dev.type == "cuda",
+                         "persistent_workers": cfg.workers > 0}
     train_loader = DataLoader(train_set, batch_size=per_rank_batch, shuffle=sampler is None, sampler=sampler,
                               drop_last=True, **loader_kwargs)
     val_loader = DataLoader(val_set, batch_size=per_rank_batch, shuffle=False, **loader_kwargs)
@@ -214,8 +214,8 @@ def train(preset: Preset, train_set: Dataset, val_set: Dataset, out_dir: str | P
         if ctx.is_main:
             improved = val_acc > best_acc
             best_acc = max(best_acc, val_acc) if not math.isnan(val_acc) else best_acc
-            extra = dict(optimizer_state=optimizer.state_dict(), scaler_state=scaler.state_dict(), epoch=epoch,
-                         best_accuracy=best_acc)
+            extra = {"optimizer_state": optimizer.state_dict(), "scaler_state": scaler.state_dict(), "epoch": epoch,
+                         "best_accuracy": best_acc}
             save_checkpoint(last_path, model_state=model.state_dict(), config=preset.to_dict(), **extra)
             if improved:
                 save_checkpoint(best_path, model_state=model.state_dict(), config=preset.to_dict(), **extra)

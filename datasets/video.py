@@ -525,6 +525,9 @@ def decode_frames(path: str | Path, indices: Sequence[int], *,
 # Spatial view
 
 
+RESIZE_FRAMES_AT_ONCE = 8
+
+
 class ClipTransform:
     """One spatial view for the whole clip: every frame gets the same crop, flip and resize.
 
@@ -571,9 +574,13 @@ class ClipTransform:
             raise ValueError(f"expected frames [T, H, W, 3], got shape {frames.shape}")
         height, width = frames.shape[1:3]
         (x0, y0, x1, y1), flipped = self.sample_view(height, width, rng)
-        crop = torch.from_numpy(np.ascontiguousarray(frames[:, y0:y1, x0:x1])).permute(0, 3, 1, 2).float()
-        out = F.interpolate(crop, size=(self.size, self.size), mode="bilinear", align_corners=False,
-                            antialias=True).div_(255.0).clamp_(0.0, 1.0)
+        # A few frames at a time: the float copy of a whole full-resolution clip (48 frames of 720 x 720:
+        # 300 MB) would set each decoding worker's peak memory.
+        out = torch.cat([
+            F.interpolate(torch.from_numpy(np.ascontiguousarray(part[:, y0:y1, x0:x1])).permute(0, 3, 1, 2).float(),
+                          size=(self.size, self.size), mode="bilinear", align_corners=False, antialias=True)
+            for part in np.array_split(frames, max(1, -(-len(frames) // RESIZE_FRAMES_AT_ONCE)))
+        ]).div_(255.0).clamp_(0.0, 1.0)
         if flipped:
             out = out.flip(-1)
         # Compose with the incoming view (frames may already be a crop of the source).

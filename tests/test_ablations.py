@@ -47,3 +47,19 @@ def test_all_tables_quick_run_through_the_cli(tmp_path, capsys):
 def test_unknown_table_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="unknown tables"):
         run_ablations(tmp_path, quick=True, tables=("XI",))
+
+
+def test_rows_restrict_the_run_and_the_report(tmp_path, capsys):
+    assert main(["bench", "ablations", "--out", str(tmp_path), "--quick", "--device", "cpu",
+                 "--rows", "ix_loc_center,x_spatial"]) == 0
+    report = json.loads((tmp_path / "ablations.json").read_text(encoding="utf-8"))
+    assert {name: [r["key"] for r in rows] for name, rows in report["tables"].items()} == \
+        {"IX": ["ix_loc_center"], "X": ["x_spatial"]}
+    assert "budget_curve" not in report["tables"]["X"][0]  # curves need all four Table X rows
+    assert sorted(p.stem for p in (tmp_path / "rows").glob("*.json")) == ["ix_loc_center", "x_spatial"]
+    assert "location: centre" in capsys.readouterr().out
+
+
+def test_unknown_row_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="unknown rows.*ix_loc_nowhere"):
+        run_ablations(tmp_path, quick=True, rows=("ix_loc_nowhere",))

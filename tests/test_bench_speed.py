@@ -3,8 +3,14 @@ consistent (the ratios are computed from the measured rows)."""
 import json
 
 import pytest
-from adafocus.apps.bench_speed import (bench_speed, default_sweep, encoder_rates, format_encoder_table,
-                                       format_scaling_table, scaling_rows)
+from adafocus.apps.bench_speed import (
+    bench_speed,
+    default_sweep,
+    encoder_rates,
+    format_encoder_table,
+    format_scaling_table,
+    scaling_rows,
+)
 from adafocus.apps.cli import main
 from adafocus.core.config import get_preset
 
@@ -46,9 +52,41 @@ def test_bench_speed_cli_json_measures_memory_in_fresh_processes(capsys):
 def test_encoder_rates_divide_measured_gmacs_by_measured_time():
     config = get_preset("cpu-synthetic").model
     rows = encoder_rates(config, device="cpu", batch=2, repeats=1)
-    glance, local, baseline_local = rows
+    _glance, local, baseline_local = rows
     assert local["gmacs_per_video"] < baseline_local["gmacs_per_video"]  # patches are smaller than frames
     for r in rows:
         assert r["ms_per_video"] > 0
         assert r["gmacs_per_s"] == pytest.approx(r["gmacs_per_video"] / (r["ms_per_video"] / 1000.0))
     assert "GMACs/s" in format_encoder_table(rows)
+
+
+def test_benchmark_model_spreads_exit_scores_so_budgets_can_be_met():
+    """A randomly initialised MobileNetV2 glance gives every clip the same glance prediction (all exit scores
+    tie, so a budget cannot split the batch); the benchmark's model uses the locally installed ImageNet
+    weights for the glance and clips that differ."""
+    import dataclasses
+
+    import torch
+    from adafocus.apps.bench_speed import benchmark_clips, budget_policies, offline_weights
+    from adafocus.core.exits import exit_scores
+    from adafocus.core.model import UniAdaFocus
+
+    random_glance = dataclasses.replace(get_preset("cpu-synthetic").model, glance_backbone="mobilenet_v2",
+                                        glance_backbone_kwargs={}, glance_size=64, num_classes=200)
+    config = offline_weights(random_glance)
+    if config.glance_pretrained is None:
+        pytest.skip("MobileNetV2 ImageNet weights are not installed (make test installs them)")
+    clips = benchmark_clips(8, config, torch.device("cpu"))
+    assert clips.shape == (8, config.num_candidates, 3, config.frame_size, config.frame_size)
+    assert 0.0 <= clips.min() and clips.max() <= 1.0
+    with torch.inference_mode():
+        torch.manual_seed(0)
+        untrained = UniAdaFocus(random_glance).eval()
+        assert len(set(exit_scores(untrained.infer(clips).logits[:, 0], "entropy").tolist())) == 1
+        torch.manual_seed(0)
+        model = UniAdaFocus(config).eval()
+        assert len(set(exit_scores(model.infer(clips).logits[:, 0], "entropy").tolist())) == 8
+        policy = budget_policies(model, clips, (0.5,))[0.5]
+        spent = model.infer(clips, policy).gmacs.mean().item()
+    costs = model.exit_costs()
+    assert costs[0] < spent < costs[-1]  # neither everyone at the glance nor everyone to the end

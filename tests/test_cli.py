@@ -2,7 +2,6 @@
 import json
 
 import pytest
-
 from adafocus.apps.cli import main
 
 

@@ -4,7 +4,7 @@ import dataclasses
 
 import pytest
 import torch
-from adafocus.core.backbones import CPU_MICRO_BATCH, cpu_micro_batch, create_backbone, whole_clip_chunk
+from adafocus.core.backbones import CPU_MICRO_BATCH, chunk_sizes, cpu_micro_batch, create_backbone
 from adafocus.core.config import get_preset
 from adafocus.core.exits import ExitPolicy, exit_scores
 from adafocus.core.model import UniAdaFocus, focus_lookahead
@@ -15,20 +15,25 @@ def test_cpu_gets_micro_batches_accelerators_do_not():
     assert cpu_micro_batch(torch.device("cuda", 0)) is None
 
 
-@pytest.mark.parametrize(("micro_batch", "frames_per_clip", "expected"),
-                         [(None, 1, None), (16, 1, 16), (16, 8, 16), (16, 6, 12), (16, 32, 32), (1, 1, 1)])
-def test_chunks_hold_whole_clips(micro_batch, frames_per_clip, expected):
-    assert whole_clip_chunk(micro_batch, frames_per_clip) == expected
+@pytest.mark.parametrize(("total", "micro_batch", "frames_per_clip", "expected"),
+                         [(64, None, 1, [64]), (31, 16, 1, [31]), (32, 16, 1, [16, 16]), (37, 16, 1, [19, 18]),
+                          (64, 16, 1, [16, 16, 16, 16]), (5, 16, 1, [5]), (48, 16, 12, [24, 24]),
+                          (96, 16, 32, [32, 32, 32]), (64, 16, 8, [16, 16, 16, 16]), (3, 1, 1, [1, 1, 1])])
+def test_chunks_are_near_equal_whole_clips_of_at_least_a_micro_batch(total, micro_batch, frames_per_clip, expected):
+    sizes = chunk_sizes(total, micro_batch, frames_per_clip)
+    assert sizes == expected and sum(sizes) == total
 
 
-def test_chunk_size_must_be_positive():
+def test_chunk_sizes_reject_bad_input():
     with pytest.raises(ValueError, match="micro_batch"):
-        whole_clip_chunk(0, 1)
+        chunk_sizes(8, 0)
+    with pytest.raises(ValueError, match="whole number"):
+        chunk_sizes(10, 16, 4)
 
 
 @pytest.mark.parametrize(("active", "steps_left", "micro_batch", "expected"),
-                         [(4, 16, None, 1), (16, 16, 16, 1), (40, 16, 16, 1), (4, 16, 16, 4), (5, 16, 16, 3),
-                          (1, 3, 16, 3), (1, 16, 16, 16), (3, 1, 16, 1)])
+                         [(4, 16, None, 1), (16, 16, 16, 1), (40, 16, 16, 1), (4, 16, 16, 4), (5, 16, 16, 4),
+                          (15, 16, 16, 2), (1, 3, 16, 3), (1, 16, 16, 16), (3, 1, 16, 1)])
 def test_focus_lookahead_fills_a_micro_batch_without_passing_the_last_patch(active, steps_left, micro_batch,
                                                                           expected):
     assert focus_lookahead(active, steps_left, micro_batch) == expected
@@ -95,7 +100,7 @@ def test_clip_backbones_optimise_without_cutting_clips(name, frames):
     clips = torch.rand(3 * frames, 3, 32, 32)
     with torch.no_grad():
         whole = encoder(clips)
-        encoder.optimize_for_inference(micro_batch=frames + 1)
+        encoder.optimize_for_inference(micro_batch=frames - 1)
         chunked = encoder(clips)
-    assert whole_clip_chunk(encoder.micro_batch, encoder.frames_per_clip) == frames
+    assert chunk_sizes(len(clips), encoder.micro_batch, encoder.frames_per_clip) == [frames] * 3
     assert torch.allclose(chunked, whole, atol=1e-5)

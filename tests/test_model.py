@@ -15,7 +15,7 @@ def tiny_config(**overrides) -> ModelConfig:
 
 
 def only(term: str, **extra) -> LossConfig:
-    weights = dict(exits=0.0, glance_aux=0.0, local_aux=0.0, temporal=0.0, spatial=0.0, size_regularizer=0.0)
+    weights = {"exits": 0.0, "glance_aux": 0.0, "local_aux": 0.0, "temporal": 0.0, "spatial": 0.0, "size_regularizer": 0.0}
     weights[term] = 1.0
     return LossConfig(**weights, mc_samples=8, **extra)
 

@@ -70,7 +70,7 @@ def test_train_writes_run_files_and_resumes_after_a_crash(tmp_path):
 
 def test_resume_refuses_a_run_folder_of_another_config(tmp_path):
     train_set, val_set = tiny_sets()
-    quiet = dict(device="cpu", collate_fn=collate, progress=False, log=lambda s: None)
+    quiet = {"device": "cpu", "collate_fn": collate, "progress": False, "log": lambda s: None}
     train(tiny_preset(epochs=1), train_set, val_set, tmp_path, **quiet)
     with pytest.raises(ValueError, match="different config"):
         train(tiny_preset(epochs=3), train_set, val_set, tmp_path, **quiet)

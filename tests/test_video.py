@@ -368,3 +368,13 @@ def test_load_clip_train_mode_is_random_but_seedable(counter_mp4):
     assert all(20 <= i < 50 for i in a[1].frame_indices)
     levels = (a[0].mean(dim=(1, 2, 3)) * 255 / COUNTER_STEP).round().int().tolist()
     assert levels == a[1].frame_indices
+
+
+def test_long_clips_are_resized_in_parts_with_the_same_result_as_frame_by_frame():
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, size=(2 * video_mod.RESIZE_FRAMES_AT_ONCE + 3, 90, 160, 3), dtype=np.uint8)
+    transform = ClipTransform(40, train=False)
+    clip, _ = transform(frames, _full_view_info(90, 160, len(frames)))
+    one_by_one = torch.cat([transform(frames[i:i + 1], _full_view_info(90, 160, 1))[0] for i in range(len(frames))])
+    assert clip.shape == (len(frames), 3, 40, 40)
+    assert torch.equal(clip, one_by_one)
