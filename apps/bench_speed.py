@@ -11,6 +11,7 @@ the timed batch itself, which gives that batch the exit mix a trained model woul
 from __future__ import annotations
 
 import dataclasses
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -81,7 +82,18 @@ def peak_memory_mb(kind: str, config: ModelConfig, batch: int, device: torch.dev
     queue = context.Queue()
     process = context.Process(target=_peak_memory_worker,
                               args=(kind, dataclasses.asdict(config), batch, str(device), budget_fraction, queue))
-    process.start()
+    # A fixed mmap threshold makes glibc return every large tensor to the system when it is freed, so that
+    # resident memory follows the live tensors; by default freed blocks stay in the heap and what the
+    # warm-up left behind hides the measured run's peak (read by glibc at start-up, hence the environment).
+    previous = os.environ.get("MALLOC_MMAP_THRESHOLD_")
+    os.environ["MALLOC_MMAP_THRESHOLD_"] = "65536"
+    try:
+        process.start()
+    finally:
+        if previous is None:
+            del os.environ["MALLOC_MMAP_THRESHOLD_"]
+        else:
+            os.environ["MALLOC_MMAP_THRESHOLD_"] = previous
     process.join()
     if process.exitcode != 0:
         raise RuntimeError(f"memory measurement of {kind!r} failed (exit code {process.exitcode})")
