@@ -179,7 +179,6 @@ def bench_speed(model_config: ModelConfig, *, device: str = "auto", batch: int =
         baseline.optimize_for_inference()
     clip = benchmark_clips(batch, cfg, dev, seed)
 
-
     with torch.inference_mode(), cuda_autocast(dev, amp):
         policies = budget_policies(model, clip, budget_fractions)
         variants: list[tuple[str, Callable[[], object], Callable[[], float], str, float | None]] = [

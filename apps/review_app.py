@@ -275,12 +275,12 @@ def save_decision(store: rl.DecisionStore, kind: str, item_id: str) -> None:
 # Per kind of item: the folder, how to build its queue, and what to say when something is missing.
 QUEUE_PAGES = {
     "scan": {"title": "Scans", "folder": "scans", "queue": lambda folder: rl.scan_queue(folder),
-                 "no_folder": "Start the app with --scans DIR (an `adafocus cv` output folder) to review scans.",
-                 "empty": "No predictions.tsv under the scans folder.", "no_match": "No scan matches the filters."},
+             "no_folder": "Start the app with --scans DIR (an `adafocus cv` output folder) to review scans.",
+             "empty": "No predictions.tsv under the scans folder.", "no_match": "No scan matches the filters."},
     "video": {"title": "Videos", "folder": "videos", "queue": lambda folder: rl.video_queue(folder),
-                  "no_folder": "Start the app with --videos DIR (an `adafocus score` output folder) to review videos.",
-                  "empty": "No scored videos (scores.csv) under the videos folder.",
-                  "no_match": "No video matches the filters."},
+              "no_folder": "Start the app with --videos DIR (an `adafocus score` output folder) to review videos.",
+              "empty": "No scored videos (scores.csv) under the videos folder.",
+              "no_match": "No video matches the filters."},
 }
 
 

@@ -16,7 +16,7 @@ from adafocus.apps.score import ScoreInputs, collate_scored, collect_inputs, mod
 from adafocus.core.checkpoint import save_checkpoint
 from adafocus.core.config import get_preset
 from adafocus.core.model import UniAdaFocus
-from adafocus.core.train import load_model, resolve_device
+from adafocus.core.train import cuda_autocast, load_model, resolve_device
 
 
 def sample_video_links(folder: Path, count: int) -> list[str]:
@@ -41,12 +41,12 @@ def untrained_checkpoint(preset_name: str, path: Path) -> Path:
     return path
 
 
-@torch.no_grad()
 def model_only_rate(checkpoint: str | Path, paths: Sequence[str], *, batch_size: int, device: str,
                     threads: int, min_seconds: float = 2.0) -> float:
     """Videos/s of `model.infer` alone on one batch of already decoded clips (after a warm-up pass), with
     `threads` CPU threads (as while scoring)."""
     model, _ = load_model(checkpoint, device=device)
+    model.optimize_for_inference()  # as `score_videos` runs it
     dev = resolve_device(device)
     c = model.config
     inputs = ScoreInputs(list(paths[:batch_size]), c.num_candidates, c.frame_size)
@@ -57,13 +57,14 @@ def model_only_rate(checkpoint: str | Path, paths: Sequence[str], *, batch_size:
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        model.infer(clips)
-        runs, started = 0, time.perf_counter()
-        while runs < 3 or time.perf_counter() - started < min_seconds:
+        with torch.inference_mode(), cuda_autocast(dev):
             model.infer(clips)
-            if dev.type == "cuda":
-                torch.cuda.synchronize(dev)
-            runs += 1
+            runs, started = 0, time.perf_counter()
+            while runs < 3 or time.perf_counter() - started < min_seconds:
+                model.infer(clips)
+                if dev.type == "cuda":
+                    torch.cuda.synchronize(dev)
+                runs += 1
     finally:
         torch.set_num_threads(previous)
     return runs * len(clips) / (time.perf_counter() - started)
