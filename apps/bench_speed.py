@@ -247,8 +247,7 @@ def scaling_rows(model_config: ModelConfig, *, device: str, batch: int, sweep: d
         for value in values:
             cfg = dataclasses.replace(model_config, glance_pretrained=None, local_pretrained=None, **{field: value})
             model = UniAdaFocus(cfg).eval().to(dev).optimize_for_inference()
-            clip = torch.rand(batch, cfg.num_candidates, cfg.in_channels, cfg.frame_size, cfg.frame_size,
-                              device=dev)
+            clip = benchmark_clips(batch, cfg, dev)
             with torch.inference_mode():
                 seconds = time_per_batch(lambda m=model, x=clip: m.infer(x), dev, warmup=warmup, repeats=repeats)
             rows.append({"setting": field, "value": value, "gmacs": model.exit_costs()[-1],

@@ -28,6 +28,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -429,6 +430,18 @@ def model_threads(workers: int) -> int:
     return max(1, min(torch.get_num_threads(), available - workers))
 
 
+@contextmanager
+def cpu_threads(device: torch.device, count: int):
+    """Run the block with ``count`` torch threads when ``device`` is the CPU; restore the setting after."""
+    previous = torch.get_num_threads()
+    if device.type == "cpu":
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def _init_distributed(device: torch.device):
     """Join torchrun's process group (long timeout: ranks wait for the slowest shard)."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
@@ -497,11 +510,8 @@ def score_videos(inputs: Sequence[str], checkpoint: str | Path, out_csv: str | P
         from tqdm import tqdm
         bar = tqdm(total=len(mine), unit="file", dynamic_ncols=True,
                    desc="scoring" if not ctx.enabled else f"scoring (rank 0 of {ctx.world_size})")
-    threads = torch.get_num_threads()
-    if dev.type == "cpu":
-        torch.set_num_threads(model_threads(workers))
     loop_started = waited_from = time.perf_counter()
-    try:
+    with cpu_threads(dev, model_threads(workers)):
         for batch in loader:
             summary.wait_s += time.perf_counter() - waited_from
             rows, records = _score_batch(model, batch, policy, class_names, thumb_dir, dev, summary)
@@ -509,8 +519,6 @@ def score_videos(inputs: Sequence[str], checkpoint: str | Path, out_csv: str | P
             if bar is not None:
                 bar.update(len(batch["items"]))
             waited_from = time.perf_counter()
-    finally:
-        torch.set_num_threads(threads)
     summary.loop_s = time.perf_counter() - loop_started
     if bar is not None:
         bar.close()

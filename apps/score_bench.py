@@ -12,7 +12,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from adafocus.apps.score import ScoreInputs, collate_scored, collect_inputs, model_threads, score_videos
+from adafocus.apps.score import (
+    ScoreInputs,
+    collate_scored,
+    collect_inputs,
+    cpu_threads,
+    model_threads,
+    score_videos,
+)
 from adafocus.core.checkpoint import save_checkpoint
 from adafocus.core.config import get_preset
 from adafocus.core.model import UniAdaFocus
@@ -44,7 +51,7 @@ def untrained_checkpoint(preset_name: str, path: Path) -> Path:
 def model_only_rate(checkpoint: str | Path, paths: Sequence[str], *, batch_size: int, device: str,
                     threads: int, min_seconds: float = 2.0) -> float:
     """Videos/s of `model.infer` alone on one batch of already decoded clips (after a warm-up pass), with
-    `threads` CPU threads (as while scoring)."""
+    `threads` CPU threads on the CPU (as while scoring)."""
     model, _ = load_model(checkpoint, device=device)
     model.optimize_for_inference()  # as `score_videos` runs it
     dev = resolve_device(device)
@@ -54,19 +61,14 @@ def model_only_rate(checkpoint: str | Path, paths: Sequence[str], *, batch_size:
     if clips is None:
         raise ValueError("none of the first videos could be decoded; cannot time the model")
     clips = clips.to(dev)
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        with torch.inference_mode(), cuda_autocast(dev):
+    with cpu_threads(dev, threads), torch.inference_mode(), cuda_autocast(dev):
+        model.infer(clips)
+        runs, started = 0, time.perf_counter()
+        while runs < 3 or time.perf_counter() - started < min_seconds:
             model.infer(clips)
-            runs, started = 0, time.perf_counter()
-            while runs < 3 or time.perf_counter() - started < min_seconds:
-                model.infer(clips)
-                if dev.type == "cuda":
-                    torch.cuda.synchronize(dev)
-                runs += 1
-    finally:
-        torch.set_num_threads(previous)
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)
+            runs += 1
     return runs * len(clips) / (time.perf_counter() - started)
 
 

@@ -106,8 +106,8 @@ class Backbone(nn.Module):
         Measured on a 2-core CPU, the two together made MobileNetV2 at 224 about 3x and ResNet-50 1.7x
         faster; neither helps alone as much. Chunks keep activations in cache: with one thread MobileNetV2
         at 224 took 14.9 ms per image in a batch of 64 and 9.5 ms in batches of 16, ResNet-50 at 128 24.8
-        vs 17.0 ms (see `cpu_micro_batch`, `chunk_sizes`). Inference only: the folded body cannot train and its state
-        dict no longer matches checkpoints, so call it after loading weights. Bodies that torch.fx cannot
+        vs 17.0 ms (see `cpu_micro_batch`, `chunk_sizes`). Inference only: the folded body cannot train and
+        its state dict no longer matches checkpoints, so call it after loading weights. Bodies that torch.fx cannot
         trace (forward hooks such as TSM's shift, X3D's control flow) keep their batch norms, and 3D bodies
         (X3D) keep their memory layout.
         """
