@@ -1,12 +1,12 @@
 # Two commands for a fresh machine: `make demo` (creates .venv if missing, runs the demo end to end)
-# and `make test`. CI (.ci/run) calls `make test` and then `make test-slow`.
+# and `make test`. CI (.ci/run) calls `make test`, `make test-slow`, `make test-browser`, `make test-cluster`.
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEMO_OUT ?= demo_out
 
-.PHONY: demo test test-slow test-browser env clean
+.PHONY: demo test test-slow test-browser test-cluster env clean
 
 env: $(STAMP)
 
@@ -34,6 +34,11 @@ test-slow: $(STAMP)
 # `playwright install`.
 test-browser: $(STAMP)
 	$(BIN)/python -m pytest -q -m browser
+
+# score --ray / preprocess --ray on a local 2-CPU Ray instance (installs the `cluster` extra: ray[data]).
+test-cluster: $(STAMP)
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[cluster]"
+	$(BIN)/python -m pytest -q -m cluster
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) build *.egg-info

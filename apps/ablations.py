@@ -25,6 +25,7 @@ from adafocus.core.exits import (
     solve_budget,
 )
 from adafocus.core.io import atomic_write_json, atomic_write_text
+from adafocus.core.run import RunFolder
 from adafocus.core.train import collect_logits, load_model, train
 from adafocus.datasets.synthetic import collate
 from torch.utils.data import DataLoader
@@ -214,7 +215,7 @@ def _add_budget_curves(results: dict, rows: list[tuple[str, str]], splits: dict,
     low, high = max(c[0] for c in costs), min(c[-1] for c in costs)
     budgets = [low + f * (high - low) for f in (0.25, 0.5, 0.75, 1.0)]
     for _, key in rows:
-        model, _ = load_model(out_dir / "runs" / key / "best.pt", device="cpu")
+        model, _ = load_model(RunFolder(out_dir / "runs" / key).best, device="cpu")
         results[key]["budget_curve"] = _budget_curve(model, splits, budgets)
 
 

@@ -1,7 +1,9 @@
 """`adafocus bench speed`: theoretical (GMACs) against practical (videos/s) savings, measured side by side.
 
 In one run, on the same synthetic clips: the static baseline (both encoders on every glance frame at full
-resolution), Uni-AdaFocus without early exit, and with early exit at a few budgets. Speed does not depend
+resolution), Uni-AdaFocus without early exit, and with early exit at a few budgets, all with the chosen
+inference engine (``--engine``, see adafocus.core.engine); with an engine other than torch the same variants
+also run with torch fp32 (today's path), timed in the same turns, so the speed-up is measured side by side. Speed does not depend
 on the weights, so nothing is trained or downloaded: the glance encoder gets its ImageNet weights when they
 are installed locally (otherwise random ones), the rest is random. Exit scores of such a model carry no
 signal, so thresholds fitted on other clips would not transfer; they are fitted by the budget solver on
@@ -21,6 +23,7 @@ import torch.nn.functional as F
 from adafocus.core.backbones import create_backbone
 from adafocus.core.baseline import StaticBaseline
 from adafocus.core.config import ModelConfig, get_preset
+from adafocus.core.engine import prepare_for_inference, resolve_engine
 from adafocus.core.exits import ExitPolicy, exit_scores, solve_budget
 from adafocus.core.flops import count_gmacs
 from adafocus.core.model import UniAdaFocus
@@ -28,7 +31,8 @@ from adafocus.core.train import cuda_autocast, resolve_device
 from adafocus.core.weights import WeightsError
 
 
-def _peak_memory_worker(kind: str, config: dict, batch: int, device: str, budget_fraction, queue) -> None:
+def _peak_memory_worker(kind: str, config: dict, batch: int, device: str, budget_fraction, queue,
+                        engine: str = "torch", precision: str = "fp32") -> None:
     """Child process: build one variant, run it once, report peak memory growth in MB over the run
     (CUDA: the allocator's peak; CPU: resident set size sampled every millisecond during the run)."""
     import threading
@@ -38,7 +42,7 @@ def _peak_memory_worker(kind: str, config: dict, batch: int, device: str, budget
     cfg = ModelConfig(**config)
     torch.manual_seed(0)
     module = (StaticBaseline(cfg) if kind == "baseline" else UniAdaFocus(cfg)).eval().to(dev)
-    module.optimize_for_inference()
+    prepare_for_inference(module, engine=engine, precision=precision)
     clip = benchmark_clips(batch, cfg, dev)
     with torch.inference_mode():
         policy = None
@@ -73,7 +77,7 @@ def _peak_memory_worker(kind: str, config: dict, batch: int, device: str, budget
 
 
 def peak_memory_mb(kind: str, config: ModelConfig, batch: int, device: torch.device,
-                   budget_fraction: float | None = None) -> float:
+                   budget_fraction: float | None = None, engine: str = "torch", precision: str = "fp32") -> float:
     """Peak memory of one forward pass of a variant, measured alone in a fresh process (so allocator
     caches of other variants do not hide it)."""
     import multiprocessing as mp
@@ -81,7 +85,8 @@ def peak_memory_mb(kind: str, config: ModelConfig, batch: int, device: torch.dev
     context = mp.get_context("spawn")
     queue = context.Queue()
     process = context.Process(target=_peak_memory_worker,
-                              args=(kind, dataclasses.asdict(config), batch, str(device), budget_fraction, queue))
+                              args=(kind, dataclasses.asdict(config), batch, str(device), budget_fraction, queue,
+                                    engine, precision))
     # A fixed mmap threshold makes glibc return every large tensor to the system when it is freed, so that
     # resident memory follows the live tensors; by default freed blocks stay in the heap and what the
     # warm-up left behind hides the measured run's peak (read by glibc at start-up, hence the environment).
@@ -98,6 +103,15 @@ def peak_memory_mb(kind: str, config: ModelConfig, batch: int, device: torch.dev
     if process.exitcode != 0:
         raise RuntimeError(f"memory measurement of {kind!r} failed (exit code {process.exitcode})")
     return queue.get()
+
+
+def cpu_name() -> str:
+    """The CPU's model name (from /proc/cpuinfo), for the record of where a benchmark ran."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "unknown")
+    except OSError:
+        return "unknown"
 
 
 def _rss_bytes() -> int:
@@ -165,76 +179,208 @@ def offline_weights(config: ModelConfig) -> ModelConfig:
     return dataclasses.replace(config, glance_pretrained=glance, local_pretrained=None)
 
 
+def prepare(module, *, engine: str, precision: str, optimize: bool) -> str:
+    """Ready ``module`` for timing with ``engine`` (see adafocus.core.engine); ``optimize=False`` keeps the
+    plain torch modules (no batch-norm folding, no channels-last) and needs the torch engine."""
+    if not optimize:
+        if resolve_engine(engine, module.pixel_mean.device, precision) != "torch":
+            raise ValueError("--no-optimize measures plain torch modules; use it with --engine torch")
+        module.eval()
+        return "torch"
+    return prepare_for_inference(module, engine=engine, precision=precision)
+
+
+def _variants(model: UniAdaFocus, baseline: StaticBaseline, clip: torch.Tensor,
+              policies: dict[float, ExitPolicy]) -> list[tuple[str, Callable[[], object], float | None]]:
+    """(name, one timed call, budget fraction or None) of every benchmarked variant."""
+    variants = [("static baseline", lambda: baseline(clip), None),
+                ("uni-adafocus, no exit", lambda: model.infer(clip), None)]
+    for fraction, policy in policies.items():
+        variants.append((f"uni-adafocus, exit @ {policy.budget:.3g} GMACs", lambda p=policy: model.infer(clip, p),
+                         fraction))
+    return variants
+
+
 def bench_speed(model_config: ModelConfig, *, device: str = "auto", batch: int = 8, warmup: int = 2,
                 repeats: int = 5, budget_fractions: tuple[float, ...] = (0.25, 0.5),
-                amp: bool = True, seed: int = 0, measure_memory: bool = True, optimize: bool = True) -> list[dict]:
-    """Rows of {name, gmacs, videos_per_s, peak_mb, theoretical_ratio, practical_ratio, efficiency}."""
+                amp: bool = True, seed: int = 0, measure_memory: bool = True, optimize: bool = True,
+                engine: str = "torch", precision: str = "fp32") -> list[dict]:
+    """Rows of {name, engine, gmacs, videos_per_s, peak_mb, theoretical_ratio, practical_ratio, efficiency};
+    with an engine other than torch also {torch_videos_per_s, speedup}: the same variant with torch fp32,
+    timed in the same turns."""
     dev = resolve_device(device)
     torch.manual_seed(seed)
     cfg = offline_weights(model_config)
     model = UniAdaFocus(cfg).eval().to(dev)
     baseline = StaticBaseline(cfg).eval().to(dev)
-    if optimize:  # both get the same treatment
-        model.optimize_for_inference()
-        baseline.optimize_for_inference()
+    baseline_gmacs, exit_costs = baseline.gmacs(), model.exit_costs()
+    reference = None
+    if resolve_engine(engine, dev, precision) != "torch":  # today's path on the same weights
+        reference = (UniAdaFocus(cfg).eval().to(dev), StaticBaseline(cfg).eval().to(dev))
+        reference[0].load_state_dict(model.state_dict())
+        reference[1].load_state_dict(baseline.state_dict())
+        for module in reference:
+            prepare(module, engine="torch", precision="fp32", optimize=True)
+    used = prepare(model, engine=engine, precision=precision, optimize=optimize)
+    prepare(baseline, engine=engine, precision=precision, optimize=optimize)
     clip = benchmark_clips(batch, cfg, dev, seed)
 
     with torch.inference_mode(), cuda_autocast(dev, amp):
         policies = budget_policies(model, clip, budget_fractions)
-        variants: list[tuple[str, Callable[[], object], Callable[[], float], str, float | None]] = [
-            ("static baseline", lambda: baseline(clip), baseline.gmacs, "baseline", None),
-            ("uni-adafocus, no exit", lambda: model.infer(clip), lambda: model.exit_costs()[-1], "model", None),
-        ]
-        for fraction, policy in policies.items():
-            variants.append((f"uni-adafocus, exit @ {policy.budget:.3g} GMACs",
-                             lambda p=policy: model.infer(clip, p),
-                             lambda p=policy: float(model.infer(clip, p).gmacs.mean()), "model", fraction))
+        variants = _variants(model, baseline, clip, policies)
+        calls = [run for _, run, _ in variants]
+        if reference is not None:
+            calls += [run for _, run, _ in _variants(*reference, clip, policies)]
+        seconds = time_round_robin(calls, dev, warmup=warmup, repeats=repeats)
         rows = []
-        seconds_per_batch = time_round_robin([v[1] for v in variants], dev, warmup=warmup, repeats=repeats)
-        for (name, run, gmacs, kind, fraction), seconds in zip(variants, seconds_per_batch):
-            rows.append({"name": name, "gmacs": gmacs(), "videos_per_s": batch / seconds,
-                         "peak_mb": peak_memory_mb(kind, cfg, batch, dev, fraction) if measure_memory else None})
+        for i, (name, run, fraction) in enumerate(variants):
+            kind = "baseline" if i == 0 else "model"
+            gmacs = baseline_gmacs if i == 0 else (exit_costs[-1] if fraction is None
+                                                   else float(run().gmacs.mean()))
+            row = {"name": name, "engine": used if used == "torch" else f"{used} {precision}", "gmacs": gmacs,
+                   "videos_per_s": batch / seconds[i],
+                   "peak_mb": peak_memory_mb(kind, cfg, batch, dev, fraction, engine, precision)
+                   if measure_memory else None}
+            if reference is not None:
+                row["torch_videos_per_s"] = batch / seconds[len(variants) + i]
+                row["speedup"] = row["videos_per_s"] / row["torch_videos_per_s"]
+            rows.append(row)
     base = rows[0]
     for row in rows:
         row["theoretical_ratio"] = base["gmacs"] / row["gmacs"]
         row["practical_ratio"] = row["videos_per_s"] / base["videos_per_s"]
         row["efficiency"] = row["practical_ratio"] / row["theoretical_ratio"]
+        if reference is not None:
+            row["torch_efficiency"] = (row["torch_videos_per_s"] / base["torch_videos_per_s"]) / row["theoretical_ratio"]
     return rows
 
 
 def encoder_rates(model_config: ModelConfig, *, device: str = "auto", batch: int = 8, warmup: int = 1,
-                  repeats: int = 3, optimize: bool = True) -> list[dict]:
-    """Where the time goes: each encoder alone on one batch's worth of inputs, as GMACs and milliseconds per
-    video and the GMACs per second it reaches. Encoders that reach fewer GMACs/s than the baseline's local
-    encoder keep less of their theoretical saving in practice."""
+                  repeats: int = 3, optimize: bool = True, engine: str = "torch", precision: str = "fp32",
+                  videos: int = 2) -> list[dict]:
+    """Where the time goes: each encoder alone on ``min(batch, videos)`` videos' worth of inputs, as GMACs and
+    milliseconds per video and the GMACs per second it reaches (with ``engine``; other engines also get
+    torch's rate on the same inputs). Encoders that reach fewer GMACs/s than the baseline's local encoder
+    keep less of their theoretical saving in practice."""
     dev = resolve_device(device)
     torch.manual_seed(0)
     cfg = dataclasses.replace(model_config, glance_pretrained=None, local_pretrained=None)
-    model = UniAdaFocus(cfg).eval().to(dev)
-    if optimize:
-        model.optimize_for_inference()
-    channels = cfg.in_channels
-    parts = [(f"glance encoder {cfg.glance_backbone}, {cfg.num_glance} frames at {model.glance_size}",
-              model.glance_encoder, cfg.num_glance, model.glance_size),
+    models = {"engine": UniAdaFocus(cfg).eval().to(dev)}
+    if resolve_engine(engine, dev, precision) != "torch":
+        models["torch"] = UniAdaFocus(cfg).eval().to(dev)
+        models["torch"].load_state_dict(models["engine"].state_dict())
+        prepare(models["torch"], engine="torch", precision="fp32", optimize=True)
+    prepare(models["engine"], engine=engine, precision=precision, optimize=optimize)
+    videos = min(batch, videos)
+    glance_size = cfg.glance_size or cfg.frame_size
+    parts = [(f"glance encoder {cfg.glance_backbone}, {cfg.num_glance} frames at {glance_size}",
+              "glance_encoder", cfg.num_glance, glance_size),
              (f"local encoder {cfg.local_backbone}, {cfg.num_focus} patches at {cfg.patch_size}",
-              model.local_encoder, cfg.num_focus, cfg.patch_size),
+              "local_encoder", cfg.num_focus, cfg.patch_size),
              (f"baseline local encoder {cfg.local_backbone}, {cfg.num_glance} frames at {cfg.frame_size}",
-              model.local_encoder, cfg.num_glance, cfg.frame_size)]
+              "local_encoder", cfg.num_glance, cfg.frame_size)]
     rows = []
     with torch.inference_mode(), cuda_autocast(dev):
-        for name, encoder, images, size in parts:
-            inputs = torch.rand(batch * images, channels, size, size, device=dev)
-            gmacs = count_gmacs(encoder, inputs[:images])  # one video's worth
-            seconds = time_per_batch(lambda e=encoder, x=inputs: e(x), dev, warmup=warmup, repeats=repeats)
-            rows.append({"part": name, "gmacs_per_video": gmacs, "ms_per_video": 1000.0 * seconds / batch,
-                         "gmacs_per_s": gmacs * batch / seconds})
+        for name, role, images, size in parts:
+            inputs = torch.rand(videos * images, cfg.in_channels, size, size, device=dev)
+            encoders = [getattr(m, role) for m in models.values()]
+            gmacs = count_gmacs(encoders[0], inputs[:images])  # one video's worth
+            seconds = time_round_robin([lambda e=e, x=inputs: e(x) for e in encoders], dev, warmup=warmup,
+                                       repeats=repeats)
+            row = {"part": name, "gmacs_per_video": gmacs, "ms_per_video": 1000.0 * seconds[0] / videos,
+                   "gmacs_per_s": gmacs * videos / seconds[0]}
+            if len(seconds) > 1:
+                row["torch_gmacs_per_s"] = gmacs * videos / seconds[1]
+            rows.append(row)
     return rows
 
 
+PROFILE_STAGES = (("glance encoder", ("glance_encoder", "forward")),
+                  ("glance frames (gather, resize, normalise)", ("", "glance")),
+                  ("glance classifier", ("classifier", "glance_logits")),
+                  ("temporal policy", ("", "frame_logits")),
+                  ("spatial policy + boxes", ("", "patch_actions")),
+                  ("crop patches", ("", "focus")),
+                  ("local encoder", ("local_encoder", "forward")),
+                  ("classifier steps", ("classifier", "focus_step")))
+
+
+def profile_infer(model: UniAdaFocus, clip: torch.Tensor, policy: ExitPolicy | None) -> dict[str, float]:
+    """Seconds of one ``model.infer(clip, policy)`` call spent in each stage of PROFILE_STAGES, plus "other"
+    (the early-exit bookkeeping) and "total". Stages nest (the glance frames include the glance encoder,
+    cropping includes the local encoder); the inner stage's time is taken out of the outer one. The methods
+    are timed through wrappers set on the instances for the call and removed after it."""
+    spent: dict[str, float] = dict.fromkeys([name for name, _ in PROFILE_STAGES], 0.0)
+    wrapped = []
+    for name, (owner_name, method) in PROFILE_STAGES:
+        owner = getattr(model, owner_name) if owner_name else model
+        original = getattr(owner, method)
+
+        def timed(*args, _original=original, _name=name, **kwargs):
+            started = time.perf_counter()
+            try:
+                return _original(*args, **kwargs)
+            finally:
+                spent[_name] += time.perf_counter() - started
+        setattr(owner, method, timed)
+        wrapped.append((owner, method))
+    try:
+        started = time.perf_counter()
+        model.infer(clip, policy)
+        total = time.perf_counter() - started
+    finally:
+        for owner, method in wrapped:
+            delattr(owner, method)
+    spent["glance frames (gather, resize, normalise)"] -= spent["glance encoder"]
+    spent["crop patches"] -= spent["local encoder"]
+    spent["other"] = total - sum(spent.values())
+    spent["total"] = total
+    return spent
+
+
+def profile_rows(model_config: ModelConfig, *, device: str = "auto", batch: int = 8, engine: str = "torch",
+                 precision: str = "fp32", budget_fractions: tuple[float, ...] = (0.25, 0.5), seed: int = 0,
+                 repeats: int = 1) -> list[dict]:
+    """Where the time of early-exit inference goes: one profile per variant of ``bench_speed`` (the same
+    model, clips and budgets; no exit, then each budget), the median over ``repeats`` calls of each stage."""
+    dev = resolve_device(device)
+    torch.manual_seed(seed)
+    cfg = offline_weights(model_config)
+    model = UniAdaFocus(cfg).eval().to(dev)
+    model.exit_costs()
+    prepare(model, engine=engine, precision=precision, optimize=True)
+    clip = benchmark_clips(batch, cfg, dev, seed)
+    with torch.inference_mode(), cuda_autocast(dev):
+        policies = budget_policies(model, clip, budget_fractions)
+        model.infer(clip)  # warm-up
+        return _profile_variants(model, clip, policies, repeats)
+
+
+def _profile_variants(model: UniAdaFocus, clip: torch.Tensor, policies: dict[float, ExitPolicy],
+                      repeats: int) -> list[dict]:
+    rows = []
+    for name, policy in [("no exit", None)] + [(f"exit @ {p.budget:.3g}", p) for p in policies.values()]:
+        runs = [profile_infer(model, clip, policy) for _ in range(repeats)]
+        rows.append({"variant": name, **{k: statistics.median(r[k] for r in runs) for k in runs[0]}})
+    return rows
+
+
+def format_profile_table(rows: list[dict]) -> str:
+    stages = [k for k in rows[0] if k != "variant"]
+    lines = [f"{'stage (share of the call)':42s} " + " ".join(f"{r['variant']:>14s}" for r in rows)]
+    for stage in stages:
+        cells = [f"{r[stage]:8.2f}s" if stage == "total" else f"{r[stage] / r['total']:9.0%}" for r in rows]
+        lines.append(f"{stage:42s} " + " ".join(f"{c:>14s}" for c in cells))
+    return "\n".join(lines)
+
+
 def format_encoder_table(rows: list[dict]) -> str:
-    lines = [f"{'part':60s} {'GMACs/video':>11s} {'ms/video':>9s} {'GMACs/s':>8s}"]
+    side = "torch_gmacs_per_s" in rows[0]
+    lines = [f"{'part':60s} {'GMACs/video':>11s} {'ms/video':>9s} {'GMACs/s':>8s}"
+             + (f" {'torch GMACs/s':>13s}" if side else "")]
     for r in rows:
-        lines.append(f"{r['part']:60s} {r['gmacs_per_video']:11.3f} {r['ms_per_video']:9.1f} {r['gmacs_per_s']:8.1f}")
+        lines.append(f"{r['part']:60s} {r['gmacs_per_video']:11.3f} {r['ms_per_video']:9.1f} {r['gmacs_per_s']:8.1f}"
+                     + (f" {r['torch_gmacs_per_s']:13.1f}" if side else ""))
     return "\n".join(lines)
 
 
@@ -257,13 +403,21 @@ def scaling_rows(model_config: ModelConfig, *, device: str, batch: int, sweep: d
 
 
 def format_speed_table(rows: list[dict]) -> str:
+    """The speed table; with a torch fp32 reference, its videos/s, the engine's speed-up over it and torch's
+    own practice/theory follow, measured in the same turns."""
+    side = "torch_videos_per_s" in rows[0]
     header = (f"{'variant':42s} {'GMACs/video':>11s} {'videos/s':>9s} {'peak MB':>8s} "
               f"{'theory x':>8s} {'practice x':>10s} {'practice/theory':>15s}")
+    if side:
+        header += f" | {'torch fp32 videos/s':>19s} {'speed-up':>8s} {'torch practice/theory':>21s}"
     lines = [header, "-" * len(header)]
     for r in rows:
         memory = "n/a" if r["peak_mb"] is None else f"{r['peak_mb']:.0f}"
-        lines.append(f"{r['name']:42s} {r['gmacs']:11.3f} {r['videos_per_s']:9.2f} {memory:>8s} "
-                     f"{r['theoretical_ratio']:8.2f} {r['practical_ratio']:10.2f} {r['efficiency']:15.2f}")
+        line = (f"{r['name']:42s} {r['gmacs']:11.3f} {r['videos_per_s']:9.2f} {memory:>8s} "
+                f"{r['theoretical_ratio']:8.2f} {r['practical_ratio']:10.2f} {r['efficiency']:15.2f}")
+        if side:
+            line += f" | {r['torch_videos_per_s']:19.2f} {r['speedup']:8.2f} {r['torch_efficiency']:21.2f}"
+        lines.append(line)
     return "\n".join(lines)
 
 
@@ -284,12 +438,18 @@ def default_sweep(config: ModelConfig) -> dict[str, list[int]]:
 
 
 def run_bench_speed(preset: str, *, device: str, batch: int, scaling: bool, repeats: int,
-                    optimize: bool = True) -> dict:
+                    optimize: bool = True, engine: str = "auto", precision: str = "fp32", warmup: int = 2,
+                    measure_memory: bool = True, profile: bool = True) -> dict:
     config = get_preset(preset).model
-    result = {"preset": preset, "device": str(resolve_device(device)), "batch": batch,
-              "torch_threads": torch.get_num_threads(),
-              "rows": bench_speed(config, device=device, batch=batch, repeats=repeats, optimize=optimize),
-              "encoders": encoder_rates(config, device=device, batch=batch, optimize=optimize)}
+    dev = resolve_device(device)
+    options = {"device": device, "batch": batch, "engine": engine, "precision": precision}
+    result = {"preset": preset, "device": str(dev), "batch": batch, "torch_threads": torch.get_num_threads(),
+              "engine": resolve_engine(engine, dev, precision), "precision": precision, "cpu": cpu_name(),
+              "rows": bench_speed(config, repeats=repeats, warmup=warmup, optimize=optimize,
+                                  measure_memory=measure_memory, **options),
+              "encoders": encoder_rates(config, optimize=optimize, **options)}
+    if profile and optimize:
+        result["profile"] = profile_rows(config, **options)
     if scaling:
         result["scaling"] = scaling_rows(config, device=device, batch=batch, sweep=default_sweep(config))
     return result

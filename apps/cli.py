@@ -24,6 +24,20 @@ def _add_device(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
 
 
+def _add_engine(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--engine", default="auto", choices=["auto", "torch", "openvino"],
+                        help="inference engine: auto = openvino on the CPU, torch with AMP on CUDA "
+                             "(see README, Performance)")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
+                        help="openvino precision; bf16 only on CPUs with native bf16 (AVX512-BF16 / AMX)")
+
+
+def _add_ray(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                        help=f"{what}; without ADDRESS on a Ray instance started on this machine, with a cluster's "
+                             "address (HOST:6379, auto) on that cluster (put --ray after the inputs)")
+
+
 def cmd_setup_weights(args: argparse.Namespace) -> int:
     from adafocus.core.weights import install_offline_weights
 
@@ -33,41 +47,60 @@ def cmd_setup_weights(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from adafocus.apps.synthetic_runs import synthetic_splits
+    """Synthetic task, a scan manifest (.tsv from `adafocus preprocess`) or a video dataset -> a run folder."""
     from adafocus.core.config import get_preset
-    from adafocus.core.train import train
 
-    preset = get_preset(args.preset)
+    preset = preset_of_run(args.init) if args.init else get_preset(args.preset)
     if args.epochs is not None:
         preset.train.epochs = args.epochs
-    if args.data != "synthetic":
+    if args.seed is not None:
+        preset.train.seed = args.seed
+    if args.batch_size is not None:
+        preset.train.batch_size = args.batch_size
+    if args.workers is not None:
+        preset.train.workers = args.workers
+    common = {"device": args.device, "resume": not args.no_resume, "progress": not args.quiet}
+    if args.data == "synthetic":
+        from adafocus.apps.synthetic_runs import train_synthetic
+
+        summary = train_synthetic(preset, args.out, **common)
+    elif args.data.endswith(".tsv"):
+        from adafocus.apps.mri_runs import train_on_manifest
+
+        summary = train_on_manifest(args.data, preset, args.out, axis=args.axis, context=args.context, **common)
+    else:
         from adafocus.apps.video_runs import train_on_videos
 
-        summary = train_on_videos(args.data, preset, args.out, device=args.device, resume=not args.no_resume,
-                                  progress=not args.quiet)
-        print(json.dumps(summary, indent=2))
-        return 0
-    splits = synthetic_splits(preset)
-    from adafocus.datasets.synthetic import collate
-
-    summary = train(preset, splits["train"], splits["val"], args.out, device=args.device,
-                    resume=not args.no_resume, collate_fn=collate, progress=not args.quiet)
+        summary = train_on_videos(args.data, preset, args.out, **common)
     print(json.dumps(summary, indent=2))
     return 0
 
 
-def cmd_calibrate(args: argparse.Namespace) -> int:
-    from adafocus.apps.synthetic_runs import synthetic_splits
-    from adafocus.core.train import calibrate, load_model
-    from adafocus.datasets.synthetic import collate
-    from torch.utils.data import DataLoader
+def preset_of_run(init: str):
+    """Fine-tuning: the recipe of the run (or imported model) ``init``, starting from its weights."""
+    from adafocus.core.checkpoint import load_checkpoint
+    from adafocus.core.config import Preset
+    from adafocus.core.run import RunFolder
 
-    model, preset = load_model(args.model, device=args.device)
-    out_dir = Path(args.out) if args.out else Path(args.model).parent
-    loader = DataLoader(synthetic_splits(preset)["calibration"], batch_size=64, collate_fn=collate)
-    policy = calibrate(model, loader, args.budget, criterion=args.criterion, device=args.device, out_dir=out_dir)
-    print(f"thresholds for {args.budget} GMACs/sample (calibration mean {policy.calibration_cost:.5f}) "
-          f"written to {out_dir / 'exit_policy.json'}")
+    preset = Preset.from_dict(load_checkpoint(RunFolder.locate(init).checkpoint)["config"])
+    preset.model.glance_pretrained = preset.model.local_pretrained = None  # the weights come from init
+    preset.train.init = str(init)
+    return preset
+
+
+def cmd_import_official(args: argparse.Namespace) -> int:
+    from adafocus.apps.import_official import import_official_command
+
+    return import_official_command(args)
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from adafocus.apps.calibrate import calibrate_run
+
+    policy, path = calibrate_run(args.model, args.budget, data=args.data, criterion=args.criterion,
+                                 device=args.device, batch_size=args.batch_size, workers=args.workers)
+    print(f"thresholds for {args.budget:g} GMACs/sample (calibration mean {policy.calibration_cost:.5g}) "
+          f"written to {path}")
     return 0
 
 
@@ -119,9 +152,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if "mri" in parts:
         from adafocus.apps.mri_demo import run_mri_demo
 
-        print("== mri: OASIS-1-layout cohort -> preprocess -> 5-fold cross-validation -> report")
+        print("== mri: OASIS-1-layout cohort -> preprocess -> 5-fold cross-validation -> report -> train -> "
+              "adafocus score on raw scans")
         run_mri_demo(out / "mri", device=args.device)
-        where.append(f"mri    {out / 'mri' / 'cv' / 'report.md'}  (+ report.html, metrics.tsv, per-fold predictions)")
+        where.append(f"mri    {out / 'mri' / 'cv' / 'report.md'}  (+ report.html, metrics.tsv, per-fold predictions); "
+                     f"new scans scored: {out / 'mri' / 'scored' / 'scores.csv'}")
     print("\nDemo finished. Results:")
     for line in where:
         print("  " + line)
@@ -149,21 +184,27 @@ def cmd_bench_ablations(args: argparse.Namespace) -> int:
 def cmd_bench_speed(args: argparse.Namespace) -> int:
     from adafocus.apps.bench_speed import (
         format_encoder_table,
+        format_profile_table,
         format_scaling_table,
         format_speed_table,
         run_bench_speed,
     )
 
     result = run_bench_speed(args.preset, device=args.device, batch=args.batch, scaling=args.scaling,
-                             repeats=args.repeats, optimize=not args.no_optimize)
+                             repeats=args.repeats, optimize=not args.no_optimize, engine=args.engine,
+                             precision=args.precision, measure_memory=not args.no_memory)
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
-    print(f"preset {result['preset']} on {result['device']} ({result['torch_threads']} threads), batch {args.batch}; "
-          "ratios against the static baseline, measured in this run")
+    print(f"preset {result['preset']} on {result['device']} ({result['cpu']}, {result['torch_threads']} threads), "
+          f"batch {args.batch}, engine {result['engine']} {result['precision']}; ratios against the static "
+          "baseline, measured in this run")
     print(format_speed_table(result["rows"]))
-    print("\nwhere the time goes: each encoder alone on the same batch")
+    print("\nwhere the time goes: each encoder alone")
     print(format_encoder_table(result["encoders"]))
+    if "profile" in result:
+        print("\nwhere the time of one batch goes, per stage")
+        print(format_profile_table(result["profile"]))
     if "scaling" in result:
         print("\nUni-AdaFocus without exit as one setting grows (others at the preset's values)")
         print(format_scaling_table(result["scaling"]))
@@ -173,8 +214,15 @@ def cmd_bench_speed(args: argparse.Namespace) -> int:
 def cmd_preprocess(args: argparse.Namespace) -> int:
     from adafocus.datasets.mri.preprocess import run_preprocess
 
+    executor = None
+    if args.ray is not None:
+        from adafocus.apps.score_ray import ray_scan_executor
+
+        executor = ray_scan_executor(args.ray)
     manifest = run_preprocess(args.dataset, args.raw_dir, args.metadata, args.out,
-                              classes=tuple(args.classes) if args.classes else None, workers=args.workers)
+                              classes=tuple(args.classes) if args.classes else None, workers=args.workers,
+                              diagnosis_column=args.diagnosis_column,
+                              executor=executor)
     print(f"manifest: {manifest}")
     return 0
 
@@ -213,10 +261,13 @@ def cmd_app(args: argparse.Namespace) -> int:
     if args.scans is None and args.videos is None:
         raise ValueError("give --scans DIR and/or --videos DIR (the folders the app may read)")
     env[review_app.ENV_MAX_UPLOAD] = str(args.max_upload_mb)
-    command = [sys.executable, "-m", "streamlit", "run", review_app.__file__, "--server.headless", "true",
-               "--server.address", "127.0.0.1", "--server.port", str(args.port),
-               "--server.maxUploadSize", str(max(1, round(args.max_upload_mb))),
-               "--browser.gatherUsageStats", "false"]
+    from adafocus.core.engine import ENV_ENGINE, ENV_PRECISION, resolve_engine
+    from adafocus.core.train import resolve_device
+
+    resolve_engine(args.engine, resolve_device("auto"), args.precision)  # a bad choice fails here, in one line
+    env[ENV_ENGINE], env[ENV_PRECISION] = args.engine, args.precision
+    command = [sys.executable, "-m", "streamlit", "run", review_app.__file__, *review_app.STREAMLIT_FLAGS,
+               "--server.port", str(args.port), "--server.maxUploadSize", str(max(1, round(args.max_upload_mb)))]
     print(f"review app: http://127.0.0.1:{args.port}/  (Ctrl-C to stop)")
     try:
         return subprocess.call(command, env=env)
@@ -238,38 +289,77 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device(p)
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("train", help="train a model")
+    p = sub.add_parser("train", help="train a model into a run folder")
     p.add_argument("--data", default="synthetic",
-                   help="'synthetic' (the built-in focus task), a video folder (RLVS, or one folder per class) "
-                        "or a Diving48 V2 annotation file / folder")
+                   help="'synthetic' (the built-in focus task), a scan manifest.tsv (from `adafocus preprocess`), "
+                        "a video folder (RLVS, or one folder per class) or a Diving48 V2 annotation file / folder")
     p.add_argument("--preset", default="cpu-synthetic", help="named recipe (see `adafocus bench flops -h`)")
+    p.add_argument("--init", default=None, metavar="RUN",
+                   help="fine-tune this run folder / best.pt (e.g. from `adafocus import-official`): its recipe "
+                        "and weights, new class outputs for --data (--preset is ignored)")
     p.add_argument("--out", required=True, help="run folder (checkpoints, log.tsv, config.json)")
     p.add_argument("--epochs", type=int, default=None, help="override the preset's epochs")
+    p.add_argument("--seed", type=int, default=None, help="override the preset's training (and split) seed")
+    p.add_argument("--batch-size", type=int, default=None, help="override the preset's batch size")
+    p.add_argument("--workers", type=int, default=None, help="override the preset's data loading processes")
+    p.add_argument("--axis", default="sagittal", choices=["sagittal", "coronal", "axial"], help="scans: slice axis")
+    p.add_argument("--context", type=int, default=1, help="scans: neighbouring slices per side as channels")
     p.add_argument("--no-resume", action="store_true", help="start over even if RUN/last.pt exists")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_device(p)
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("calibrate", help="fit early-exit thresholds for a compute budget")
-    p.add_argument("--model", required=True, help="checkpoint (e.g. RUN/best.pt)")
+    p = sub.add_parser("import-official", help="the authors' released checkpoint (Uni-AdaFocus / -TSM / -X3D "
+                                               "*.pth.tar) -> a run folder every command loads")
+    p.add_argument("checkpoint", metavar="CKPT", help="their checkpoint, e.g. actnet_p128.pth.tar")
+    p.add_argument("--out", required=True, metavar="RUN", help="new run folder")
+    p.add_argument("--variant", default="auto", choices=["auto", "ua-a", "tsm", "x3d"],
+                   help="the authors' experiment folder the checkpoint comes from (default: detected from its keys)")
+    p.add_argument("--classes", default=None, metavar="FILE",
+                   help="class names, one per line (their classInd.txt) or a JSON list; default class_0 ...")
+    p.add_argument("--patch-size", type=int, default=128, help="P of the released model (not stored in it)")
+    p.add_argument("--focus-frames", type=int, default=None,
+                   help="T' (TSM: default 12, X3D: 32; UA-A reads it from the checkpoint)")
+    p.add_argument("--candidates", type=int, default=None, help="N candidate frames (default 3 T', as theirs)")
+    p.add_argument("--allow-partial", action="store_true",
+                   help="write the run folder even if some tensors do not fit (they are listed)")
+    p.set_defaults(func=cmd_import_official)
+
+    p = sub.add_parser("calibrate", help="fit early-exit thresholds for a compute budget on the run's own "
+                                         "calibration split")
+    p.add_argument("--model", required=True, metavar="RUN", help="run folder (or RUN/best.pt)")
     p.add_argument("--budget", type=float, required=True, help="mean GMACs per sample")
+    p.add_argument("--data", default=None,
+                   help="where the run's calibration data is now, if it moved (same ids); 'synthetic' for the "
+                        "built-in task. Default: the place recorded in the model card")
     p.add_argument("--criterion", default="entropy", choices=["entropy", "confidence"])
-    p.add_argument("--out", default=None, help="folder for exit_policy.json (default: the checkpoint's folder)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--workers", type=int, default=0, help="data loading processes (default 0)")
     _add_device(p)
     p.set_defaults(func=cmd_calibrate)
 
-    p = sub.add_parser("score", help="score video files, folders or globs into a CSV (resumable)")
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="video files, folders (recursive) or glob patterns")
-    p.add_argument("--model", required=True, help="checkpoint (e.g. RUN/best.pt)")
-    p.add_argument("--out", required=True, help="scores CSV; re-running skips the files it already lists")
-    p.add_argument("--details", default=None, help="JSONL with the frames and boxes the model looked at")
+    p = sub.add_parser("score", help="score videos or scans (whatever the model was trained on) into a table "
+                                     "(resumable)")
+    p.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="video files, folders (recursive) or globs; for MRI models NIfTI / Analyze files, DICOM "
+                        "series folders, download folders, a BIDS dataset or a manifest.tsv")
+    p.add_argument("--model", required=True, metavar="RUN", help="run folder (or RUN/best.pt)")
+    p.add_argument("--out", required=True,
+                   help="output folder (scores.csv + details.jsonl; re-running skips inputs already listed); "
+                        "a name ending in .csv is the scores file itself (details only with --details)")
+    p.add_argument("--details", default=None, help="JSONL with the frames/slices and boxes the model looked at")
     p.add_argument("--budget", type=float, default=None,
-                   help="mean GMACs per video (early exit; needs calibration.pt next to the checkpoint)")
-    p.add_argument("--thumbnails", default=None, help="folder for one PNG contact sheet per video")
+                   help="mean GMACs per input (early exit; thresholds from `adafocus calibrate` or refitted on "
+                        "the run's calibration.pt)")
+    p.add_argument("--thumbnails", default=None, help="videos: folder for one PNG contact sheet per video")
+    p.add_argument("--cache", default=None, metavar="DIR",
+                   help="scans: preprocessed cache (default OUT/cache); reused by later runs")
     p.add_argument("--workers", type=int, default=2, help="decoding processes (default 2)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_ray(p, "decode in Ray tasks and score in a Ray actor pool (Ray Data)")
     _add_device(p)
+    _add_engine(p)
     p.set_defaults(func=cmd_score)
 
     bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench", required=True, metavar="BENCH")
@@ -290,17 +380,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--json", action="store_true")
+    _add_ray(p, "instead: files/s of `score --ray` against the local path on the same files")
     _add_device(p)
+    _add_engine(p)
     p.set_defaults(func=cmd_bench_score)
     p = bench.add_parser("speed", help="GMACs and videos/s: static baseline vs Uni-AdaFocus with and without exit")
     p.add_argument("--preset", default="paper-mbv2-r50", choices=sorted(PRESETS))
-    p.add_argument("--batch", type=int, default=8, help="videos per batch")
+    p.add_argument("--batch-size", dest="batch", type=int, default=8, help="videos per batch")
     p.add_argument("--repeats", type=int, default=5, help="timed batches per variant (median reported)")
     p.add_argument("--scaling", action="store_true", help="also sweep T_g, T' and the patch size")
     p.add_argument("--no-optimize", action="store_true",
                    help="skip batch-norm folding and channels-last (for both baseline and Uni-AdaFocus)")
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs (one process per variant)")
     p.add_argument("--json", action="store_true")
     _add_device(p)
+    _add_engine(p)
     p.set_defaults(func=cmd_bench_speed)
     p = bench.add_parser("ablations", help="the paper's ablation tables (VII, IX, X, V1/V2/Uni) on the synthetic task")
     p.add_argument("--out", required=True, help="folder for ablations.md/.json, plots and the trained runs")
@@ -314,14 +408,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device(p)
     p.set_defaults(func=cmd_bench_ablations)
 
-    p = sub.add_parser("preprocess", help="ADNI / OASIS-1 / PPMI download -> manifest.tsv + t1-linear-like cache")
-    p.add_argument("dataset", choices=["adni", "oasis", "ppmi"])
-    p.add_argument("raw_dir", metavar="RAW_DIR", help="the dataset's download folder")
-    p.add_argument("--metadata", required=True, metavar="CSV", help="the collection / oasis_cross-sectional CSV")
+    p = sub.add_parser("preprocess", help="ADNI / OASIS-1 / PPMI download or BIDS -> manifest.tsv + t1-linear cache")
+    p.add_argument("dataset", choices=["adni", "oasis", "ppmi", "bids"])
+    p.add_argument("raw_dir", metavar="RAW_DIR", help="the dataset's download folder (or the BIDS root)")
+    p.add_argument("--metadata", default=None, metavar="CSV",
+                   help="the collection / oasis_cross-sectional CSV (not for bids: participants.tsv is read)")
+    p.add_argument("--diagnosis-column", default="diagnosis", metavar="COLUMN",
+                   help="bids: the participants.tsv column holding the diagnosis (default: diagnosis)")
     p.add_argument("--out", required=True, metavar="CACHE_DIR", help="cache folder (manifest.tsv, NIfTI, QC PNGs)")
     p.add_argument("--classes", nargs="+", default=None,
                    help="diagnoses in label order, e.g. CN AD (default per dataset: CN AD; Control PD)")
     p.add_argument("--workers", type=int, default=2, help="parallel processes (default 2)")
+    _add_ray(p, "preprocess each scan as a Ray task (Ray Data)")
     p.set_defaults(func=cmd_preprocess)
 
     p = sub.add_parser("cv", help="participant-level k-fold cross-validation on a preprocessed manifest + report")
@@ -346,6 +444,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, metavar="CKPT", help="checkpoint for scoring new scans (budget page)")
     p.add_argument("--port", type=int, default=8501)
     p.add_argument("--max-upload-mb", type=float, default=100.0, help="largest scan upload accepted (default 100)")
+    _add_engine(p)
     p.set_defaults(func=cmd_app)
     return parser
 

@@ -7,6 +7,7 @@ Output folder (`out_dir`):
         config.json, best.pt, last.pt, log.tsv     training (core.train; resumes from last.pt)
         training_participants.tsv                  train + validation participants (leakage guard)
         exit_policy.json, calibration.pt           with a budget: thresholds fitted on the validation split
+        review_threshold.json                      "needs review" threshold fitted on the validation split
         predictions.tsv                            one row per test scan
         budget_curve.tsv                           test accuracy vs mean GMACs (thresholds fit on validation)
         metrics.tsv                                written last: a fold with metrics.tsv is finished
@@ -25,13 +26,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from adafocus.apps.mri_runs import mri_card, usable_rows
 from adafocus.core.config import Preset, get_preset
 from adafocus.core.exits import ExitPolicy, budget_curve, exit_scores
+from adafocus.core.geometry import focus_locations
 from adafocus.core.io import atomic_write_json, atomic_write_text
 from adafocus.core.model import UniAdaFocus
+from adafocus.core.run import RunFolder
 from adafocus.core.train import calibrate, collect_logits, load_model, resolve_device, train
-from adafocus.datasets.mri.dataset import ClipSpec, MRISliceDataset, collate_scans, is_usable
-from adafocus.datasets.mri.manifest import ManifestRow, read_manifest
+from adafocus.datasets.mri.dataset import ClipSpec, MRISliceDataset, collate_scans
+from adafocus.datasets.mri.manifest import ManifestRow
+from adafocus.datasets.mri.scan_record import format_boxes_3d, scan_slice_record
 from adafocus.datasets.splits import (
     Fold,
     as_scans,
@@ -40,22 +45,17 @@ from adafocus.datasets.splits import (
     write_training_participants,
 )
 from adafocus.reports.cv_report import CV_JSON, fold_dir, write_cv_report
-from adafocus.reports.metrics import binary_metrics
+from adafocus.reports.metrics import binary_metrics, fit_review_threshold, normalised_entropy, triage_summary
 from adafocus.reports.tables import read_tsv, tsv_text
 from torch.utils.data import DataLoader
 
 PREDICTION_COLUMNS = ("participant_id", "session_id", "baseline", "label", "prediction", "probability", "exit",
-                      "gmacs", "slices", "boxes")
+                      "gmacs", "slices", "boxes", "uncertainty", "needs_review", "boxes_voxels", "boxes_mm")
+# "needs review" target: flag the fewest least-certain scans that leave at most this error rate among the
+# unflagged validation scans (reports.metrics.fit_review_threshold).
+REVIEW_MAX_ERROR = 0.05
 CURVE_QS = tuple(float(q) for q in np.geomspace(1e-2, 1e2, 21))
 EXIT_CRITERION = "entropy"
-
-
-def usable_rows(manifest: str | Path) -> list[ManifestRow]:
-    """Rows of a manifest that can be scored; ValueError if none (e.g. preprocessing has not run)."""
-    rows = [r for r in read_manifest(manifest) if is_usable(r)]
-    if not rows:
-        raise ValueError(f"{manifest} has no preprocessed scans (status ok); run `adafocus preprocess` first")
-    return rows
 
 
 def baseline_flags(rows: Sequence[ManifestRow]) -> list[bool]:
@@ -72,10 +72,11 @@ def _format_boxes(boxes: torch.Tensor) -> str:
 
 @torch.no_grad()
 def predict(model: UniAdaFocus, dataset: MRISliceDataset, *, exit_policy: ExitPolicy | None = None,
-            batch_size: int = 16) -> tuple[list[dict], torch.Tensor]:
+            batch_size: int = 16, review_threshold: float = float("inf")) -> tuple[list[dict], torch.Tensor]:
     """Score every scan of `dataset` (binary models). Returns (one predictions.tsv row per scan, all exits'
     logits [N, K, 2] for budget curves). `slices` are voxel indices along the clip axis of the processed
-    focus steps; `boxes` are their (x0 y0 x1 y1) frame fractions."""
+    focus steps; `boxes` are their (x0 y0 x1 y1) frame fractions (as drawn on the slice), `boxes_voxels` /
+    `boxes_mm` the same boxes in preprocessed voxels / MNI mm (x0 y0 z0 x1 y1 z1; core.geometry.focus_locations)."""
     if model.config.num_classes != 2:
         raise ValueError(f"MRI cross-validation reports binary metrics; the model has "
                          f"{model.config.num_classes} classes (choose two classes when preprocessing)")
@@ -88,17 +89,23 @@ def predict(model: UniAdaFocus, dataset: MRISliceDataset, *, exit_policy: ExitPo
         result = model.infer(clip, exit_policy) if exit_policy is not None else full
         all_logits.append(full.logits.float().cpu())
         probability = result.probabilities[:, 1].cpu()
+        uncertainty = normalised_entropy(result.probabilities.float().cpu().numpy())
         for b, index in enumerate(batch["index"].tolist()):
             chosen = result.frame_indices[b].cpu()
             processed = chosen >= 0
-            slices = batch["slice_indices"][b][chosen[processed]].tolist()
             row = dataset.rows[index]
+            located = focus_locations(chosen.tolist(), result.boxes[b].float().cpu().tolist(),
+                                      scan_slice_record(row.preprocessed_path, dataset.slice_info(index)))
+            slices = [step["slice"] for step in located]
             rows.append({"participant_id": row.participant_id, "session_id": row.session_id,
                          "baseline": int(baseline[index]), "label": row.label,
                          "prediction": int(result.prediction[b]), "probability": f"{float(probability[b]):.6f}",
                          "exit": int(result.exit_index[b]), "gmacs": f"{float(result.gmacs[b]):.6f}",
                          "slices": ";".join(str(s) for s in slices),
-                         "boxes": _format_boxes(result.boxes[b].cpu()[processed])})
+                         "boxes": _format_boxes(result.boxes[b].cpu()[processed]),
+                         "uncertainty": f"{uncertainty[b]:.6f}", "needs_review": int(uncertainty[b] >= review_threshold),
+                         "boxes_voxels": format_boxes_3d(located, "box_voxels"),
+                         "boxes_mm": format_boxes_3d(located, "box_mm")})
     return rows, torch.cat(all_logits)
 
 
@@ -128,12 +135,13 @@ def _rows_of(rows: Sequence[ManifestRow], participants: Sequence[str]) -> list[M
 
 
 def run_fold(fold: Fold, rows: Sequence[ManifestRow], preset: Preset, spec: ClipSpec, out_dir: str | Path, *,
-             budget: float | None = None, device: str = "auto", progress: bool = True,
+             manifest: str | Path, budget: float | None = None, device: str = "auto", progress: bool = True,
              log: Callable[[str], None] = print) -> dict[str, float]:
     """Train, select, calibrate and test one fold into `fold_dir(out_dir, fold.index)`; returns its metrics.
 
     Resumable: a finished fold (metrics.tsv present) is read back, an interrupted one resumes training."""
     run_dir = fold_dir(out_dir, fold.index)
+    run = RunFolder(run_dir)
     if (run_dir / "metrics.tsv").exists():
         return {r["metric"]: float(r["value"]) for r in read_tsv(run_dir / "metrics.tsv")}
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -142,17 +150,22 @@ def run_fold(fold: Fold, rows: Sequence[ManifestRow], preset: Preset, spec: Clip
     val_set = MRISliceDataset(_rows_of(rows, fold.validation), spec)
     log(f"fold {fold.index}: {len(fold.train)} train / {len(fold.validation)} validation / "
         f"{len(fold.test)} test participants")
-    train(preset, train_set, val_set, run_dir, device=device, collate_fn=collate_scans, progress=progress, log=log)
+    card = mri_card(preset, rows, spec, manifest, val_set.rows)
+    run.write_classes(card.class_names)
+    train(preset, train_set, val_set, run_dir, device=device, collate_fn=collate_scans, progress=progress, log=log,
+          card=card)
 
-    model, _ = load_model(run_dir / "best.pt", device=device)
+    model, _ = load_model(run.best, device=device)
     val_loader = DataLoader(val_set, batch_size=16, collate_fn=collate_scans)
     exit_policy = (calibrate(model, val_loader, budget, criterion=EXIT_CRITERION, device=device, out_dir=run_dir)
                    if budget is not None else None)
     val_logits, _ = collect_logits(model, val_loader, resolve_device(device))
+    review_threshold = fit_fold_review_threshold(model, val_set, exit_policy, run_dir)
 
     test_rows = _rows_of(rows, fold.test)
     check_no_leakage(run_dir, [r.participant_id for r in test_rows])
-    predictions, test_logits = predict(model, MRISliceDataset(test_rows, spec), exit_policy=exit_policy)
+    predictions, test_logits = predict(model, MRISliceDataset(test_rows, spec), exit_policy=exit_policy,
+                                       review_threshold=review_threshold)
     atomic_write_text(run_dir / "predictions.tsv", tsv_text(PREDICTION_COLUMNS, predictions))
     labels = torch.tensor([r.label for r in test_rows])
     curve = budget_curve(exit_scores(test_logits, EXIT_CRITERION), test_logits, labels, model.exit_costs(),
@@ -165,6 +178,20 @@ def run_fold(fold: Fold, rows: Sequence[ManifestRow], preset: Preset, spec: Clip
         ("metric", "value"), [{"metric": k, "value": f"{v:.6g}"} for k, v in metrics.items()]))
     log(f"fold {fold.index}: balanced accuracy {metrics['balanced_accuracy']:.3f}, AUC {metrics['auc']:.3f}")
     return metrics
+
+
+def fit_fold_review_threshold(model: UniAdaFocus, val_set: MRISliceDataset, exit_policy: ExitPolicy | None,
+                              run_dir: Path) -> float:
+    """Fit the "needs review" threshold on the validation scans (target: REVIEW_MAX_ERROR among the
+    unflagged) and record it in review_threshold.json."""
+    scored = predict(model, val_set, exit_policy=exit_policy)[0]
+    uncertainty = np.array([float(p["uncertainty"]) for p in scored])
+    errors = np.array([int(p["prediction"]) != int(p["label"]) for p in scored])
+    threshold = fit_review_threshold(uncertainty, errors, max_error=REVIEW_MAX_ERROR)
+    atomic_write_json(run_dir / "review_threshold.json", {
+        "threshold": threshold if np.isfinite(threshold) else None, "uncertainty": "normalised entropy",
+        "target": {"max_error_unflagged": REVIEW_MAX_ERROR}, "validation": triage_summary(uncertainty, errors, threshold)})
+    return threshold
 
 
 def _experiment(manifest: Path, preset: Preset, preset_name: str, spec: ClipSpec, folds: int, seed: int,
@@ -215,7 +242,7 @@ def run_cv(manifest: str | Path, out_dir: str | Path, *, preset: str | Preset = 
     results = {}
     for f in all_folds if fold is None else [all_folds[fold]]:
         started = time.perf_counter()
-        results[f.index] = run_fold(f, rows, preset, spec, out_dir, budget=budget, device=device,
+        results[f.index] = run_fold(f, rows, preset, spec, out_dir, manifest=manifest, budget=budget, device=device,
                                     progress=progress, log=log)
         log(f"fold {f.index} done in {time.perf_counter() - started:.0f}s")
     report = None

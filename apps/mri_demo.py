@@ -1,4 +1,7 @@
-"""The MRI demo: synthetic OASIS-1-style cohort -> t1-linear-like preprocessing -> 5-fold CV -> report.
+"""The MRI demo: synthetic OASIS-1-style cohort -> t1-linear-like preprocessing -> 5-fold CV -> report, then the
+clinical path: a deployable model trained on all but a few participants (`adafocus train --data MANIFEST`)
+scores those participants' raw scans as if they had just arrived (`adafocus score`, into OUT/scored/, which
+`adafocus app --scans OUT` lists by class name).
 
 The cohort's patients carry simulated atrophy in a known band of sagittal planes (datasets.mri.cohort), so
 besides balanced accuracy the demo reports how many of the slices the focus policy chose fall in that band,
@@ -13,9 +16,13 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 from adafocus.apps.cv import run_cv, usable_rows
+from adafocus.apps.mri_runs import train_on_manifest
+from adafocus.apps.score_scans import score_scans
+from adafocus.core.config import get_preset
 from adafocus.core.io import atomic_write_json
 from adafocus.datasets.mri.cohort import CohortConfig, slices_in_band, write_oasis_cohort
 from adafocus.datasets.mri.dataset import ClipSpec
+from adafocus.datasets.mri.manifest import read_manifest, write_manifest
 from adafocus.datasets.mri.preprocess import T1LinearConfig, run_preprocess
 from adafocus.datasets.mri.slices import select_slice_indices
 from adafocus.reports.cv_report import fold_dir
@@ -25,6 +32,26 @@ DEMO_COHORT = CohortConfig(n_participants=30, n_repeat_scans=3, spacing_mm=2.0)
 DEMO_PREPROCESS = T1LinearConfig(spacing_mm=2.0, registration_spacing_mm=4.0)
 DEMO_PRESET = "cpu-mri"
 DEMO_FOLDS = 5
+DEMO_ARRIVING = 4  # participants left out of the deployable model's training, scored from their raw scans
+
+
+def score_arriving_scans(out_dir: Path, manifest: Path, *, preset: str, epochs: int | None, device: str,
+                         workers: int, progress: bool, log) -> dict:
+    """Train a deployable run on all but DEMO_ARRIVING participants, then score their raw scans with it."""
+    rows = read_manifest(manifest)
+    participants = sorted({r.participant_id for r in rows if not r.excluded})
+    arriving = set(participants[-DEMO_ARRIVING:])
+    train_manifest = write_manifest([r for r in rows if r.participant_id not in arriving],
+                                    manifest.with_name("deploy_manifest.tsv"))
+    recipe = get_preset(preset)
+    if epochs is not None:
+        recipe.train.epochs = epochs
+    train_on_manifest(train_manifest, recipe, out_dir / "run", device=device, progress=progress, log=log)
+    sources = [str(r.source_path) for r in rows if r.participant_id in arriving and r.source_path is not None]
+    summary = score_scans(sources, out_dir / "run", out_dir / "scored", device=device, workers=workers,
+                          progress=progress, log=log)
+    return {"arriving_scans": len(sources), "scored": summary.scored, "failed": summary.failed,
+            "scores": summary.outputs["scores"], "run": str(out_dir / "run")}
 
 
 def band_statistics(cv_dir: Path, manifest: Path, cohort: CohortConfig, n_folds: int) -> dict[str, float]:
@@ -69,6 +96,11 @@ def run_mri_demo(out_dir: str | Path, *, device: str = "auto", cohort: CohortCon
                     progress=progress, log=quiet)
     seconds["cv"] = time.perf_counter() - started
 
+    started = time.perf_counter()
+    clinical = score_arriving_scans(out_dir, Path(manifest), preset=preset, epochs=epochs, device=device,
+                                    workers=workers, progress=progress, log=quiet)
+    seconds["train_and_score"] = time.perf_counter() - started
+
     summary_rows = {r["metric"]: r for r in read_tsv(out_dir / "cv" / "metrics.tsv")}
     ba = summary_rows["balanced_accuracy"]
     summary = {"report": result["report"], "report_html": str(out_dir / "cv" / "report.html"),
@@ -76,7 +108,7 @@ def run_mri_demo(out_dir: str | Path, *, device: str = "auto", cohort: CohortCon
                "balanced_accuracy_mean": float(ba["mean"]), "balanced_accuracy_sd": float(ba["sd"]),
                "balanced_accuracy_pooled": float(ba["pooled"]),
                "auc_pooled": float(summary_rows["auc"]["pooled"]),
-               **band_statistics(out_dir / "cv", manifest, cohort, folds),
+               **band_statistics(out_dir / "cv", manifest, cohort, folds), "clinical_path": clinical,
                "seconds": {k: round(v, 1) for k, v in seconds.items()}}
     atomic_write_json(out_dir / "demo_summary.json", summary)
     print(f"MRI demo: balanced accuracy {summary['balanced_accuracy_mean']:.3f} ± "
@@ -84,4 +116,7 @@ def run_mri_demo(out_dir: str | Path, *, device: str = "auto", cohort: CohortCon
           f"{summary['selected_in_band_patients']:.0%} of the slices selected for patients lie in the atrophy band "
           f"(chance {summary['candidates_in_band']:.0%})")
     print(f"report: {summary['report']} and {summary['report_html']}")
+    print(f"adafocus score: {clinical['scored']} of {clinical['arriving_scans']} raw scans of participants the "
+          f"deployable model ({clinical['run']}) never saw -> {clinical['scores']} "
+          f"(review: adafocus app --scans {out_dir})")
     return summary

@@ -1,16 +1,18 @@
 """Streamlit review app: clinicians review flagged scans, moderators review flagged videos (`adafocus app`).
 
 Run with `adafocus app --scans DIR --videos DIR --model CKPT`, which sets the environment variables below
-and starts `streamlit run` on 127.0.0.1. The app reads only under the folders it was given (see
-review_logic.resolve_inside); review decisions go to review_decisions.sqlite in each folder.
+and starts `streamlit run` on 127.0.0.1 with the viewer toolbar (no "Deploy" menu). The app reads only
+under the folders it was given (see review_logic.resolve_inside). It asks the reviewer's name once; every
+decision goes, with that name, the previous decision and the model run's id, to the append-only audit log
+review_decisions.sqlite in each folder (apps/review_audit.py).
 
 Environment: ADAFOCUS_REVIEW_SCANS (a folder with `adafocus cv` outputs: cv.json, fold-*/predictions.tsv,
 and the preprocessing cache its manifest points to), ADAFOCUS_REVIEW_VIDEOS (a folder with `adafocus score`
 outputs: scores.csv, details.jsonl and the videos), ADAFOCUS_REVIEW_MODEL (a checkpoint for scoring new
 scans; calibration.pt beside it enables the budget page), ADAFOCUS_REVIEW_MAX_UPLOAD_MB.
 
-Views (sidebar): Scans, Score a scan, Videos, Budget, Decisions. Everything below `main()` is plain
-functions so tests can import the drawing helpers without running the app.
+Views: Scans, Score a scan, Videos, Budget, Decisions. Keyboard: A confirm, X dismiss, J next, K previous.
+Everything below `main()` is plain functions so tests can import them without running the app.
 """
 from __future__ import annotations
 
@@ -23,14 +25,20 @@ from pathlib import Path
 
 import adafocus.core  # noqa: F401  (torchvision shim first)
 import numpy as np
+from adafocus.apps import review_audit as ra
 from adafocus.apps import review_logic as rl
+from adafocus.apps import review_render as rr
 
 log = logging.getLogger("adafocus.review")
 
 ENV_SCANS, ENV_VIDEOS, ENV_MODEL, ENV_MAX_UPLOAD = ("ADAFOCUS_REVIEW_SCANS", "ADAFOCUS_REVIEW_VIDEOS",
                                                     "ADAFOCUS_REVIEW_MODEL", "ADAFOCUS_REVIEW_MAX_UPLOAD_MB")
 VIEWS = ("Scans", "Score a scan", "Videos", "Budget", "Decisions")
-BOX_COLOUR = (255, 220, 0)
+PLANE_ORDER = ("sagittal", "coronal", "axial")
+SHORTCUTS = {"confirm": "A", "dismiss": "X", "next": "J", "previous": "K"}
+PAGE_SIZE = 12
+STREAMLIT_FLAGS = ("--server.headless", "true", "--server.address", "127.0.0.1", "--browser.gatherUsageStats",
+                   "false", "--client.toolbarMode", "viewer")
 
 
 # --------------------------------------------------------------------------------------------- config
@@ -51,69 +59,318 @@ def readable_roots(folders: dict[str, Path | None]) -> list[Path]:
     return [r for r in roots if r is not None]
 
 
-# -------------------------------------------------------------------------------------------- drawing
-def to_uint8(plane: np.ndarray, low: float | None = None, high: float | None = None) -> np.ndarray:
-    """A 2D float plane -> uint8 grey, scaled between `low` and `high` (default: its 1st/99th percentiles)."""
-    low = float(np.percentile(plane, 1)) if low is None else low
-    high = float(np.percentile(plane, 99)) if high is None else high
-    scaled = (plane - low) / max(high - low, 1e-6)
-    return (np.clip(scaled, 0, 1) * 255).astype(np.uint8)
+# --------------------------------------------------------------------------------- cached heavy work
+def _cached(kind: str, **options):
+    """st.cache_data / st.cache_resource when Streamlit is importable (always, in the app)."""
+    import streamlit as st
+
+    return getattr(st, kind)(show_spinner=False, **options)
 
 
-def plane_box_pixels(corners: np.ndarray, axis: str, volume_shape: tuple[int, int, int]) -> list[float]:
-    """Voxel-space box corners [2, 3] (from slices.frame_box_to_voxels) -> [x0, y0, x1, y1] pixel edges in
-    the displayed plane (slices.plane_frame orientation: rows flipped)."""
-    from adafocus.datasets.mri.slices import PLANES
+def cached_volume(path: str):
+    """(volume, spacing, affine) of a NIfTI/Analyze scan in RAS (closest canonical) voxel order, loaded
+    once per file version and shared."""
+    @_cached("cache_resource", max_entries=16)
+    def load(path: str, fingerprint: str):
+        import nibabel as nib
 
-    _, row_axis, col_axis = PLANES[axis]
-    n_rows = volume_shape[row_axis]
-    x0, x1 = corners[0, col_axis] + 0.5, corners[1, col_axis] + 0.5
-    y0, y1 = n_rows - 0.5 - corners[1, row_axis], n_rows - 0.5 - corners[0, row_axis]
-    return [float(x0), float(y0), float(x1), float(y1)]
+        original = nib.load(path)
+        image = nib.as_closest_canonical(original)  # preprocessed scans are RAS already; raw ones may not be
+        volume = np.asarray(image.dataobj, dtype=np.float32).reshape(image.shape[:3])
+        return volume, tuple(float(z) for z in image.header.get_zooms()[:3]), image.affine
 
-
-def draw_plane(plane: np.ndarray, boxes: list[list[float]] = (), scale: int = 3, *, line: tuple | None = None):
-    """PIL RGB image of a uint8 plane enlarged `scale` times, with boxes (pixel edges) in yellow and an
-    optional line ("h" | "v", pixel position) in red marking another plane's slice."""
-    from PIL import Image, ImageDraw
-
-    image = Image.fromarray(plane).convert("RGB").resize((plane.shape[1] * scale, plane.shape[0] * scale),
-                                                        Image.NEAREST)
-    draw = ImageDraw.Draw(image)
-    for x0, y0, x1, y1 in boxes:
-        draw.rectangle([x0 * scale, y0 * scale, x1 * scale - 1, y1 * scale - 1], outline=BOX_COLOUR, width=2)
-    if line is not None:
-        direction, position = line
-        p = (position + 0.5) * scale
-        end = image.width if direction == "h" else image.height
-        draw.line([(0, p), (end, p)] if direction == "h" else [(p, 0), (p, end)], fill=(230, 40, 40), width=1)
-    return image
+    return load(path, rr.file_fingerprint(path))
 
 
-def slider_marks(length: int, selected: list[int], current: int, width: int = 600):
-    """A thin bar under the slice slider: yellow ticks at the selected slices, red at the current one."""
-    from PIL import Image, ImageDraw
+def cached_window(path: str, preset: str) -> tuple[float, float]:
+    @_cached("cache_data", max_entries=256)
+    def window(path: str, fingerprint: str, preset: str):
+        return rr.volume_window(cached_volume(path)[0], preset)
 
-    image = Image.new("RGB", (width, 14), (235, 235, 235))
-    draw = ImageDraw.Draw(image)
-    for index, colour in [*[(s, (200, 160, 0)) for s in selected], (current, (230, 40, 40))]:
-        x = round((index + 0.5) / max(length, 1) * width)
-        draw.rectangle([x - 2, 0, x + 2, 13], fill=colour)
-    return image
+    return window(path, rr.file_fingerprint(path), preset)
 
 
-def selected_strip(volume: np.ndarray, axis: str, selected: list[tuple[int, list[float]]], title: str):
-    """Contact sheet of the model's selected slices with their focus boxes (score.render_contact_sheet)."""
-    from adafocus.apps.score import render_contact_sheet
-    from adafocus.datasets.mri.slices import plane_frame
+def cached_plane_png(path: str, plane: str, index: int, window: tuple[float, float], boxes: tuple,
+                     crosshair: tuple[int, int] | None) -> bytes:
+    """One rendered plane (window, boxes, crosshair, orientation labels) as PNG bytes, cached."""
+    @_cached("cache_data", max_entries=4096)
+    def render(path, fingerprint, plane, index, window, boxes, crosshair):
+        from adafocus.datasets.mri.slices import plane_frame
 
-    low, high = float(np.percentile(volume, 1)), float(np.percentile(volume, 99))
-    frames = np.stack([np.repeat(to_uint8(np.ascontiguousarray(plane_frame(volume, axis, s)), low, high)[..., None],
-                                 3, -1) for s, _ in selected])
-    captions = [f"slice {s}" for s, _ in selected]
-    view = [0, 0, frames.shape[2], frames.shape[1]]
-    return render_contact_sheet(frames, captions, [b for _, b in selected], view, title, height=160,
-                                columns=min(6, len(selected)))
+        volume, spacing, _ = cached_volume(path)
+        _, row_axis, col_axis = rr.plane_axes(plane)
+        frame = rr.to_uint8(np.ascontiguousarray(plane_frame(volume, plane, index)), *window)
+        image = rr.render_plane(frame, boxes=[list(b) for b in boxes], crosshair=crosshair,
+                                labels=rr.orientation_labels(plane), pixel_mm=(spacing[row_axis], spacing[col_axis]))
+        return rr.png_bytes(image)
+
+    return render(path, rr.file_fingerprint(path), plane, int(index), tuple(window), boxes, crosshair)
+
+
+def cached_queue(kind: str, folder: str):
+    """The unflagged queue of a folder, re-read when any of its score/prediction files changes."""
+    @_cached("cache_data", max_entries=8)
+    def build(kind: str, folder: str, fingerprints: tuple):
+        return rl.scan_queue(folder) if kind == "scan" else rl.video_queue(folder)
+
+    pattern = "predictions.tsv" if kind == "scan" else "scores.csv"
+    files = tuple(rr.file_fingerprint(p) for p in sorted(Path(folder).rglob(pattern)))
+    return build(kind, folder, files)
+
+
+def cached_details(path: str) -> dict[str, dict]:
+    @_cached("cache_data", max_entries=16)
+    def read(path: str, fingerprint: str):
+        return rl.read_details(path)
+
+    return read(path, rr.file_fingerprint(path)) if Path(path).is_file() else {}
+
+
+def cached_run_id(path: str | None) -> str:
+    @_cached("cache_data", max_entries=64)
+    def run_id(path: str, fingerprint: str):
+        return rl.model_run_id(path)
+
+    if path is None:
+        return ""
+    target = Path(path)
+    probe = next((p for p in (target, target / "best.pt", target.parent / "cv.json") if p.is_file()), None)
+    return run_id(str(path), rr.file_fingerprint(probe)) if probe else ""
+
+
+# ----------------------------------------------------------------------------------------------- app
+def main() -> None:
+    import streamlit as st
+
+    st.set_page_config(page_title="AdaFocus review", layout="wide", initial_sidebar_state="collapsed")
+    try:
+        folders = configured_folders()
+    except FileNotFoundError as error:
+        st.error(str(error))
+        return
+    if not reviewer_gate(st):
+        return
+    roots = readable_roots(folders)
+    view = st.radio("View", VIEWS, key="view", horizontal=True, label_visibility="collapsed")
+    st.sidebar.title("AdaFocus review")
+    st.sidebar.markdown(f"Reviewer: **{st.session_state['reviewer']}**")
+    st.session_state.setdefault("show_identifiers", False)
+    st.sidebar.checkbox("Show identifiers from file headers", key="show_identifiers")
+    st.session_state.setdefault("use_fitted", True)
+    st.sidebar.checkbox("Flag with the review threshold fitted on validation data, where the outputs have one",
+                        key="use_fitted")
+    threshold = st.sidebar.slider("Otherwise: needs review when exit entropy ≥", 0.0, 1.0,
+                                  rl.DEFAULT_REVIEW_ENTROPY, 0.05, key="entropy_threshold")
+    st.sidebar.caption("Keys: " + ", ".join(f"{key} {action}" for action, key in SHORTCUTS.items()))
+    budget_note = st.sidebar.empty()  # filled after the page: the Budget page may change the budget
+    pages = {"Scans": partial(queue_page, kind="scan"), "Score a scan": score_page,
+             "Videos": partial(queue_page, kind="video"), "Budget": budget_page, "Decisions": decisions_page}
+    pages[view](st, folders, roots, threshold)
+    budget = st.session_state.get("budget")
+    budget_note.caption(f"Scoring budget: {budget:.4g} GMACs" if budget else "Scoring budget: none (all exits)")
+
+
+def reviewer_gate(st) -> bool:
+    """Ask the reviewer's name once per session; True once it is known."""
+    if str(st.session_state.get("reviewer", "")).strip():
+        return True
+    st.title("AdaFocus review")
+    with st.form("reviewer_form"):
+        st.text_input("Your name (stored with every decision you make)", key="reviewer_input")
+        started = st.form_submit_button("Start reviewing")
+    if started:
+        name = str(st.session_state.get("reviewer_input", "")).strip()
+        if name:
+            st.session_state["reviewer"] = name
+            st.rerun()
+        st.error("Enter your name to start: every decision records who made it.")
+    return False
+
+
+def _store(folder: Path) -> ra.AuditLog:
+    return ra.AuditLog(folder / ra.AUDIT_FILE)
+
+
+def queue_filters(st, queue, kind: str):
+    """Filter widgets above a queue; returns the filtered queue."""
+    cols = st.columns(4)
+    flagged = cols[0].checkbox("Needs review only", key=f"{kind}_flagged")
+    classes = sorted(queue["prediction"].astype(str).unique().tolist())
+    chosen = cols[1].multiselect("Predicted class", classes, default=classes, key=f"{kind}_classes")
+    state = cols[2].selectbox("Review state", rl.REVIEW_STATES, key=f"{kind}_state")
+    min_risk = cols[3].slider("Minimum risk", 0.0, 1.0, 0.0, 0.05, key=f"{kind}_min_risk")
+    return rl.filter_queue(queue, needs_review_only=flagged, predictions=chosen, review_state=state,
+                           min_risk=min_risk)
+
+
+def show_queue(st, queue, kind: str):
+    """The queue table, the item picker and previous / next; returns the chosen row or None."""
+    shown = queue[["name", "prediction", "risk", "confidence", "needs_review", "exit", "gmacs", "decision"]]
+    with st.expander(f"Queue table ({len(queue)} {kind}s)", expanded=False):
+        st.dataframe(shown.rename(columns={"needs_review": "needs review"}), hide_index=True, width="stretch")
+    st.caption(f"{len(queue)} {kind}s shown, {int(queue['needs_review'].sum())} need review, "
+               f"{int((queue['decision'] != '').sum())} reviewed")
+    if queue.empty:
+        return None
+    labels = {item: f"{'⚑ ' if flag else ''}{name} · {pred} · risk {risk:.2f}{' · ' + dec if dec else ''}"
+              for item, name, pred, risk, flag, dec in zip(queue["item_id"], queue["name"], queue["prediction"],
+                                                           queue["risk"], queue["needs_review"], queue["decision"])}
+    items = list(labels)
+    key = f"{kind}_open"
+    if st.session_state.get(key) not in labels:
+        st.session_state.pop(key, None)
+    picker, back, forward = st.columns([6, 1, 1], vertical_alignment="bottom")
+    item = picker.selectbox(f"Open {kind}", items, format_func=labels.get, key=key)
+    back.button("Previous", key=f"{kind}_prev", shortcut=SHORTCUTS["previous"], on_click=move_to,
+                args=(key, items, -1), width="stretch")
+    forward.button("Next", key=f"{kind}_next", shortcut=SHORTCUTS["next"], on_click=move_to,
+                   args=(key, items, 1), width="stretch")
+    return queue[queue["item_id"] == item].iloc[0]
+
+
+def move_to(key: str, items: list[str], step: int) -> None:
+    """Button callback: open the neighbouring item of the queue."""
+    import streamlit as st
+
+    st.session_state[key] = rl.neighbour_item(items, st.session_state.get(key), step)
+
+
+def decision_form(st, store: ra.AuditLog, kind: str, item_id: str, run_id: str) -> None:
+    """Confirm / dismiss / note for one item (with keyboard shortcuts), and its audit history."""
+    st.subheader("Decision")
+    st.text_area("Note (optional for confirm / dismiss)", key=f"{kind}_note", height=68)
+    cols = st.columns(3)
+    for column, decision, label in zip(cols, ra.DECISIONS, ("Confirm", "Dismiss", "Save note")):
+        column.button(label, key=f"{kind}_decide_{decision}", on_click=save_decision, width="stretch",
+                      args=(store, kind, item_id, decision, run_id), shortcut=SHORTCUTS.get(decision),
+                      type="primary" if decision == "confirm" else "secondary")
+    saved = st.session_state.get(f"{kind}_saved")
+    if isinstance(saved, str):
+        st.error(saved)
+    elif saved and saved["item_id"] == item_id:
+        st.success(f"Saved decision: {saved['decision']} by {saved['reviewer']} at {saved['created_at']}")
+    history = store.history(kind, item_id)
+    if history:
+        st.table([{k: d[k] for k in ("created_at", "reviewer", "decision", "previous_decision", "note")}
+                  for d in reversed(history)])
+
+
+def save_decision(store: ra.AuditLog, kind: str, item_id: str, decision: str, run_id: str) -> None:
+    """Button callback: append the decision to the audit log; the saved row (or the error) goes to session state."""
+    import streamlit as st
+
+    try:
+        st.session_state[f"{kind}_saved"] = store.record(
+            kind, item_id, decision, reviewer=str(st.session_state.get("reviewer", "")),
+            note=str(st.session_state.get(f"{kind}_note", "")), model_run=run_id)
+    except ValueError as error:
+        st.session_state[f"{kind}_saved"] = str(error)
+
+
+# Per kind of item: the folder and what to say when something is missing.
+QUEUE_PAGES = {
+    "scan": {"title": "Scans", "folder": "scans",
+             "no_folder": "Start the app with --scans DIR (an `adafocus cv` output folder) to review scans.",
+             "empty": "No predictions.tsv under the scans folder.", "no_match": "No scan matches the filters."},
+    "video": {"title": "Videos", "folder": "videos",
+              "no_folder": "Start the app with --videos DIR (an `adafocus score` output folder) to review videos.",
+              "empty": "No scored videos (scores.csv) under the videos folder.",
+              "no_match": "No video matches the filters."},
+}
+REVIEW_MODES = ("One at a time", "A page at once")
+
+
+def queue_page(st, folders, roots, threshold, kind: str) -> None:
+    """The queue of one kind of item with its triage summary, then one item (view + decision) or a page."""
+    page = QUEUE_PAGES[kind]
+    st.header(page["title"])
+    folder = folders[page["folder"]]
+    if folder is None:
+        st.info(page["no_folder"])
+        return
+    store = _store(folder)
+    queue = rl.flag_and_sort(cached_queue(kind, str(folder)), threshold, store.latest(kind),
+                             use_fitted=bool(st.session_state.get("use_fitted", True)))
+    if queue.empty:
+        st.warning(page["empty"])
+        return
+    st.info("Triage: " + rl.triage_summary(queue).line())
+    filtered = queue_filters(st, queue, kind)
+    mode = st.radio("Review", REVIEW_MODES, key=f"{kind}_mode", horizontal=True)
+    if mode == REVIEW_MODES[1]:
+        page_decisions(st, store, kind, filtered, folders, roots)
+        return
+    row = show_queue(st, filtered, kind)
+    if row is None:
+        st.info(page["no_match"])
+        return
+    run_id = item_run_id(row, folders)
+    if kind == "scan":
+        scan_view(st, row, roots, store)
+    else:
+        video_view(st, row, roots, folder)
+    decision_form(st, store, kind, row["item_id"], run_id)
+
+
+def item_run_id(row, folders) -> str:
+    """The model run behind a queue row: the cv fold's run folder or the scoring model for scans, the
+    app's model for videos."""
+    if row["kind"] == "scan" and _given(row.get("fold_dir")):
+        return cached_run_id(str(row["fold_dir"]))
+    if row["kind"] == "scan" and _given(row.get("model")) and Path(row["model"]).is_file():
+        return cached_run_id(str(row["model"]))
+    return cached_run_id(str(folders["model"]) if folders["model"] else None)
+
+
+def page_decisions(st, store: ra.AuditLog, kind: str, queue, folders, roots) -> None:
+    """Decide a page of items at once: one row per item (with its focus thumbnail for videos), one save."""
+    items = queue["item_id"].tolist()
+    if not items:
+        st.info(QUEUE_PAGES[kind]["no_match"])
+        return
+    pages = max((len(items) - 1) // PAGE_SIZE + 1, 1)
+    number = st.number_input(f"Page (of {pages})", 1, pages, 1, key=f"{kind}_page") - 1
+    rows = queue.set_index("item_id").loc[rl.page_of(items, number, PAGE_SIZE)]
+    choices = ("—", "confirm", "dismiss")
+    for item_id, row in rows.iterrows():
+        cols = st.columns([3, 2, 3] if kind == "video" else [3, 3])
+        cols[0].markdown(f"**{row['name']}** · {row['prediction']} · confidence {row['confidence']:.2f}"
+                         f"{' · ⚑ needs review' if row['needs_review'] else ''}"
+                         f"{' · now: ' + row['decision'] if row['decision'] else ''}")
+        if kind == "video":
+            thumbnail = video_thumbnail(row, roots)
+            if thumbnail is not None:
+                cols[1].image(thumbnail, width="stretch")
+        cols[-1].radio("Decision", choices, key=f"{kind}_pagepick::{item_id}", horizontal=True,
+                       label_visibility="collapsed")
+    if st.button("Save the decisions on this page", key=f"{kind}_save_page", type="primary"):
+        saved = save_page(st, store, kind, rows.index.tolist(), folders, queue)
+        st.success(f"Saved {saved} decisions by {st.session_state['reviewer']}")
+
+
+def save_page(st, store: ra.AuditLog, kind: str, item_ids: list[str], folders, queue) -> int:
+    """Record every non-empty page choice; returns how many were recorded."""
+    count = 0
+    by_id = queue.set_index("item_id")
+    for item_id in item_ids:
+        choice = st.session_state.get(f"{kind}_pagepick::{item_id}", "—")
+        if choice in ("confirm", "dismiss"):
+            store.record(kind, item_id, choice, reviewer=st.session_state["reviewer"],
+                         model_run=item_run_id(by_id.loc[item_id].to_dict() | {"kind": kind}, folders))
+            count += 1
+    return count
+
+
+def prediction_header(st, title: str, prediction: str, row) -> None:
+    """Title, the four prediction metrics, and the needs-review warning shared by scans and videos."""
+    st.subheader(title)
+    cols = st.columns(4)
+    cols[0].metric("Prediction", prediction)
+    cols[1].metric("Confidence", f"{row['confidence']:.2f}")
+    cols[2].metric("Exit taken", int(row["exit"]))
+    cols[3].metric("GMACs", f"{row['gmacs']:.4g}")
+    if row["needs_review"]:
+        st.warning(f"Needs review: exit entropy {row['entropy']:.2f}")
 
 
 # ---------------------------------------------------------------------------------------- MRI helpers
@@ -123,17 +380,17 @@ def experiment_of(fold_dir: Path, roots: list[Path]) -> dict:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def manifest_paths(experiment: dict, participant: str, session: str, roots: list[Path]
-                   ) -> tuple[Path | None, Path | None]:
-    """(preprocessed, raw source) paths of a scan from the CV's manifest; None where missing or outside the
-    allowed folders."""
+def manifest_entry(experiment: dict, participant: str, session: str, roots: list[Path]):
+    """(preprocessed path, raw source path, all manifest rows) of a scan; paths None where missing or
+    outside the allowed folders."""
     from adafocus.datasets.mri.manifest import read_manifest
 
     try:
         manifest = rl.resolve_inside(experiment["manifest"], roots)
     except rl.UnsafePathError:
-        return None, None
-    for row in read_manifest(manifest):
+        return None, None, []
+    rows = read_manifest(manifest)
+    for row in rows:
         if row.participant_id == participant and row.session_id == session:
             found = []
             for path in (row.preprocessed_path, row.source_path):
@@ -141,23 +398,42 @@ def manifest_paths(experiment: dict, participant: str, session: str, roots: list
                     found.append(rl.resolve_inside(path, roots) if path is not None else None)
                 except rl.UnsafePathError:
                     found.append(None)
-            return found[0], found[1]
-    return None, None
+            return found[0], found[1], rows
+    return None, None, rows
 
 
-def focus_on_volume(volume: np.ndarray, spacing, clip_spec: dict, slices_and_boxes) -> list[tuple[int, list[float]]]:
-    """The model's selected slices with their boxes in plane pixels: [(voxel slice index, [x0, y0, x1, y1])]."""
+def focus_regions(volume_shape, spacing, clip_spec: dict, slices_and_boxes) -> list[dict]:
+    """The model's focus steps as 3D voxel boxes of the preprocessed volume: [{"slice", "corners" [2, 3]}]."""
     from adafocus.datasets.mri.slices import frame_box_to_voxels, volume_to_clip
 
-    _, info = volume_to_clip(volume, spacing, axis=clip_spec["axis"], num_slices=clip_spec["num_slices"],
-                             discard_border=clip_spec["discard_border"], context=clip_spec["context"],
-                             size=clip_spec["size"])
-    out = []
-    for index, box in slices_and_boxes:
-        position = info.slice_indices.index(index)
-        corners = frame_box_to_voxels(box, position, info)
-        out.append((index, plane_box_pixels(corners, info.axis, info.volume_shape)))
-    return out
+    _, info = volume_to_clip(np.zeros(volume_shape, np.float32), spacing, axis=clip_spec["axis"],
+                             num_slices=clip_spec["num_slices"], discard_border=clip_spec["discard_border"],
+                             context=clip_spec["context"], size=clip_spec["size"])
+    return [{"slice": index, "corners": frame_box_to_voxels(box, info.slice_indices.index(index), info)}
+            for index, box in slices_and_boxes]
+
+
+def region_table(regions: list[dict], affine: np.ndarray) -> list[dict]:
+    """One row per focus region: the slice, its voxel box, its MNI box (mm: as recorded, else through the
+    preprocessed affine) with the centre, and the box in native-scan voxels where known."""
+    from adafocus.core.geometry import map_box_corners
+
+    rows = []
+    for k, region in enumerate(regions, 1):
+        corners = np.asarray(region["corners"])
+        low, high = np.asarray(region.get("mm") or map_box_corners(corners.tolist(), affine.tolist()))
+        row = {"region": k, "slice": region["slice"],
+               "voxels (x, y, z)": _box_text(corners),
+               "MNI centre (mm)": "(" + ", ".join(f"{v + 0.0:.0f}" for v in (low + high) / 2) + ")",
+               "MNI extent (mm)": " × ".join(f"{v:.0f}" for v in high - low)}
+        if region.get("native") is not None:
+            row["native voxels"] = _box_text(np.asarray(region["native"]))
+        rows.append(row)
+    return rows
+
+
+def _box_text(corners: np.ndarray) -> str:
+    return " – ".join("(" + ", ".join(f"{v:.0f}" for v in corner) + ")" for corner in corners)
 
 
 def score_volume(model, volume: np.ndarray, spacing, clip_spec: dict, policy) -> dict:
@@ -188,201 +464,214 @@ def preprocess_for_model(source: Path):
     return volume.array, volume.spacing
 
 
-# ----------------------------------------------------------------------------------------------- app
-def main() -> None:
-    import streamlit as st
-
-    st.set_page_config(page_title="AdaFocus review", layout="wide")
-    try:
-        folders = configured_folders()
-    except FileNotFoundError as error:
-        st.error(str(error))
-        return
-    roots = readable_roots(folders)
-    st.sidebar.title("AdaFocus review")
-    view = st.sidebar.radio("View", VIEWS, key="view")
-    st.session_state.setdefault("show_identifiers", False)
-    st.sidebar.checkbox("Show identifiers from file headers", key="show_identifiers")
-    threshold = st.sidebar.slider("Needs review when exit entropy ≥", 0.0, 1.0, rl.DEFAULT_REVIEW_ENTROPY, 0.05,
-                                  key="entropy_threshold")
-    budget_note = st.sidebar.empty()  # filled after the page: the Budget page may change the budget
-    pages = {"Scans": partial(queue_page, kind="scan"), "Score a scan": score_page,
-             "Videos": partial(queue_page, kind="video"), "Budget": budget_page, "Decisions": decisions_page}
-    pages[view](st, folders, roots, threshold)
-    budget = st.session_state.get("budget")
-    budget_note.caption(f"Scoring budget: {budget:.4g} GMACs" if budget else "Scoring budget: none (all exits)")
+# ------------------------------------------------------------------------------------------ scan view
+def _given(value) -> bool:
+    return isinstance(value, str) and value.strip() != ""
 
 
-def _store(folder: Path) -> rl.DecisionStore:
-    return rl.DecisionStore(folder / rl.DECISIONS_FILE)
+def parse_boxes_3d(cell) -> list[list[list[float]]]:
+    """A predictions.tsv cell "x0 y0 z0 x1 y1 z1;..." -> [[[x0, y0, z0], [x1, y1, z1]], ...]."""
+    if not _given(cell):
+        return []
+    boxes = [[float(v) for v in part.split()] for part in cell.split(";") if part.strip()]
+    if any(len(b) != 6 for b in boxes):
+        raise ValueError(f"3D boxes {cell!r} are not 6 numbers each")
+    return [[b[:3], b[3:]] for b in boxes]
 
 
-def queue_filters(st, queue, kind: str):
-    """Filter widgets above a queue; returns the filtered queue."""
-    cols = st.columns(4)
-    flagged = cols[0].checkbox("Needs review only", key=f"{kind}_flagged")
-    classes = sorted(queue["prediction"].astype(str).unique().tolist())
-    chosen = cols[1].multiselect("Predicted class", classes, default=classes, key=f"{kind}_classes")
-    state = cols[2].selectbox("Review state", rl.REVIEW_STATES, key=f"{kind}_state")
-    min_risk = cols[3].slider("Minimum risk", 0.0, 1.0, 0.0, 0.05, key=f"{kind}_min_risk")
-    return rl.filter_queue(queue, needs_review_only=flagged, predictions=chosen, review_state=state,
-                           min_risk=min_risk)
+def native_corners(preprocessed: Path, corners) -> list | None:
+    """A preprocessed-voxel box in native-scan voxels, through the registration saved with the cache."""
+    from adafocus.core.geometry import map_box_corners
+    from adafocus.datasets.mri.preprocess import read_native_geometry
 
-
-def show_queue(st, queue, kind: str):
-    """The queue table and the item picker; returns the chosen row or None."""
-    shown = queue[["name", "prediction", "risk", "confidence", "needs_review", "exit", "gmacs", "decision"]]
-    st.dataframe(shown.rename(columns={"needs_review": "needs review"}), hide_index=True, width="stretch")
-    st.caption(f"{len(queue)} {kind}s shown, {int(queue['needs_review'].sum())} need review, "
-               f"{int((queue['decision'] != '').sum())} reviewed")
-    if queue.empty:
+    geometry = read_native_geometry(preprocessed)
+    if geometry is None:
         return None
-    labels = {item: f"{'⚑ ' if flag else ''}{name} · risk {risk:.2f}{' · ' + dec if dec else ''}"
-              for item, name, risk, flag, dec in zip(queue["item_id"], queue["name"], queue["risk"],
-                                                     queue["needs_review"], queue["decision"])}
-    item = st.selectbox(f"Open {kind}", list(labels), format_func=labels.get, key=f"{kind}_open")
-    return queue[queue["item_id"] == item].iloc[0]
+    return map_box_corners(np.asarray(corners).tolist(), geometry["preprocessed_to_native_voxels"])
 
 
-def decision_form(st, store: rl.DecisionStore, kind: str, item_id: str) -> None:
-    """Confirm / dismiss / note for one item, and its decision history."""
-    st.subheader("Decision")
-    st.radio("Decision", rl.DECISIONS, horizontal=True, key=f"{kind}_decision")
-    st.text_area("Note", key=f"{kind}_note", height=80)
-    # a callback runs before the rerun, so the queue above already shows the new decision
-    st.button("Save decision", key=f"{kind}_save", on_click=save_decision, args=(store, kind, item_id))
-    saved = st.session_state.get(f"{kind}_saved")
-    if isinstance(saved, str):
-        st.error(saved)
-    elif saved and saved["item_id"] == item_id:
-        st.success(f"Saved decision: {saved['decision']} at {saved['created_at']}")
-    history = [d for d in store.history(kind) if d["item_id"] == item_id]
-    if history:
-        st.table([{k: d[k] for k in ("created_at", "decision", "note")} for d in reversed(history)])
-
-
-def save_decision(store: rl.DecisionStore, kind: str, item_id: str) -> None:
-    """Button callback: record the form's decision; the saved record (or the error text) goes to session state."""
-    import streamlit as st
-
-    try:
-        st.session_state[f"{kind}_saved"] = store.record(kind, item_id, st.session_state[f"{kind}_decision"],
-                                                         st.session_state.get(f"{kind}_note", ""))
-    except ValueError as error:
-        st.session_state[f"{kind}_saved"] = str(error)
-
-
-# Per kind of item: the folder, how to build its queue, and what to say when something is missing.
-QUEUE_PAGES = {
-    "scan": {"title": "Scans", "folder": "scans", "queue": lambda folder: rl.scan_queue(folder),
-             "no_folder": "Start the app with --scans DIR (an `adafocus cv` output folder) to review scans.",
-             "empty": "No predictions.tsv under the scans folder.", "no_match": "No scan matches the filters."},
-    "video": {"title": "Videos", "folder": "videos", "queue": lambda folder: rl.video_queue(folder),
-              "no_folder": "Start the app with --videos DIR (an `adafocus score` output folder) to review videos.",
-              "empty": "No scored videos (scores.csv) under the videos folder.",
-              "no_match": "No video matches the filters."},
-}
-
-
-def queue_page(st, folders, roots, threshold, kind: str) -> None:
-    """The queue of one kind of item, the selected item's view, and its decision form."""
-    page = QUEUE_PAGES[kind]
-    st.header(page["title"])
-    folder = folders[page["folder"]]
-    if folder is None:
-        st.info(page["no_folder"])
-        return
-    store = _store(folder)
-    queue = rl.flag_and_sort(page["queue"](folder), threshold, store.latest(kind))
-    if queue.empty:
-        st.warning(page["empty"])
-        return
-    row = show_queue(st, queue_filters(st, queue, kind), kind)
-    if row is None:
-        st.info(page["no_match"])
-        return
-    (scan_view if kind == "scan" else video_view)(st, row, roots)
-    decision_form(st, store, kind, row["item_id"])
-
-
-def prediction_header(st, title: str, prediction: str, row) -> None:
-    """Title, the four prediction metrics, and the needs-review warning shared by scans and videos."""
-    st.subheader(title)
-    cols = st.columns(4)
-    cols[0].metric("Prediction", prediction)
-    cols[1].metric("Confidence", f"{row['confidence']:.2f}")
-    cols[2].metric("Exit taken", int(row["exit"]))
-    cols[3].metric("GMACs", f"{row['gmacs']:.4g}")
-    if row["needs_review"]:
-        st.warning(f"Needs review: exit entropy {row['entropy']:.2f}")
-
-
-def scan_view(st, row, roots) -> None:
-    """Prediction, three planes with sliders, the selected-slice strip, raw beside preprocessed."""
-    from adafocus.datasets.mri.dataset import load_preprocessed
-    from adafocus.datasets.mri.slices import PLANES, plane_frame
-
-    prediction_header(st, f"Scan {row['name']}", f"class {row['prediction']}", row)
-    try:
-        experiment = experiment_of(Path(row["fold_dir"]), roots)
-        preprocessed, raw = manifest_paths(experiment, row["participant_id"], row["session_id"], roots)
-    except (rl.UnsafePathError, OSError, ValueError) as error:
-        st.error(f"Cannot open this scan: {error}")
-        return
+def cv_scan(row, roots) -> dict | None:
+    """A cv fold's scan: paths from the manifest, focus regions from predictions.tsv (3D voxel boxes where
+    written, else derived from the slice boxes of older outputs)."""
+    experiment = experiment_of(Path(row["fold_dir"]), roots)
+    preprocessed, raw, manifest_rows = manifest_entry(experiment, row["participant_id"], row["session_id"], roots)
     if preprocessed is None:
+        return None
+    volume, spacing, affine = cached_volume(str(preprocessed))
+    slices = [int(v) for v in str(row["slices"]).split(";") if v.strip()]
+    voxels, mm = parse_boxes_3d(row.get("boxes_voxels")), parse_boxes_3d(row.get("boxes_mm"))
+    if voxels and len(voxels) == len(slices):
+        regions = [{"slice": s, "corners": np.asarray(v), "mm": m}
+                   for s, v, m in zip(slices, voxels, mm or [None] * len(slices))]
+    else:
+        regions = focus_regions(volume.shape, spacing, experiment["clip"],
+                                rl.parse_slices_and_boxes(row["slices"], row["boxes"]))
+    for region in regions:
+        region["native"] = native_corners(preprocessed, region["corners"])
+    return {"path": str(preprocessed), "raw": raw, "shape": volume.shape, "affine": affine, "regions": regions,
+            "axis": experiment["clip"]["axis"], "run_id": cached_run_id(str(row["fold_dir"])),
+            "class_names": rl.scan_class_names(row["fold_dir"], experiment, manifest_rows)}
+
+
+def scored_scan(row, roots) -> dict | None:
+    """A scan scored by `adafocus score`: the cached volume and the regions (preprocessed voxels, MNI mm,
+    native voxels) from details.jsonl; class names from scoring.json."""
+    folder = Path(row["scores_dir"])
+    record = cached_details(str(folder / "details.jsonl")).get(row["item_id"], {})
+    preprocessed = rl.resolve_inside(record.get("preprocessed") or row.get("preprocessed"), roots, base=folder)
+    volume, _, affine = cached_volume(str(preprocessed))
+    regions = [{"slice": s["slice"], "corners": np.asarray(s["box_voxels"]), "mm": s.get("box_mm"),
+                "native": s.get("box_native_voxels")} for s in record.get("selected", [])]
+    try:
+        raw = rl.resolve_inside(row["item_id"], roots, base=folder)
+    except rl.UnsafePathError:
+        raw = None
+    scoring = folder / "scoring.json"
+    info = json.loads(scoring.read_text(encoding="utf-8")) if scoring.is_file() else {}
+    model = info.get("model")
+    try:
+        run_id = cached_run_id(str(rl.resolve_inside(model, roots))) if model else ""
+    except rl.UnsafePathError:
+        run_id = Path(model).parent.name
+    return {"path": str(preprocessed), "raw": raw if raw is not None and raw.is_file() else None,
+            "shape": volume.shape, "affine": affine, "regions": regions, "run_id": run_id,
+            "axis": record.get("axis", "sagittal"), "class_names": dict(enumerate(info.get("class_names", [])))}
+
+
+def open_scan(st, row, roots):
+    """Everything the scan view needs, or None after showing why it cannot be opened."""
+    try:
+        scan = scored_scan(row, roots) if _given(row.get("scores_dir")) else cv_scan(row, roots)
+    except (rl.UnsafePathError, OSError, ValueError, KeyError, TypeError) as error:
+        st.error(f"Cannot open this scan: {error}")
+        return None
+    if scan is None:
         st.error("The preprocessed volume is missing or outside the folders this app may read.")
-        return
+    return scan
+
+
+def class_label(names: dict[int, str], prediction) -> str:
     try:
-        volume, spacing = load_preprocessed(preprocessed)
-        selected = focus_on_volume(volume, spacing, experiment["clip"],
-                                   rl.parse_slices_and_boxes(row["slices"], row["boxes"]))
-    except (ValueError, KeyError, OSError) as error:  # a file or row that does not match the CV's settings
-        st.error(f"Cannot show this scan: {error}")
+        return names.get(int(prediction), f"class {prediction}")
+    except (TypeError, ValueError):
+        return str(prediction)
+
+
+def scan_view(st, row, roots, store: ra.AuditLog) -> None:
+    """Prediction; three large linked planes with window/level, orientation labels, crosshairs and the
+    focus boxes they cross; the regions in voxels and MNI mm; raw beside preprocessed; the HTML report."""
+    scan = open_scan(st, row, roots)
+    names = scan["class_names"] if scan else {}
+    prediction_header(st, f"Scan {row['name']}", class_label(names, row["prediction"]), row)
+    if scan is None:
         return
-    axis = experiment["clip"]["axis"]
-    st.markdown("**Selected slices** (the model's focus boxes in yellow)")
-    st.image(selected_strip(volume, axis, selected, f"{len(selected)} selected on the {axis} plane"),
-             caption="selected-slice strip")
-    low, high = float(np.percentile(volume, 1)), float(np.percentile(volume, 99))
-    planes = list(PLANES)
-    picks = {}
-    columns = st.columns(3)
-    for column, plane in zip(columns, planes):
-        n = volume.shape[PLANES[plane][0]]
-        default = selected[0][0] if plane == axis and selected else n // 2
-        picks[plane] = column.slider(f"{plane} slice", 0, n - 1, default, key=f"slice_{plane}")
-    boxes_here = {s: b for s, b in selected}
-    for column, plane in zip(columns, planes):
-        index = picks[plane]
-        frame = to_uint8(np.ascontiguousarray(plane_frame(volume, plane, index)), low, high)
-        boxes = [boxes_here[index]] if plane == axis and index in boxes_here else []
-        column.image(draw_plane(frame, boxes), caption=f"{plane} {index}" + (" · selected" if boxes else ""))
-        if plane == axis:
-            column.image(slider_marks(volume.shape[PLANES[plane][0]], [s for s, _ in selected], index),
-                         caption="selected slices (yellow) on this slider")
-    if raw is not None and raw != preprocessed:
-        raw_beside(st, raw, volume, axis, low, high)
+    if names:
+        st.caption("Classes: " + ", ".join(f"{k} = {v}" for k, v in sorted(names.items())))
+    window, cursor = scan_controls(st, scan, row["item_id"])
+    pngs = {plane: plane_png(scan, plane, cursor, window) for plane in PLANE_ORDER}
+    top = st.columns(2)
+    bottom = st.columns(2)
+    for column, plane in zip([*top, bottom[0]], PLANE_ORDER):
+        index = cursor[rr.plane_axes(plane)[0]]
+        crossed = sum(rr.box_on_plane(r["corners"], plane, index, scan["shape"]) is not None for r in scan["regions"])
+        column.image(pngs[plane], caption=f"{plane} {index}" + (f" · focus box ×{crossed}" if crossed else ""),
+                     width="stretch", output_format="PNG")
+    with bottom[1]:
+        regions = region_table(scan["regions"], scan["affine"])
+        st.markdown("**Focus regions** (yellow; MNI millimetres from the preprocessed scan's affine)")
+        if regions:
+            st.dataframe(regions, hide_index=True)
+        else:
+            st.info("The model exited after the glance: no focus region.")
+        report_button(st, row, scan, pngs, regions, store)
+    native_view(st, scan)
 
 
-def raw_beside(st, raw: Path, volume: np.ndarray, axis: str, low: float, high: float) -> None:
+def scan_controls(st, scan: dict, item_id: str):
+    """Window preset, contrast, level, and the linked cursor (one slider per axis; "go to region" centres
+    it on a focus box). Returns ((low, high), cursor voxel)."""
+    shape = scan["shape"]
+    keys = [f"cursor_{axis}::{item_id}" for axis in range(3)]
+    regions = scan["regions"]
+    if keys[0] not in st.session_state:
+        start = rr.box_centre_voxel(regions[0]["corners"], shape) if regions else tuple(n // 2 for n in shape)
+        for key, value in zip(keys, start):
+            st.session_state[key] = int(value)
+    cols = st.columns([2, 2, 2, 3])
+    preset = cols[0].selectbox("Window", rr.WINDOW_PRESETS, key="window_preset")
+    contrast = cols[1].slider("Contrast", 0.5, 4.0, 1.0, 0.25, key="window_contrast")
+    level = cols[2].slider("Level", -0.5, 0.5, 0.0, 0.05, key="window_level")
+    if regions:
+        labels = [f"region {k}: slice {r['slice']}" for k, r in enumerate(regions, 1)]
+        choice = cols[3].selectbox("Go to focus region", ["—", *labels], key=f"goto::{item_id}")
+        if choice != "—" and st.session_state.get(f"went::{item_id}") != choice:
+            centre = rr.box_centre_voxel(regions[labels.index(choice)]["corners"], shape)
+            for key, value in zip(keys, centre):
+                st.session_state[key] = int(value)
+            st.session_state[f"went::{item_id}"] = choice
+    sliders = st.columns(3)
+    names = ("x (sagittal slice, L→R)", "y (coronal slice, P→A)", "z (axial slice, I→S)")
+    cursor = tuple(column.slider(name, 0, n - 1, key=key) for column, name, n, key in zip(sliders, names, shape, keys))
+    window = rr.adjust_window(*cached_window(scan["path"], preset), contrast=contrast, level=level)
+    return window, cursor
+
+
+def plane_png(scan: dict, plane: str, cursor, window) -> bytes:
+    index = cursor[rr.plane_axes(plane)[0]]
+    boxes = tuple(tuple(b) for r in scan["regions"]
+                  if (b := rr.box_on_plane(r["corners"], plane, index, scan["shape"])) is not None)
+    return cached_plane_png(scan["path"], plane, index, window, boxes,
+                            rr.crosshair_on_plane(cursor, plane, scan["shape"]))
+
+
+def report_button(st, row, scan: dict, pngs: dict[str, bytes], regions: list[dict], store: ra.AuditLog) -> None:
+    """A download button with the one-page HTML report of this scan (decision included)."""
+    history = store.history("scan", row["item_id"])
+    facts = {"scan": row["name"], "prediction": class_label(scan["class_names"], row["prediction"]),
+             "confidence": f"{row['confidence']:.2f}", "exit taken": int(row["exit"]),
+             "GMACs": f"{row['gmacs']:.4g}", "needs review": "yes" if row["needs_review"] else "no",
+             "model run": scan["run_id"]}
+    html = rr.scan_report_html(f"Scan {row['name']}", facts, regions, history[-1] if history else None,
+                               [(plane, png) for plane, png in pngs.items()])
+    safe = row["item_id"].replace("/", "_")
+    st.download_button("Download the scan report (HTML)", html, file_name=f"scan_report_{safe}.html",
+                       mime="text/html", key="scan_report")
+
+
+def canonical_corners(raw: Path, corners) -> list[list[float]]:
+    """A box in voxels of the scan as stored -> voxels of its closest-canonical (RAS) array, as displayed."""
     import nibabel as nib
-    from adafocus.datasets.mri.slices import PLANES, plane_frame
+    from adafocus.core.geometry import map_box_corners
 
+    image = nib.load(str(raw))
+    to_stored = nib.orientations.inv_ornt_aff(nib.orientations.io_orientation(image.affine), image.shape[:3])
+    return map_box_corners(np.asarray(corners).tolist(), np.linalg.inv(to_stored).tolist())
+
+
+def native_view(st, scan: dict) -> None:
+    """The focus regions on the raw scan the clinician knows (three planes through the first region's
+    centre), where the registration's inverse placed them; the raw scan's middle otherwise."""
+    raw = scan["raw"]
+    if raw is None or str(raw) == scan["path"]:
+        return
     try:
-        image = nib.as_closest_canonical(nib.load(str(raw)))
-        raw_volume = np.asarray(image.dataobj, dtype=np.float32)
-        raw_volume = raw_volume.reshape(raw_volume.shape[:3])
+        volume, _, _ = cached_volume(str(raw))
+        regions = [{"corners": np.asarray(canonical_corners(raw, r["native"]))}
+                   for r in scan["regions"] if r.get("native") is not None]
     except Exception:  # noqa: BLE001  (a DICOM folder or unreadable file: the preprocessed view stands)
         st.info("The raw scan could not be shown (not a NIfTI/Analyze file).")
         return
-    st.markdown("**Raw scan beside the preprocessed one** (middle slices)")
-    left, right = st.columns(2)
-    middle = raw_volume.shape[PLANES[axis][0]] // 2
-    left.image(draw_plane(to_uint8(np.ascontiguousarray(plane_frame(raw_volume, axis, middle))), scale=2),
-               caption=f"raw, {axis} {middle}")
-    mid = volume.shape[PLANES[axis][0]] // 2
-    right.image(draw_plane(to_uint8(np.ascontiguousarray(plane_frame(volume, axis, mid)), low, high), scale=2),
-                caption=f"preprocessed, {axis} {mid}")
+    native = {"path": str(raw), "shape": volume.shape, "regions": regions}
+    cursor = rr.box_centre_voxel(regions[0]["corners"], volume.shape) if regions else \
+        tuple(n // 2 for n in volume.shape)
+    window = cached_window(str(raw), "brain")
+    if regions:
+        st.markdown("**The same focus regions on the native (raw) scan** (through the inverse of the registration)")
+    else:
+        st.markdown("**Native (raw) scan** (no native mapping recorded for this scan: middle slices)")
+    for column, plane in zip(st.columns(3), PLANE_ORDER):
+        column.image(plane_png(native, plane, cursor, window), width="stretch", output_format="PNG",
+                     caption=f"native {plane} {cursor[rr.plane_axes(plane)[0]]}")
 
 
 def cached_model(path: str):
@@ -391,53 +680,60 @@ def cached_model(path: str):
 
     @st.cache_resource(show_spinner="Loading the model…")
     def load(checkpoint: str):
+        from adafocus.core.engine import prepare_from_environment
         from adafocus.core.train import load_model
 
         model, preset = load_model(checkpoint, device="auto")
-        return model.optimize_for_inference(), preset
+        prepare_from_environment(model)  # `adafocus app --engine`: OpenVINO encoders on the CPU by default
+        return model, preset
 
     return load(path)
 
 
-def score_page(st, folders, roots, threshold) -> None:
-    st.header("Score a new scan")
-    if folders["model"] is None:
-        st.info("Start the app with --model CKPT to score new scans.")
-        return
-    max_mb = float(os.environ.get(ENV_MAX_UPLOAD, rl.DEFAULT_MAX_UPLOAD_MB))
-    source = None
+def pick_scan(st, folders, max_mb: float):
+    """The scan chosen under the scans folder or uploaded: (validated scan, path) or (None, None)."""
     choices = []
     if folders["scans"] is not None:
         choices = sorted(str(p.relative_to(folders["scans"])) for p in folders["scans"].rglob("*")
                          if p.name.lower().endswith((".nii", ".nii.gz")))[:2000]
     picked = st.selectbox("A NIfTI file under the scans folder", ["—", *choices], key="score_pick")
     upload = st.file_uploader(f"…or upload one (.nii / .nii.gz, at most {max_mb:g} MB)", key="score_upload")
-    preprocess = st.checkbox("Run t1-linear preprocessing first (uncheck for files from the preprocessing cache)",
-                             value=True, key="score_preprocess")
-    validated = None
+    if upload is not None:
+        validated = rl.validate_nifti_bytes(upload.name, upload.getvalue(), int(max_mb * 2**20))
+        folder = Path(tempfile.gettempdir()) / "adafocus-review"
+        folder.mkdir(mode=0o700, exist_ok=True)
+        return validated, rl.write_private_copy(validated, folder)
+    if picked != "—":
+        source = rl.resolve_inside(picked, [folders["scans"]])
+        if source.stat().st_size > max_mb * 2**20:
+            raise rl.UploadError(f"the file is over the {max_mb:g} MB limit")
+        return rl.validate_nifti_bytes(source.name, source.read_bytes(), int(max_mb * 2**20)), source
+    return None, None
+
+
+def score_page(st, folders, roots, threshold) -> None:
+    from adafocus.apps.video_runs import read_class_names
+    from adafocus.datasets.mri.dataset import ClipSpec
+    from adafocus.datasets.mri.volume import ScanError
+
+    st.header("Score a new scan")
+    if folders["model"] is None:
+        st.info("Start the app with --model CKPT to score new scans.")
+        return
+    max_mb = float(os.environ.get(ENV_MAX_UPLOAD, rl.DEFAULT_MAX_UPLOAD_MB))
     try:
-        if upload is not None:
-            validated = rl.validate_nifti_bytes(upload.name, upload.getvalue(), int(max_mb * 2**20))
-            folder = Path(tempfile.gettempdir()) / "adafocus-review"
-            folder.mkdir(mode=0o700, exist_ok=True)
-            source = rl.write_private_copy(validated, folder)
-        elif picked != "—":
-            source = rl.resolve_inside(picked, [folders["scans"]])
-            if source.stat().st_size > max_mb * 2**20:
-                raise rl.UploadError(f"the file is over the {max_mb:g} MB limit")
-            validated = rl.validate_nifti_bytes(source.name, source.read_bytes(), int(max_mb * 2**20))
+        validated, source = pick_scan(st, folders, max_mb)
     except (rl.UploadError, rl.UnsafePathError) as error:
         st.error(f"This file cannot be scored: {error}")
         log.info("rejected a scan: %s", error)
         return
+    preprocess = st.checkbox("Run t1-linear preprocessing first (uncheck for files from the preprocessing cache)",
+                             value=True, key="score_preprocess")
     if validated is None:
         return
     st.table([rl.header_summary(validated.image, show_identifiers=st.session_state.get("show_identifiers", False))])
     if not st.button("Score", key="score_run"):
         return
-    from adafocus.datasets.mri.dataset import ClipSpec
-    from adafocus.datasets.mri.volume import ScanError
-
     model, preset = cached_model(str(folders["model"]))
     clip_spec = ClipSpec.for_preset(preset).to_dict()
     try:
@@ -445,64 +741,146 @@ def score_page(st, folders, roots, threshold) -> None:
             if preprocess:
                 volume, spacing = preprocess_for_model(source)
             else:
-                image = nib_canonical(validated.image)
+                import nibabel as nib
+
+                image = nib.as_closest_canonical(validated.image)
                 volume = np.asarray(image.dataobj, dtype=np.float32).reshape(image.shape[:3])
                 spacing = tuple(float(z) for z in image.header.get_zooms()[:3])
             result = score_volume(model, volume, spacing, clip_spec, st.session_state.get("policy"))
     except (ScanError, ValueError) as error:
         st.error(f"Scoring failed: {error}")
         return
-    probability = max(result["probabilities"])
-    st.success(f"Prediction: class {result['prediction']} (confidence {probability:.2f}), exit {result['exit']}, "
-               f"{result['gmacs']:.4g} GMACs")
-    focus = focus_on_volume(volume, spacing, clip_spec, result["selected"])
-    if focus:
-        st.image(selected_strip(volume, clip_spec["axis"], focus, "selected slices"), caption="selected-slice strip")
+    names = read_class_names(folders["model"], len(result["probabilities"]))
+    st.success(f"Prediction: {names[result['prediction']]} (confidence {max(result['probabilities']):.2f}), "
+               f"exit {result['exit']}, {result['gmacs']:.4g} GMACs")
+    st.dataframe(region_table(focus_regions(volume.shape, spacing, clip_spec, result["selected"]), np.eye(4)),
+                 hide_index=True)
 
 
-def nib_canonical(image):
-    import nibabel as nib
-
-    return nib.as_closest_canonical(image)
-
-
-def video_view(st, row, roots) -> None:
-    """The video, its prediction, and the frames the model looked at with boxes and time stamps
-    (each frame's button jumps the player there)."""
-    from adafocus.apps.score import render_contact_sheet
-    from adafocus.datasets.video import VideoDecodeError, decode_frames
-
+# ----------------------------------------------------------------------------------------- video view
+def video_view(st, row, roots, folder: Path) -> None:
+    """The prediction, the temporal policy's timeline (click to jump), the player (an H.264 preview when
+    the browser cannot play the source), and the frames the model looked at, large, with their boxes."""
     prediction_header(st, f"Video {row['name']}", str(row["prediction"]), row)
     try:
         path = rl.resolve_inside(row["path"], roots, base=row["scores_dir"])
     except rl.UnsafePathError as error:
         st.error(f"Cannot open this video: {error}")
         return
-    record = rl.read_details(Path(row["scores_dir"]) / "details.jsonl").get(row["item_id"], {})
+    record = cached_details(str(Path(row["scores_dir"]) / "details.jsonl")).get(row["item_id"], {})
     selected = record.get("selected", [])
     start_key = f"start::{row['item_id']}"
-    st.video(str(path), start_time=int(st.session_state.get(start_key, 0)))
+    timeline(st, record, selected, start_key)
+    try:
+        playable = cached_playable(str(path), str(folder / ".review_cache" / "previews"))
+    except Exception as error:  # noqa: BLE001  (PyAV raises many types for broken files)
+        st.error(f"Cannot play this video: {error}")
+        playable = None
+    if playable is not None:
+        if playable != str(path):
+            st.caption("Playing a small H.264 preview: the browser cannot play this file's codec.")
+        st.video(playable, start_time=int(st.session_state.get(start_key, 0)))
     if not selected:
         st.info("The model exited after the glance: no frame was looked at closely.")
         return
-    st.markdown("**Frames the model looked at** (focus box in yellow; click a time to jump)")
+    focus_frames(st, path, selected, start_key)
+
+
+def cached_playable(path: str, cache_dir: str) -> str:
+    @_cached("cache_data", max_entries=512)
+    def playable(path: str, fingerprint: str, cache_dir: str) -> str:
+        return str(rr.playable_video(Path(path), Path(cache_dir)))
+
+    return playable(path, rr.file_fingerprint(path), cache_dir)
+
+
+def timeline(st, record: dict, selected: list[dict], start_key: str) -> None:
+    """The temporal policy's weight per glance frame over the whole video (chosen frames in orange);
+    clicking a bar jumps the player to that time."""
+    import altair as alt
+    import pandas as pd
+
+    rows = rr.timeline_rows(record.get("glance_weights", []), selected)
+    if not any(r["weight"] is not None for r in rows):
+        st.caption("No frame weights in details.jsonl (scored before they were recorded): timeline unavailable.")
+        return
+    data = pd.DataFrame(rows).dropna(subset=["weight"])
+    data["looked at"] = np.where(data["chosen"], "chosen for focus", "glance only")
+    pick = alt.selection_point(name="jump", fields=["time_s"], on="click")
+    chart = alt.Chart(data).mark_bar(size=10).encode(
+        x=alt.X("time_s:Q", title="time (s)"), y=alt.Y("weight:Q", title="temporal policy weight"),
+        color=alt.Color("looked at:N", scale=alt.Scale(domain=["chosen for focus", "glance only"],
+                                                       range=["#f28e2b", "#4e79a7"])),
+        tooltip=["frame", "time_s", "weight", "looked at"]).add_params(pick).properties(height=160)
+    st.markdown("**Where the model looked in the whole video** (temporal policy weight per glance frame; "
+                "click a bar to jump)")
+    event = st.altair_chart(chart, on_select="rerun", key=f"timeline::{start_key}", width="stretch")
+    points = (event or {}).get("selection", {}).get("jump", []) if isinstance(event, dict) else \
+        getattr(getattr(event, "selection", None), "jump", None) or []
+    if points:
+        st.session_state[start_key] = int(float(points[0]["time_s"]))
+
+
+def focus_frames(st, path: Path, selected: list[dict], start_key: str) -> None:
+    """The frames the model looked at, two per row, with their focus boxes and a jump button each."""
+    from adafocus.datasets.video import VideoDecodeError
+
+    st.markdown("**Frames the model looked at** (focus box in yellow)")
     try:
-        frames = decode_frames(path, [s["frame"] for s in selected])
+        cells = cached_focus_frames(str(path), tuple((s["frame"], tuple(s["box"])) for s in selected))
     except (VideoDecodeError, OSError) as error:
         st.error(f"Cannot decode the frames: {error}")
         return
-    height, width = frames.shape[1:3]
-    columns = st.columns(min(len(selected), 4))
-    for i, (frame, item) in enumerate(zip(frames, selected)):
-        column = columns[i % len(columns)]
-        caption = f"frame {item['frame']} · {item['time_s']:.2f} s"
-        cell = render_contact_sheet(frame[None], [caption], [item["box"]], [0, 0, width, height], "", height=160)
-        column.image(cell, caption="focus box")
+    columns = st.columns(2)
+    for i, (cell, item) in enumerate(zip(cells, selected)):
+        column = columns[i % 2]
+        column.image(cell, caption=f"frame {item['frame']} · {item['time_s']:.2f} s", width="stretch",
+                     output_format="PNG")
         if column.button(f"▶ {item['time_s']:.2f} s", key=f"jump_{i}"):
             st.session_state[start_key] = int(item["time_s"])
             st.rerun()
 
 
+def cached_focus_frames(path: str, frames_and_boxes: tuple) -> list[bytes]:
+    @_cached("cache_data", max_entries=512)
+    def render(path: str, fingerprint: str, frames_and_boxes: tuple) -> list[bytes]:
+        from adafocus.datasets.video import decode_frames
+
+        frames = decode_frames(path, [f for f, _ in frames_and_boxes])
+        return [rr.png_bytes(_framed(frame, box)) for frame, (_, box) in zip(frames, frames_and_boxes)]
+
+    return render(path, rr.file_fingerprint(path), frames_and_boxes)
+
+
+def _framed(frame: np.ndarray, box, min_width: int = 560):
+    """An RGB frame enlarged to at least `min_width` px wide with its focus box (source pixels) drawn."""
+    from PIL import Image, ImageDraw
+
+    height, width = frame.shape[:2]
+    scale = max(1.0, min_width / width)
+    image = Image.fromarray(frame).resize((round(width * scale), round(height * scale)), Image.BILINEAR)
+    x0, y0, x1, y1 = (v * scale for v in box)
+    ImageDraw.Draw(image).rectangle([x0, y0, x1 - 1, y1 - 1], outline=rr.BOX_COLOUR, width=3)
+    return image
+
+
+def video_thumbnail(row, roots) -> bytes | None:
+    """The first focus frame of a video with its box, small (page view); None when there is none."""
+    try:
+        path = rl.resolve_inside(row["path"], roots, base=row["scores_dir"])
+    except rl.UnsafePathError:
+        return None
+    record = cached_details(str(Path(row["scores_dir"]) / "details.jsonl")).get(row["path"], {})
+    selected = record.get("selected", [])
+    if not selected:
+        return None
+    try:
+        return cached_focus_frames(str(path), ((selected[0]["frame"], tuple(selected[0]["box"])),))[0]
+    except Exception:  # noqa: BLE001  (the row stays decidable without its picture)
+        return None
+
+
+# ------------------------------------------------------------------------------------- budget, audit
 def budget_page(st, folders, roots, threshold) -> None:
     from adafocus.apps.score import exit_policy_for_budget
     from adafocus.core.checkpoint import load_checkpoint
@@ -548,7 +926,9 @@ def budget_page(st, folders, roots, threshold) -> None:
 
 
 def decisions_page(st, folders, roots, threshold) -> None:
-    st.header("Decisions")
+    st.header("Audit log")
+    st.caption("Append-only: every decision is a new row (who, when, what, the decision it replaced, the model "
+               "run); an item's current decision is its latest row.")
     for kind, folder in (("scan", folders["scans"]), ("video", folders["videos"])):
         if folder is None:
             continue
@@ -557,8 +937,8 @@ def decisions_page(st, folders, roots, threshold) -> None:
         st.subheader(f"{kind.capitalize()} decisions ({len(history)})")
         if history:
             st.dataframe(history, hide_index=True)
-        st.download_button(f"Export {kind} decisions (CSV)", store.export_csv(), file_name=f"{kind}_decisions.csv",
-                           mime="text/csv", key=f"{kind}_export")
+        st.download_button(f"Export the {kind} audit log (CSV)", store.export_csv(kind),
+                           file_name=f"{kind}_audit_log.csv", mime="text/csv", key=f"{kind}_export")
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@
   "needs review" flag when the prediction at the exit taken is uncertain (normalised entropy).
 - Path safety: every path that comes from an output file, a widget or an upload is resolved (symlinks
   and `..` included) and refused unless it lies inside one of the folders the app was started with.
-- Decisions: an SQLite log (confirm / dismiss / note, UTC time stamps) beside the outputs.
+- Triage: the flagged share of a queue and how often the model was wrong inside and outside it.
 - Uploads: size limit, NIfTI parsing from bytes, 3D/finite/non-constant checks, before anything else runs.
 - Identifiers: NIfTI header text fields that may carry patient identifiers are hidden unless opted in.
 
@@ -20,19 +20,15 @@ import io
 import json
 import math
 import os
-import sqlite3
 import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pandas as pd
 
-DECISIONS = ("confirm", "dismiss", "note")
-DECISIONS_FILE = "review_decisions.sqlite"
 DEFAULT_MAX_UPLOAD_MB = 100
 DEFAULT_REVIEW_ENTROPY = 0.8
 QUEUE_COLUMNS = ("item_id", "kind", "name", "prediction", "confidence", "risk", "entropy", "needs_review",
@@ -89,7 +85,9 @@ def find_prediction_files(scans_dir: str | Path) -> list[Path]:
 
 def scan_queue(scans_dir: str | Path) -> pd.DataFrame:
     """One row per scored scan from all predictions.tsv files under `scans_dir` (QUEUE_COLUMNS plus
-    participant_id, session_id, slices, boxes, fold_dir). item_id is "<participant>/<session>"."""
+    participant_id, session_id, slices, boxes, fold_dir; item_id "<participant>/<session>") and from every
+    `adafocus score` output of an MRI model there (apps.score_scans.scored_scan_records: item_id = the
+    scan's path, prediction = class name, plus preprocessed, scores_dir, model)."""
     records = []
     for path in find_prediction_files(scans_dir):
         with path.open(newline="", encoding="utf-8") as handle:
@@ -103,7 +101,12 @@ def scan_queue(scans_dir: str | Path) -> pd.DataFrame:
                     "entropy": normalised_entropy([1.0 - risk, risk]), "exit": int(row["exit"]),
                     "gmacs": float(row["gmacs"]), "label": row.get("label", ""),
                     "participant_id": row["participant_id"], "session_id": row["session_id"],
-                    "slices": row.get("slices", ""), "boxes": row.get("boxes", ""), "fold_dir": str(path.parent)})
+                    "slices": row.get("slices", ""), "boxes": row.get("boxes", ""), "fold_dir": str(path.parent),
+                    "boxes_voxels": row.get("boxes_voxels", ""), "boxes_mm": row.get("boxes_mm", ""),
+                    "fitted_flag": fitted_flag(row.get("needs_review"))})
+    from adafocus.apps.score_scans import scored_scan_records  # the clinical path: `adafocus score` outputs
+
+    records += scored_scan_records(scans_dir)
     return _finish_queue(records)
 
 
@@ -151,12 +154,24 @@ def _finish_queue(records: list[dict]) -> pd.DataFrame:
     return frame
 
 
-def flag_and_sort(queue: pd.DataFrame, entropy_threshold: float, decisions: dict[str, dict] | None = None
-                  ) -> pd.DataFrame:
-    """Set needs_review (entropy >= threshold), attach the latest decision per item_id, and sort: highest
-    risk first, flagged before unflagged at equal risk. Returns a new frame."""
+def fitted_flag(cell) -> bool | None:
+    """A needs_review cell written with a fitted threshold (cv predictions.tsv: 0/1) -> bool; None if absent."""
+    text = str(cell if cell is not None else "").strip()
+    return None if text in ("", "nan", "None") else text not in ("0", "False", "false")
+
+
+def flag_and_sort(queue: pd.DataFrame, entropy_threshold: float, decisions: dict[str, dict] | None = None, *,
+                  use_fitted: bool = True) -> pd.DataFrame:
+    """Set needs_review: the outputs' own flag (fitted on validation data, column fitted_flag) where present
+    and `use_fitted`, else entropy >= `entropy_threshold`; attach the latest decision per item_id; sort
+    highest risk first, flagged before unflagged at equal risk. Returns a new frame."""
     queue = queue.copy()
-    queue["needs_review"] = queue["entropy"].astype(float) >= entropy_threshold
+    flags = queue["entropy"].astype(float) >= entropy_threshold
+    if use_fitted and "fitted_flag" in queue.columns:
+        fitted = queue["fitted_flag"]
+        flags = pd.Series([bool(f) if isinstance(f, (bool, np.bool_)) else bool(e)
+                           for f, e in zip(fitted, flags)], index=queue.index, dtype=bool)
+    queue["needs_review"] = flags
     decisions = decisions or {}
     queue["decision"] = [decisions.get(i, {}).get("decision", "") for i in queue["item_id"]]
     queue["reviewed_at"] = [decisions.get(i, {}).get("created_at", "") for i in queue["item_id"]]
@@ -184,6 +199,116 @@ def filter_queue(queue: pd.DataFrame, *, needs_review_only: bool = False, predic
     return queue[keep].reset_index(drop=True)
 
 
+def class_names_from_manifest(rows: Iterable) -> dict[int, str]:
+    """label -> the diagnosis most manifest rows with that label carry (e.g. {0: "CN", 1: "AD"})."""
+    from collections import Counter
+
+    counts: dict[int, Counter] = {}
+    for row in rows:
+        if row.label is not None and str(row.diagnosis or "").strip():
+            counts.setdefault(int(row.label), Counter())[str(row.diagnosis).strip()] += 1
+    return {label: counter.most_common(1)[0][0] for label, counter in counts.items()}
+
+
+def scan_class_names(fold_dir: str | Path, experiment: dict, manifest_rows: Iterable = ()) -> dict[int, str]:
+    """Class names of a cv fold's predictions: the fold's model card (run folder), cv.json's class_names,
+    else the manifest's diagnoses per label."""
+    card = Path(fold_dir) / "model_card.json"
+    names = None
+    if card.is_file():
+        try:
+            names = json.loads(card.read_text(encoding="utf-8")).get("class_names")
+        except (OSError, ValueError, AttributeError):
+            names = None
+    names = names or experiment.get("class_names")
+    if isinstance(names, list) and all(isinstance(n, str) for n in names):
+        return dict(enumerate(names))
+    return class_names_from_manifest(manifest_rows)
+
+
+def model_run_id(path: str | Path | None) -> str:
+    """A short id of the model run behind some outputs, stored with every decision: "<run folder>@<first
+    12 hex digits of the sha256 of its best.pt>" (for a checkpoint file: of that file; for a cv fold without
+    one: of the parent's cv.json); "" when nothing identifies the model."""
+    import hashlib
+
+    if path is None:
+        return ""
+    path = Path(path)
+    candidates = [path] if path.is_file() else [path / "best.pt", path.parent / "cv.json"]
+    for candidate in candidates:
+        if candidate.is_file():
+            digest = hashlib.sha256(candidate.read_bytes()).hexdigest()[:12]
+            folder = candidate.parent if candidate.name != "cv.json" else path
+            return f"{folder.name}@{digest}"
+    return ""
+
+
+def model_was_wrong(row) -> bool | None:
+    """True/False when the truth is known: the reference label where the outputs carry one (cv folds),
+    else the reviewer's current decision (confirm = the model was right, dismiss = wrong); None otherwise."""
+    label = str(row.get("label", "") or "").strip()
+    if label and label.lower() != "nan":
+        return str(row["prediction"]) != label
+    decision = str(row.get("decision", "") or "")
+    return {"confirm": False, "dismiss": True}.get(decision)
+
+
+@dataclass(frozen=True)
+class TriageSummary:
+    """How a queue splits into flagged / not flagged, and the model's error rate in each part (None when
+    no item of that part has a known truth)."""
+
+    total: int
+    flagged: int
+    flagged_error_rate: float | None
+    unflagged_error_rate: float | None
+    known: int
+
+    @property
+    def flagged_share(self) -> float:
+        return self.flagged / self.total if self.total else 0.0
+
+    def line(self) -> str:
+        def rate(value: float | None) -> str:
+            return "unknown" if value is None else f"{value:.0%}"
+
+        return (f"{self.flagged} of {self.total} flagged ({self.flagged_share:.0%}); model error rate "
+                f"{rate(self.flagged_error_rate)} among flagged, {rate(self.unflagged_error_rate)} among the rest "
+                f"({self.known} items with a known answer)")
+
+
+def triage_summary(queue: pd.DataFrame) -> TriageSummary:
+    """Flagged share and error rates of a flagged-and-sorted queue (see model_was_wrong for the truth)."""
+    wrong = [model_was_wrong(row) for row in queue.to_dict("records")]
+    flagged = queue["needs_review"].astype(bool).tolist() if len(queue) else []
+
+    def rate(part: bool) -> float | None:
+        known = [w for w, f in zip(wrong, flagged) if f == part and w is not None]
+        return sum(known) / len(known) if known else None
+
+    return TriageSummary(total=len(queue), flagged=sum(flagged), flagged_error_rate=rate(True),
+                         unflagged_error_rate=rate(False), known=sum(w is not None for w in wrong))
+
+
+def neighbour_item(items: Sequence[str], current: str | None, step: int) -> str | None:
+    """The item `step` places after `current` in `items` (clamped at the ends); the first if current is gone."""
+    if not items:
+        return None
+    if current not in items:
+        return items[0]
+    return items[min(max(items.index(current) + step, 0), len(items) - 1)]
+
+
+def page_of(items: Sequence[str], page: int, page_size: int) -> list[str]:
+    """Items of 0-based page `page` (clamped to the last page)."""
+    if page_size < 1:
+        raise ValueError(f"page_size must be >= 1, got {page_size}")
+    last = max((len(items) - 1) // page_size, 0)
+    page = min(max(page, 0), last)
+    return list(items[page * page_size:(page + 1) * page_size])
+
+
 def parse_slices_and_boxes(slices: str, boxes: str) -> list[tuple[int, tuple[float, float, float, float]]]:
     """predictions.tsv cells ("12;30", "x0 y0 x1 y1;...") -> [(voxel slice index, box frame fractions)]."""
     indices = [int(s) for s in slices.split(";") if s.strip()]
@@ -191,56 +316,6 @@ def parse_slices_and_boxes(slices: str, boxes: str) -> list[tuple[int, tuple[flo
     if len(indices) != len(box_list) or any(len(b) != 4 for b in box_list):
         raise ValueError(f"slices {slices!r} and boxes {boxes!r} do not pair up")
     return list(zip(indices, box_list))
-
-
-# ------------------------------------------------------------------------------------------- decisions
-class DecisionStore:
-    """Review decisions in an SQLite file: one row per decision (history kept), newest wins in the queue."""
-
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._connect() as db:
-            db.execute("CREATE TABLE IF NOT EXISTS decisions (id INTEGER PRIMARY KEY AUTOINCREMENT, "
-                       "kind TEXT NOT NULL, item_id TEXT NOT NULL, decision TEXT NOT NULL, note TEXT NOT NULL, "
-                       "created_at TEXT NOT NULL)")
-
-    def _connect(self) -> sqlite3.Connection:
-        return sqlite3.connect(self.path, timeout=10)
-
-    def record(self, kind: str, item_id: str, decision: str, note: str = "", *, now: datetime | None = None) -> dict:
-        """Append a decision (one of DECISIONS) with a UTC ISO time stamp; returns it as a dict."""
-        if decision not in DECISIONS:
-            raise ValueError(f"decision must be one of {DECISIONS}, got {decision!r}")
-        if decision == "note" and not note.strip():
-            raise ValueError("a note decision needs some text")
-        stamp = (now or datetime.now(timezone.utc)).astimezone(timezone.utc).isoformat(timespec="seconds")
-        with self._connect() as db:
-            db.execute("INSERT INTO decisions (kind, item_id, decision, note, created_at) VALUES (?, ?, ?, ?, ?)",
-                       (kind, item_id, decision, note.strip(), stamp))
-        return {"kind": kind, "item_id": item_id, "decision": decision, "note": note.strip(), "created_at": stamp}
-
-    def history(self, kind: str | None = None) -> list[dict]:
-        """All decisions, oldest first (optionally of one kind)."""
-        query = "SELECT kind, item_id, decision, note, created_at FROM decisions"
-        params: tuple = ()
-        if kind is not None:
-            query, params = query + " WHERE kind = ?", (kind,)
-        with self._connect() as db:
-            rows = db.execute(query + " ORDER BY id", params).fetchall()
-        return [dict(zip(("kind", "item_id", "decision", "note", "created_at"), r)) for r in rows]
-
-    def latest(self, kind: str) -> dict[str, dict]:
-        """item_id -> its most recent decision."""
-        return {d["item_id"]: d for d in self.history(kind)}
-
-    def export_csv(self) -> str:
-        """Every decision as CSV text (kind, item_id, decision, note, created_at)."""
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=["kind", "item_id", "decision", "note", "created_at"])
-        writer.writeheader()
-        writer.writerows(self.history())
-        return buffer.getvalue()
 
 
 # ---------------------------------------------------------------------------------------------- uploads

@@ -10,15 +10,12 @@ A run killed at any moment (SIGKILL included) leaves at most a trailing partial 
 drops it, drops details lines of files without a CSV row, and scores only files that have no row yet
 (rows with status "error" count as done: delete those rows to retry them).
 
-Under ``torchrun --nproc_per_node=N`` input i goes to rank i % N; each rank appends to its own hidden
-part files next to --out, and rank 0 merges them into scores.csv / details.jsonl at the end (and at the
-start, if an earlier distributed run was killed before merging). The output folder must be one that
-every rank sees (always true on one machine).
+To score across processes or machines, `score --ray` (apps/score_ray.py) runs the same pieces on Ray Data:
+decoding in Ray tasks, the model in an actor pool, rows written by this process as they stream in.
 """
 from __future__ import annotations
 
 import csv
-import datetime
 import glob
 import hashlib
 import io
@@ -35,21 +32,20 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
-from adafocus.apps.video_runs import read_class_names
-from adafocus.core.checkpoint import load_checkpoint
-from adafocus.core.exits import ExitPolicy, exit_scores, solve_budget
+from adafocus.apps.calibrate import exit_policy_for_budget
+from adafocus.core.engine import prepare_for_inference
+from adafocus.core.exits import ExitPolicy
+from adafocus.core.geometry import focus_locations
 from adafocus.core.io import atomic_write, atomic_write_text
 from adafocus.core.model import UniAdaFocus
-from adafocus.core.train import cuda_autocast, init_distributed, load_exit_policy, load_model, resolve_device
+from adafocus.core.run import load_run
+from adafocus.core.train import cuda_autocast, resolve_device
 from adafocus.datasets.video import (
     VIDEO_EXTENSIONS,
     ClipInfo,
     VideoDecodeError,
     decode_frames,
-    frame_time_s,
     load_clip,
-    output_box_to_source,
     probe_video,
 )
 from adafocus.datasets.video_sets import find_videos
@@ -61,7 +57,6 @@ SCORE_EXTENSIONS = VIDEO_EXTENSIONS + (".m4v", ".mpg", ".mpeg", ".wmv", ".flv", 
 MAX_DECODE_BYTES = 2 * 1024 ** 3
 BASE_COLUMNS = ("path", "status", "error", "note", "label")
 TAIL_COLUMNS = ("exit_step", "gmacs", "decode_ms", "model_ms")
-_DIST_TIMEOUT = datetime.timedelta(hours=12)  # ranks wait for the slowest shard before merging
 _GLOB_CHARS = set("*?[")
 
 
@@ -159,27 +154,7 @@ def collate_scored(items: list[dict[str, Any]]) -> dict[str, Any]:
 # Budget
 
 
-def exit_policy_for_budget(checkpoint: str | Path, budget: float, model: UniAdaFocus) -> ExitPolicy:
-    """Exit thresholds meeting `budget` GMACs/video: refitted on the calibration logits (calibration.pt)
-    stored next to the checkpoint, or the exit_policy.json there when it was fitted for this budget."""
-    folder = Path(checkpoint).parent
-    calibration = folder / "calibration.pt"
-    if calibration.is_file():
-        state = load_checkpoint(calibration)
-        logits, criterion = state["logits"], state["config"]["criterion"]
-        if logits.ndim != 3 or logits.shape[1] != model.config.num_exits:
-            raise ValueError(f"{calibration} has logits of shape {tuple(logits.shape)}, not for this model's "
-                             f"{model.config.num_exits} exits; re-run calibration")
-        return solve_budget(exit_scores(logits, criterion), model.exit_costs(), budget, criterion=criterion)
-    policy_file = folder / "exit_policy.json"
-    if policy_file.is_file():
-        policy = load_exit_policy(policy_file)
-        if not math.isclose(policy.budget, budget, rel_tol=1e-3):
-            raise ValueError(f"{policy_file} is fitted for {policy.budget:.6g} GMACs and there is no "
-                             f"calibration.pt to refit it for {budget:.6g}; re-run calibration")
-        return policy
-    raise FileNotFoundError(f"--budget needs calibration.pt or exit_policy.json next to {checkpoint} "
-                            f"(written by `adafocus train` and `adafocus calibrate`)")
+# exit_policy_for_budget lives in apps/calibrate.py (imported above) so scans, videos and the app share it.
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -285,57 +260,8 @@ class OutputFiles:
             _append_synced(self.csv, "".join(_csv_line(row) for row in rows))
 
 
-def part_files(out_csv: Path, details: Path | None, rank: int) -> OutputFiles:
-    """A rank's hidden part files next to the final outputs."""
-    def part(path: Path) -> Path:
-        return path.with_name(f".{path.name}.rank{rank}.part")
-    return OutputFiles(part(out_csv), None if details is None else part(details))
-
-
-def merge_parts(final: OutputFiles, columns: list[str]) -> None:
-    """Append every rank's complete part rows to the final files (skipping files already there), then
-    delete the parts. Safe to repeat after a crash: rows already merged are recognised by path."""
-    done = prepare_csv(final.csv, columns)
-    for part_csv in sorted(final.csv.parent.glob(f".{final.csv.name}.rank*.part")):
-        rank = part_csv.name.rsplit(".rank", 1)[1].split(".")[0]
-        header, rows = read_rows(part_csv)
-        new_rows = [row for row in rows if header == columns and row["path"] not in done]
-        part_details = None if final.details is None else \
-            final.details.with_name(f".{final.details.name}.rank{rank}.part")
-        details = []
-        if part_details is not None and part_details.is_file():
-            wanted = {row["path"] for row in new_rows}
-            for line in _complete_lines(part_details.read_text(encoding="utf-8")):
-                record_path = _record_path(line)
-                if record_path in wanted:
-                    details.append(json.loads(line))
-                    wanted.discard(record_path)
-        final.append([[row[c] for c in columns] for row in new_rows], details)
-        done.update({row["path"]: row["status"] for row in new_rows})
-        part_csv.unlink()
-        if part_details is not None:
-            part_details.unlink(missing_ok=True)
-
-
 # ----------------------------------------------------------------------------------------------------
 # Rows, details and contact sheets
-
-
-def selected_frames(result_frames: list[int], result_boxes: list[list[float]], info: ClipInfo
-                    ) -> list[dict[str, Any]]:
-    """Focus steps the model took -> [{"frame": source index, "time_s", "box": [x0, y0, x1, y1] source px}].
-
-    result_frames: candidate index per focus step (-1 = not processed); result_boxes: frame fractions.
-    """
-    selected = []
-    for candidate, box in zip(result_frames, result_boxes):
-        if candidate < 0:
-            continue
-        frame = info.frame_indices[candidate]
-        source_box = output_box_to_source(box, info)
-        selected.append({"frame": frame, "time_s": round(frame_time_s(frame, info), 4),
-                         "box": [round(v, 1) for v in source_box]})
-    return selected
 
 
 def thumbnail_path(folder: Path, video_path: str) -> Path:
@@ -442,33 +368,69 @@ def cpu_threads(device: torch.device, count: int):
         torch.set_num_threads(previous)
 
 
-def _init_distributed(device: torch.device):
-    """Join torchrun's process group (long timeout: ranks wait for the slowest shard)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", timeout=_DIST_TIMEOUT)
-    return init_distributed(device)
-
-
 def score_videos(inputs: Sequence[str], checkpoint: str | Path, out_csv: str | Path, *,
                  details: str | Path | None = None, budget: float | None = None,
                  thumbnails: str | Path | None = None, device: str = "auto", workers: int = 2,
-                 batch_size: int = 16, progress: bool = True, log: Callable[[str], None] = print
-                 ) -> ScoreSummary:
+                 batch_size: int = 16, progress: bool = True, log: Callable[[str], None] = print,
+                 engine: str = "auto", precision: str = "fp32") -> ScoreSummary:
     """Score every input video with the checkpoint; see the module docstring for the outputs' guarantees.
 
     CSV columns: path, status (ok | error), error, note, label, p_<class> per class, exit_step (0 = glance
     only, k = after k patches), gmacs, decode_ms, model_ms (the batch's model time shared by its files).
     details.jsonl: {"path", "status", "label", "probs": {class: p}, "exit_step", "gmacs", "selected":
-    [{"frame", "time_s", "box": [x0, y0, x1, y1] in source pixels}], "source_size": [W, H], "fps",
+    [{"frame", "time_s", "box": [x0, y0, x1, y1] in source pixels}], "glance_weights": [{"frame", "time_s",
+    "weight"}] (the temporal policy over the glance frames), "source_size": [W, H], "fps",
     "thumbnail"} (errors: "path", "status", "error").
     """
     started = time.perf_counter()
     dev = resolve_device(device)
     paths = collect_inputs(inputs)
-    model, _ = load_model(checkpoint, device=str(dev))
-    class_names = read_class_names(checkpoint, model.config.num_classes)
-    policy = None if budget is None else exit_policy_for_budget(checkpoint, budget, model)
-    columns = csv_columns(class_names)
+    model, class_names, policy = load_scoring_model(checkpoint, dev, budget, engine=engine, precision=precision)
+    final, thumb_dir, done = prepare_outputs(out_csv, details, thumbnails, csv_columns(class_names))
+    todo = [p for p in paths if p not in done]
+    summary = ScoreSummary(files=len(paths), skipped=len(paths) - len(todo))
+    if summary.skipped:
+        log(f"skipping {summary.skipped} of {len(paths)} files already in {final.csv}")
+    c = model.config
+    loader = DataLoader(ScoreInputs(todo, c.num_candidates, c.frame_size), batch_size=batch_size,
+                        num_workers=workers, collate_fn=collate_scored, pin_memory=dev.type == "cuda")
+    bar = None
+    if progress and todo:
+        from tqdm import tqdm
+        bar = tqdm(total=len(todo), unit="file", dynamic_ncols=True, desc="scoring")
+    loop_started = waited_from = time.perf_counter()
+    with cpu_threads(dev, model_threads(workers)):
+        for batch in loader:
+            summary.wait_s += time.perf_counter() - waited_from
+            rows, records = _score_batch(model, batch, policy, class_names, thumb_dir, dev, summary)
+            final.append(rows, records)
+            if bar is not None:
+                bar.update(len(batch["items"]))
+            waited_from = time.perf_counter()
+    summary.loop_s = time.perf_counter() - loop_started
+    if bar is not None:
+        bar.close()
+    return finish_summary(summary, final, thumb_dir, paths, todo, started)
+
+
+def load_scoring_model(checkpoint: str | Path, device: torch.device, budget: float | None, *,
+                       engine: str = "auto", precision: str = "fp32"
+                       ) -> tuple[UniAdaFocus, list[str], ExitPolicy | None]:
+    """(model ready for inference on `device` with `engine` (adafocus.core.engine), class names, exit policy
+    for `budget` or None). `checkpoint` is a run folder or its best.pt / last.pt (RunFolder.locate)."""
+    run = load_run(checkpoint, device=str(device))
+    if run.card.domain == "mri":
+        raise ValueError(f"{run.checkpoint} is an MRI model: score scans with it (NIfTI, DICOM, BIDS, a manifest)")
+    model, class_names = run.model, run.card.class_names
+    policy = None if budget is None else exit_policy_for_budget(run.folder, budget, model)
+    prepare_for_inference(model, engine=engine, precision=precision)
+    return model, class_names, policy
+
+
+def prepare_outputs(out_csv: str | Path, details: str | Path | None, thumbnails: str | Path | None,
+                    columns: list[str]) -> tuple[OutputFiles, Path | None, dict[str, str]]:
+    """Create the output folders, make the CSV appendable (a partial last line dropped) and prune details
+    lines without a CSV row; return (output files, thumbnail folder or None, {path: status} already done)."""
     final = OutputFiles(Path(out_csv), None if details is None else Path(details))
     for path in (final.csv, final.details):
         if path is not None:
@@ -476,66 +438,21 @@ def score_videos(inputs: Sequence[str], checkpoint: str | Path, out_csv: str | P
     thumb_dir = None if thumbnails is None else Path(thumbnails)
     if thumb_dir is not None:
         thumb_dir.mkdir(parents=True, exist_ok=True)
+    done = prepare_csv(final.csv, columns)
+    if final.details is not None:
+        prune_details(final.details, done)
+    return final, thumb_dir, done
 
-    ctx = _init_distributed(dev)
-    if ctx.enabled and dev.type == "cuda":
-        dev = torch.device("cuda", ctx.local_rank)
-        model.to(dev)
-    model.optimize_for_inference()
-    if ctx.is_main:
-        merge_parts(final, columns)  # parts left by a killed distributed run
-        done = prepare_csv(final.csv, columns)
-        if final.details is not None:
-            prune_details(final.details, done)
-    if ctx.enabled:
-        dist.barrier()
-        _, rows = read_rows(final.csv)
-        done = {row["path"]: row["status"] for row in rows}
-    todo_all = [p for p in paths if p not in done]
-    mine = [p for i, p in enumerate(paths) if i % ctx.world_size == ctx.rank and p not in done]
-    out = part_files(final.csv, final.details, ctx.rank) if ctx.enabled else final
-    if ctx.enabled:
-        prepare_csv(out.csv, columns)
-        if out.details is not None:
-            prune_details(out.details, ())
 
-    summary = ScoreSummary(files=len(paths), skipped=len(paths) - len(todo_all))
-    if ctx.is_main and summary.skipped:
-        log(f"skipping {summary.skipped} of {len(paths)} files already in {final.csv}")
-    c = model.config
-    loader = DataLoader(ScoreInputs(mine, c.num_candidates, c.frame_size), batch_size=batch_size,
-                        num_workers=workers, collate_fn=collate_scored, pin_memory=dev.type == "cuda")
-    bar = None
-    if progress and ctx.is_main and mine:
-        from tqdm import tqdm
-        bar = tqdm(total=len(mine), unit="file", dynamic_ncols=True,
-                   desc="scoring" if not ctx.enabled else f"scoring (rank 0 of {ctx.world_size})")
-    loop_started = waited_from = time.perf_counter()
-    with cpu_threads(dev, model_threads(workers)):
-        for batch in loader:
-            summary.wait_s += time.perf_counter() - waited_from
-            rows, records = _score_batch(model, batch, policy, class_names, thumb_dir, dev, summary)
-            out.append(rows, records)
-            if bar is not None:
-                bar.update(len(batch["items"]))
-            waited_from = time.perf_counter()
-    summary.loop_s = time.perf_counter() - loop_started
-    if bar is not None:
-        bar.close()
-
-    if ctx.enabled:
-        dist.barrier()
-        if ctx.is_main:
-            merge_parts(final, columns)
-        dist.barrier()
-        dist.destroy_process_group()
-    if ctx.is_main:
-        _, rows = read_rows(final.csv)
-        status = {row["path"]: row["status"] for row in rows}
-        todo = set(todo_all)
-        summary.scored = sum(1 for p, s in status.items() if p in todo and s == "ok")
-        summary.failed = sum(1 for p, s in status.items() if p in todo and s != "ok")
-        summary.exit_code = 0 if any(status.get(p) == "ok" for p in paths) else 1
+def finish_summary(summary: ScoreSummary, final: OutputFiles, thumb_dir: Path | None, paths: Sequence[str],
+                   todo: Sequence[str], started: float) -> ScoreSummary:
+    """Fill in the counts (from the CSV on disk: what is recorded is what counts), exit code and outputs."""
+    _, rows = read_rows(final.csv)
+    status = {row["path"]: row["status"] for row in rows}
+    todo = set(todo)
+    summary.scored = sum(1 for p, s in status.items() if p in todo and s == "ok")
+    summary.failed = sum(1 for p, s in status.items() if p in todo and s != "ok")
+    summary.exit_code = 0 if any(status.get(p) == "ok" for p in paths) else 1
     summary.wall_s = time.perf_counter() - started
     summary.outputs = {"scores": str(final.csv)}
     if final.details is not None:
@@ -543,6 +460,17 @@ def score_videos(inputs: Sequence[str], checkpoint: str | Path, out_csv: str | P
     if thumb_dir is not None:
         summary.outputs["thumbnails"] = str(thumb_dir)
     return summary
+
+
+def glance_weights(weights: list[float], config, info: ClipInfo) -> list[dict[str, Any]]:
+    """The temporal policy's weight per glance frame at that frame's source position (the glance samples
+    the test-time segment centres of the candidates): [{"frame", "time_s", "weight"}] (review timeline)."""
+    from adafocus.core.sampling import uniform_frames
+    from adafocus.datasets.video import frame_time_s
+
+    positions = uniform_frames(1, len(weights), config.num_candidates, random_offsets=False)[0].tolist()
+    return [{"frame": info.frame_indices[p], "time_s": round(frame_time_s(info.frame_indices[p], info), 4),
+             "weight": round(w, 5)} for p, w in zip(positions, weights)]
 
 
 def _score_batch(model: UniAdaFocus, batch: dict[str, Any], policy: ExitPolicy | None, class_names: list[str],
@@ -566,7 +494,9 @@ def _score_batch(model: UniAdaFocus, batch: dict[str, Any], policy: ExitPolicy |
             record = {"path": item["path"], "status": "ok", "label": label,
                       "probs": {name: round(float(p), 6) for name, p in zip(class_names, probs[j])},
                       "exit_step": int(exits[j]), "gmacs": round(float(gmacs[j]), 6),
-                      "selected": selected_frames(frames[j].tolist(), boxes[j].tolist(), info),
+                      "selected": focus_locations(frames[j].tolist(), boxes[j].tolist(), info),
+                      "glance_weights": glance_weights(result.frame_weights[j].float().tolist(), model.config,
+                                                       info),
                       "source_size": [info.source_size[1], info.source_size[0]], "fps": info.fps,
                       "note": item["note"]}
             if thumb_dir is not None:
@@ -601,12 +531,40 @@ def score_command(args) -> int:
     """`adafocus score` (see apps/cli.py for the arguments): score, print the summary, return the exit code."""
     if args.workers < 0 or args.batch_size < 1:
         raise ValueError(f"need --workers >= 0 and --batch-size >= 1, got {args.workers} and {args.batch_size}")
-    summary = score_videos(args.inputs, args.model, args.out, details=args.details, budget=args.budget,
-                           thumbnails=args.thumbnails, device=args.device, workers=args.workers,
-                           batch_size=args.batch_size, progress=not args.quiet)
-    if int(os.environ.get("RANK", "0")) == 0:
-        print(summary.line())
-        print("  ".join(f"{name}: {path}" for name, path in summary.outputs.items()))
-        if summary.exit_code:
-            print("nothing could be scored: every input failed (see the error column)", file=sys.stderr)
+    from adafocus.apps.score_scans import output_paths, score_scans
+
+    ray_address = getattr(args, "ray", None)  # --ray: apps/score_ray.py (preprocessing / decoding + model on Ray)
+    if load_run(args.model, device="cpu").card.domain == "mri":
+        executor = None
+        if ray_address is not None:
+            from adafocus.apps.score_ray import ray_scan_executor
+
+            executor = ray_scan_executor(ray_address)
+        summary = score_scans(args.inputs, args.model, args.out, details=args.details, budget=args.budget,
+                              cache=args.cache, device=args.device, workers=args.workers,
+                              batch_size=args.batch_size, progress=not args.quiet, executor=executor)
+    else:
+        out_csv, details = output_paths(args.out, args.details) if Path(args.out).suffix != ".csv" \
+            else (Path(args.out), args.details)
+        if ray_address is not None:
+            from adafocus.apps.score_ray import score_on_ray
+
+            summary = score_on_ray(args.inputs, args.model, out_csv, details=details, budget=args.budget,
+                                   thumbnails=args.thumbnails, device=args.device, batch_size=args.batch_size,
+                                   address=ray_address, progress=not args.quiet,
+                                   engine=getattr(args, "engine", "auto"), precision=getattr(args, "precision", "fp32"))
+        else:
+            summary = score_videos(args.inputs, args.model, out_csv, details=details, budget=args.budget,
+                                   thumbnails=args.thumbnails, device=args.device, workers=args.workers,
+                                   batch_size=args.batch_size, progress=not args.quiet,
+                                   engine=getattr(args, "engine", "auto"), precision=getattr(args, "precision", "fp32"))
+    return print_summary(summary)
+
+
+def print_summary(summary: ScoreSummary) -> int:
+    """Print what a scoring run did and where its outputs are; return its exit code."""
+    print(summary.line())
+    print("  ".join(f"{name}: {path}" for name, path in summary.outputs.items()))
+    if summary.exit_code:
+        print("nothing could be scored: every input failed (see the error column)", file=sys.stderr)
     return summary.exit_code

@@ -22,7 +22,9 @@ from adafocus.apps.score import (
 )
 from adafocus.core.checkpoint import save_checkpoint
 from adafocus.core.config import get_preset
+from adafocus.core.engine import prepare_for_inference, resolve_engine
 from adafocus.core.model import UniAdaFocus
+from adafocus.core.run import RunFolder
 from adafocus.core.train import cuda_autocast, load_model, resolve_device
 
 
@@ -44,16 +46,17 @@ def untrained_checkpoint(preset_name: str, path: Path) -> Path:
     """A randomly initialised model of a preset (speed does not depend on the weights; nothing downloaded)."""
     preset = get_preset(preset_name, glance_pretrained=None, local_pretrained=None)
     torch.manual_seed(0)
+    path.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(path, config=preset.to_dict(), model_state=UniAdaFocus(preset.model).state_dict())
     return path
 
 
 def model_only_rate(checkpoint: str | Path, paths: Sequence[str], *, batch_size: int, device: str,
-                    threads: int, min_seconds: float = 2.0) -> float:
+                    threads: int, min_seconds: float = 2.0, engine: str = "auto", precision: str = "fp32") -> float:
     """Videos/s of `model.infer` alone on one batch of already decoded clips (after a warm-up pass), with
-    `threads` CPU threads on the CPU (as while scoring)."""
+    `threads` CPU threads on the CPU (as while scoring) and the engine `score_videos` uses."""
     model, _ = load_model(checkpoint, device=device)
-    model.optimize_for_inference()  # as `score_videos` runs it
+    prepare_for_inference(model, engine=engine, precision=precision)  # as `score_videos` runs it
     dev = resolve_device(device)
     c = model.config
     inputs = ScoreInputs(list(paths[:batch_size]), c.num_candidates, c.frame_size)
@@ -73,24 +76,28 @@ def model_only_rate(checkpoint: str | Path, paths: Sequence[str], *, batch_size:
 
 
 def bench_score(inputs: Sequence[str] = (), *, checkpoint: str | Path | None = None, preset: str = "cpu-video",
-                videos: int = 48, workers: int = 2, batch_size: int = 16, device: str = "auto") -> dict:
+                videos: int = 48, workers: int = 2, batch_size: int = 16, device: str = "auto",
+                engine: str = "auto", precision: str = "fp32") -> dict:
     """Score the inputs (default: `videos` links to real sample clips) into a scratch folder, then time the
     model alone on one decoded batch. Returns the numbers as a dict (videos/s, shares of time)."""
     with tempfile.TemporaryDirectory(prefix="adafocus-bench-") as scratch:
         scratch = Path(scratch)
         paths = collect_inputs(inputs) if inputs else sample_video_links(scratch / "videos", videos)
         if checkpoint is None:
-            checkpoint = untrained_checkpoint(preset, scratch / "model.pt")
+            checkpoint = untrained_checkpoint(preset, RunFolder(scratch / "run").best)
         summary = score_videos(paths, checkpoint, scratch / "scores.csv", device=device, workers=workers,
-                               batch_size=batch_size, progress=False, log=lambda _: None)
+                               batch_size=batch_size, progress=False, log=lambda _: None, engine=engine,
+                               precision=precision)
         threads = model_threads(workers)
-        model_rate = model_only_rate(checkpoint, paths, batch_size=batch_size, device=device, threads=threads)
+        model_rate = model_only_rate(checkpoint, paths, batch_size=batch_size, device=device, threads=threads,
+                                     engine=engine, precision=precision)
     files = summary.scored + summary.failed
     busy_ms = summary.decode_ms + summary.model_ms
     return {
         "videos": files, "failed": summary.failed, "workers": workers, "model_threads": threads,
         "batch_size": batch_size,
         "device": str(resolve_device(device)),
+        "engine": resolve_engine(engine, resolve_device(device), precision), "precision": precision,
         "end_to_end_videos_per_s": files / summary.loop_s if summary.loop_s > 0 else 0.0,
         "decode_ms_per_video": summary.decode_ms / max(files, 1),
         "model_ms_per_video": summary.model_ms / max(files, 1),
@@ -100,16 +107,17 @@ def bench_score(inputs: Sequence[str] = (), *, checkpoint: str | Path | None = N
     }
 
 
-def _scaling_worker(count: int, preset: str, workers: int, batch_size: int, device: str, queue) -> None:
+def _scaling_worker(count: int, preset: str, workers: int, batch_size: int, device: str, queue,
+                    engine: str = "auto", precision: str = "fp32") -> None:
     """Child process: score ``count`` sample links with an untrained model (scores.csv + details.jsonl) and
     report time per file and the peak resident memory of this process and of its decoding workers."""
     with tempfile.TemporaryDirectory(prefix="adafocus-bench-") as scratch:
         scratch = Path(scratch)
         paths = sample_video_links(scratch / "videos", count)
-        checkpoint = untrained_checkpoint(preset, scratch / "model.pt")
+        checkpoint = untrained_checkpoint(preset, RunFolder(scratch / "run").best)
         summary = score_videos(paths, checkpoint, scratch / "scores.csv", details=scratch / "details.jsonl",
                                device=device, workers=workers, batch_size=batch_size, progress=False,
-                               log=lambda _: None)
+                               log=lambda _: None, engine=engine, precision=precision)
     queue.put({"files": count, "failed": summary.failed, "loop_s": summary.loop_s,
                "ms_per_file": 1000.0 * summary.loop_s / count, "files_per_s": count / summary.loop_s,
                # ru_maxrss is in KiB on Linux; RUSAGE_CHILDREN = the largest finished worker
@@ -118,7 +126,7 @@ def _scaling_worker(count: int, preset: str, workers: int, batch_size: int, devi
 
 
 def score_scaling(counts: Sequence[int], *, preset: str = "cpu-video", workers: int = 2, batch_size: int = 16,
-                  device: str = "auto") -> list[dict]:
+                  device: str = "auto", engine: str = "auto", precision: str = "fp32") -> list[dict]:
     """One row per file count: ms per file, files/s and peak memory of a whole `score_videos` run on that
     many copies of the sample clips. Each count runs in a fresh process so that peaks do not carry over."""
     if not counts or min(counts) < 1:
@@ -127,7 +135,8 @@ def score_scaling(counts: Sequence[int], *, preset: str = "cpu-video", workers: 
     rows = []
     for count in counts:
         queue = context.Queue()
-        process = context.Process(target=_scaling_worker, args=(count, preset, workers, batch_size, device, queue))
+        process = context.Process(target=_scaling_worker, args=(count, preset, workers, batch_size, device, queue,
+                                                                engine, precision))
         process.start()
         try:
             rows.append(queue.get(timeout=3600))
@@ -148,9 +157,11 @@ def format_scaling_table(rows: list[dict]) -> str:
 
 def bench_score_command(args) -> int:
     """`adafocus bench score` (arguments in apps/cli.py)."""
+    if getattr(args, "ray", None) is not None:
+        return _bench_ray_command(args)
     if args.files:
         rows = score_scaling(args.files, preset=args.preset, workers=args.workers, batch_size=args.batch_size,
-                             device=args.device)
+                             device=args.device, engine=args.engine, precision=args.precision)
         if args.json:
             print(json.dumps(rows, indent=2))
         else:
@@ -159,16 +170,31 @@ def bench_score_command(args) -> int:
             print(format_scaling_table(rows))
         return 0
     result = bench_score(args.inputs, checkpoint=args.model, preset=args.preset, videos=args.videos,
-                         workers=args.workers, batch_size=args.batch_size, device=args.device)
+                         workers=args.workers, batch_size=args.batch_size, device=args.device, engine=args.engine,
+                         precision=args.precision)
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
     print(f"end to end: {result['end_to_end_videos_per_s']:.1f} videos/s ({result['videos']} videos, "
           f"{result['workers']} decode workers, {result['model_threads']} model threads, batch "
-          f"{result['batch_size']}, {result['device']})")
+          f"{result['batch_size']}, {result['device']}, engine {result['engine']} {result['precision']})")
     print(f"decoding:   {result['decode_ms_per_video']:.1f} ms/video in workers = "
           f"{result['decode_share_of_work']:.0%} of decode + model time; the model waited for decoded batches "
           f"{result['waiting_for_decode_share_of_wall']:.0%} of the wall time")
     print(f"model only: {result['model_only_videos_per_s']:.1f} videos/s "
           f"({result['model_ms_per_video']:.1f} ms/video while scoring)")
+    return 0
+
+
+def _bench_ray_command(args) -> int:
+    """`adafocus bench score --ray [ADDRESS]`: the Ray path against the local path on the same files."""
+    from adafocus.apps.score_ray import bench_ray_against_local, format_ray_bench
+
+    with tempfile.TemporaryDirectory(prefix="adafocus-bench-") as scratch:
+        scratch = Path(scratch)
+        paths = collect_inputs(args.inputs) if args.inputs else sample_video_links(scratch / "videos", args.videos)
+        checkpoint = args.model or untrained_checkpoint(args.preset, RunFolder(scratch / "run").best)
+        result = bench_ray_against_local(paths, checkpoint, scratch, workers=args.workers,
+                                         batch_size=args.batch_size, device=args.device, address=args.ray)
+    print(json.dumps(result, indent=2) if args.json else format_ray_bench(result))
     return 0

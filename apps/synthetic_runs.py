@@ -14,6 +14,7 @@ from adafocus.core.exits import ExitPolicy, exit_accuracy, random_exit_accuracy
 from adafocus.core.geometry import box_contains_points
 from adafocus.core.io import atomic_write_json, atomic_write_text
 from adafocus.core.model import UniAdaFocus
+from adafocus.core.run import ModelCard, RunFolder, frames_input, make_card
 from adafocus.core.train import calibrate, load_model, train
 from adafocus.datasets.synthetic import FocusTaskConfig, SyntheticFocusDataset, collate, object_centre
 from torch.utils.data import DataLoader
@@ -28,6 +29,23 @@ def synthetic_splits(preset: Preset) -> dict[str, SyntheticFocusDataset]:
     sizes = {"train": preset.data.train_samples, "val": preset.data.val_samples,
              "calibration": preset.data.calibration_samples, "test": preset.data.test_samples}
     return {name: SyntheticFocusDataset(sizes[name], task, seed=SPLIT_SEEDS[name]) for name in sizes}
+
+
+def synthetic_card(preset: Preset) -> ModelCard:
+    """Model card of a synthetic-task model: its calibration split is the task's own (seeded) one."""
+    model = preset.to_dict()["model"]
+    return make_card("synthetic", preset.to_dict(), [f"class_{i}" for i in range(preset.model.num_classes)],
+                     frames_input(model, task=dict(preset.data.task)),
+                     {"source": "synthetic", "subset": "calibration", "seed": SPLIT_SEEDS["calibration"],
+                      "samples": preset.data.calibration_samples})
+
+
+def train_synthetic(preset: Preset, out_dir: str | Path, *, device: str = "auto", resume: bool = True,
+                    progress: bool = True, log=print) -> dict:
+    """Train on the synthetic task's train split (val for model selection) into a run folder."""
+    splits = synthetic_splits(preset)
+    return train(preset, splits["train"], splits["val"], out_dir, device=device, resume=resume, collate_fn=collate,
+                 progress=progress, log=log, card=synthetic_card(preset))
 
 
 def with_policies(model: UniAdaFocus, *, patch_policy: str | None = None,
@@ -117,10 +135,11 @@ def run_demo(out_dir: Path, *, epochs: int | None = None, device: str = "auto", 
     if epochs is not None:
         preset.train.epochs = epochs
     splits = synthetic_splits(preset)
-    run_dir = out_dir / "run"
+    run = RunFolder(out_dir / "run")
+    run_dir = run.path
     log(f"[1/4] training {preset_name} on the synthetic focus task -> {run_dir}")
-    train(preset, splits["train"], splits["val"], run_dir, device=device, collate_fn=collate, log=log)
-    model, _ = load_model(run_dir / "best.pt", device="cpu")
+    train_synthetic(preset, run_dir, device=device, log=log)
+    model, _ = load_model(run.best, device="cpu")
 
     costs = model.exit_costs()
     budget = 0.5 * (costs[0] + costs[-1])
@@ -143,7 +162,7 @@ def run_demo(out_dir: Path, *, epochs: int | None = None, device: str = "auto", 
     atomic_write_json(out_dir / "results.json", results)
     atomic_write_text(out_dir / "report.md", _report_markdown(results))
     log(f"done in {results['seconds']:.0f}s. Results: {out_dir / 'report.md'}, {out_dir / 'results.json'}, "
-        f"{figure}, checkpoint {run_dir / 'best.pt'}, thresholds {run_dir / 'exit_policy.json'}")
+        f"{figure}, checkpoint {run.best}, thresholds {run.exit_policy()}")
     return results
 
 

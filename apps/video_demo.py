@@ -15,9 +15,10 @@ from pathlib import Path
 
 import numpy as np
 from adafocus.apps.score import read_rows, score_videos
-from adafocus.apps.video_runs import SPLIT_FILE, train_on_videos
+from adafocus.apps.video_runs import train_on_videos
 from adafocus.core.config import get_preset
 from adafocus.core.io import atomic_write_json
+from adafocus.core.run import RunFolder
 from adafocus.datasets.synthetic import FocusTaskConfig, SyntheticFocusDataset, write_class_folder_videos
 from adafocus.datasets.video import decode_frames, probe_video
 
@@ -104,7 +105,7 @@ def check_against_truth(scores_csv: Path, details: Path, truth_file: Path, subse
 
 
 def _test_split_paths(run_dir: Path) -> set[str]:
-    split = json.loads((run_dir / SPLIT_FILE).read_text(encoding="utf-8"))
+    split = json.loads(RunFolder(run_dir).split.read_text(encoding="utf-8"))
     return {path for path, _ in split["splits"]["test"]}
 
 
@@ -130,7 +131,7 @@ def run_video_demo(out_dir: str | Path, *, epochs: int | None = None, device: st
     log(f"[3/3] scoring the folder at {budget:.4g} GMACs/video ({DEMO_BUDGET_FRACTION:.0%} of looking at every "
         f"patch; thresholds refitted from calibration.pt), with contact sheets")
     scores, details, sheets = out_dir / "scores.csv", out_dir / "details.jsonl", out_dir / "contact_sheets"
-    summary = score_videos([str(data_root)], run_dir / "best.pt", scores, details=details, budget=budget,
+    summary = score_videos([str(data_root)], RunFolder(run_dir).best, scores, details=details, budget=budget,
                            thumbnails=sheets, device=device, log=log)
     log(summary.line())
     results = {
@@ -141,7 +142,7 @@ def run_video_demo(out_dir: str | Path, *, epochs: int | None = None, device: st
         "scoring": {"files_per_s": (summary.scored + summary.failed) / max(summary.wall_s, 1e-9),
                     "scored": summary.scored, "failed": summary.failed, "skipped": summary.skipped},
         "outputs": {"scores": str(scores), "details": str(details), "contact_sheets": str(sheets),
-                    "checkpoint": str(run_dir / "best.pt"), "ground_truth": str(truth)},
+                    "checkpoint": str(RunFolder(run_dir).best), "ground_truth": str(truth)},
         "seconds": time.perf_counter() - started,
     }
     atomic_write_json(out_dir / "video_demo.json", results)

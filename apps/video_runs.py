@@ -4,12 +4,14 @@
 split is drawn once and stored in the run folder, the shared trainer runs (progress, per-epoch log,
 resume), and at the end the calibration needed for compute budgets is written next to the checkpoint.
 
-Run folder (beside what `adafocus.core.train.train` writes):
+Run folder (file names: adafocus.core.run.RunFolder; beside what `adafocus.core.train.train` writes):
     classes.json        class names in label order (scoring uses them as column names)
     split.json          the stratified split (RLVS, class folders, Diving48's train/val cut)
     calibration.pt      all exits' logits on the validation split (refit any budget with `score --budget`)
     exit_policy.json    thresholds for the default budget (midway between the cheapest and dearest exit)
     evaluation.json     accuracy of best.pt on the test split, with every exit and at the default budget
+The checkpoints carry a model card (domain "video", input spec, class names, and the calibration split:
+the data folder and the val ids) so `adafocus calibrate` and `adafocus score` need nothing else.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ import torch
 from adafocus.core.config import Preset
 from adafocus.core.exits import accuracy_by_exit, exit_accuracy, expected_cost
 from adafocus.core.io import atomic_write_json
+from adafocus.core.run import LoadedRun, RunFolder, make_card
 from adafocus.core.train import calibrate, collect_logits, load_model, resolve_device, train
 from adafocus.datasets.video_sets import (
     RLVS,
@@ -36,8 +39,6 @@ from adafocus.datasets.video_sets import (
 )
 from torch.utils.data import DataLoader, Dataset
 
-CLASSES_FILE = "classes.json"
-SPLIT_FILE = "split.json"
 DATA_KINDS = ("rlvs", "diving48", "class-folders")
 _DIVING48_NAMES = ("Diving48_V2_train.json", "Diving48_train.json")
 
@@ -122,26 +123,48 @@ def load_video_data(data: str | Path, *, num_frames: int, size: int, split_file:
     return VideoData(kind, root, full.class_names, subsets["train"], subsets["val"], subsets["test"])
 
 
-def write_class_names(run_dir: str | Path, class_names: list[str]) -> None:
-    atomic_write_json(Path(run_dir) / CLASSES_FILE, list(class_names))
-
-
 def read_class_names(checkpoint: str | Path, num_classes: int) -> list[str]:
-    """Class names stored beside a checkpoint (classes.json), or class_0 .. class_{C-1} when absent."""
-    path = Path(checkpoint).parent / CLASSES_FILE
-    if path.is_file():
-        names = json.loads(path.read_text(encoding="utf-8"))
-        if isinstance(names, list) and len(names) == num_classes and all(isinstance(n, str) for n in names):
-            return names
-        raise ValueError(f"{path} should list the model's {num_classes} class names")
-    return [f"class_{i}" for i in range(num_classes)]
+    """Class names stored in a run folder (a checkpoint's folder, or the folder itself), or class_0 ..
+    class_{C-1} when absent. Prefer `adafocus.core.run.load_run(...).card.class_names`."""
+    path = Path(checkpoint)
+    names = RunFolder(path if path.is_dir() else path.parent).read_classes(num_classes)
+    return names or [f"class_{i}" for i in range(num_classes)]
 
 
-def _check_classes_unchanged(run_dir: Path, class_names: list[str]) -> None:
-    path = run_dir / CLASSES_FILE
+def _check_classes_unchanged(run: RunFolder, class_names: list[str]) -> None:
+    path = run.classes
     if path.is_file() and json.loads(path.read_text(encoding="utf-8")) != class_names:
-        raise ValueError(f"{run_dir} was trained on classes {json.loads(path.read_text(encoding='utf-8'))}, the data now has "
-                         f"{class_names}; use a new --out")
+        raise ValueError(f"{run.path} was trained on classes {json.loads(path.read_text(encoding='utf-8'))}, the data "
+                         f"now has {class_names}; use a new --out")
+
+
+def video_card(preset: Preset, videos: VideoData, split_file: Path):
+    """The model card of a video run: frames input, class names, and where its val (calibration) split is."""
+    split = json.loads(split_file.read_text(encoding="utf-8"))["splits"] if split_file.is_file() else {}
+    calibration = {"source": "video-split", "data": str(Path(videos.root).absolute()), "kind": videos.kind,
+                   "subset": "val", "ids": [key for key, _ in split.get("val", [])]}
+    return make_card("video", preset.to_dict(), videos.class_names, calibration=calibration)
+
+
+def video_calibration_set(run: LoadedRun, data: str | None) -> tuple[Dataset, object, dict]:
+    """The un-augmented val split of a video run (the card's data folder, or `data` where it moved)."""
+    from adafocus.apps.calibrate import CalibrationDataError, missing_data_message
+
+    record = dict(run.card.calibration or {})
+    where = data or record.get("data")
+    if where is None or not Path(where).exists():
+        raise CalibrationDataError(missing_data_message(run, where, f"{len(record.get('ids', []))} val videos")
+                                   if where else f"{run.checkpoint}'s card does not record its data folder; "
+                                   "pass --data with the folder it was trained on")
+    if not run.folder.split.is_file():
+        raise CalibrationDataError(f"{run.folder.split} is missing: cannot tell which videos were held out")
+    spec = run.card.input
+    try:
+        videos = load_video_data(where, num_frames=spec["num_candidates"], size=spec["frame_size"],
+                                 split_file=run.folder.split, seed=run.preset.train.seed)
+    except ValueError as error:
+        raise CalibrationDataError(f"--data {where} is not the data {run.folder.path} was split on ({error})") from None
+    return videos.val, collate_clips, {**record, "data": str(Path(where).absolute()), "own": True}
 
 
 def default_budget(exit_costs: list[float]) -> float:
@@ -175,34 +198,36 @@ def train_on_videos(data: str | Path, preset: Preset, out_dir: str | Path, *, de
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    run = RunFolder(out_dir)
     c = preset.model
     videos = load_video_data(data, num_frames=c.num_candidates, size=c.frame_size,
-                             split_file=out_dir / SPLIT_FILE, seed=preset.train.seed)
+                             split_file=run.split, seed=preset.train.seed)
     if c.num_classes != len(videos.class_names):
         log(f"{videos.kind} data at {videos.root} has {len(videos.class_names)} classes: the model gets "
             f"{len(videos.class_names)} outputs (preset said {c.num_classes})")
         c.num_classes = len(videos.class_names)
-    _check_classes_unchanged(out_dir, videos.class_names)
-    write_class_names(out_dir, videos.class_names)
+    _check_classes_unchanged(run, videos.class_names)
+    run.write_classes(videos.class_names)
     log(f"{videos.kind} data at {videos.root}: {len(videos.train)} train, {len(videos.val)} val, "
         f"{len(videos.test)} test videos; classes {videos.class_names}")
     summary = train(preset, videos.train, videos.val, out_dir, device=device, resume=resume,
-                    collate_fn=collate_clips, progress=progress, log=log)
+                    collate_fn=collate_clips, progress=progress, log=log,
+                    card=video_card(preset, videos, run.split))
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 alone calibrates and evaluates
         return summary
 
-    best = out_dir / "best.pt"
+    best = run.best
     model, _ = load_model(best, device=device)
     budget = default_budget(model.exit_costs())
     loader = DataLoader(videos.val, batch_size=preset.train.batch_size, collate_fn=collate_clips,
                         num_workers=preset.train.workers)
     policy = calibrate(model, loader, budget, device=device, out_dir=out_dir)
-    log(f"calibration logits of {len(videos.val)} val videos -> {out_dir / 'calibration.pt'}; thresholds for "
-        f"{budget:.4g} GMACs/video -> {out_dir / 'exit_policy.json'}")
+    log(f"calibration logits of {len(videos.val)} val videos -> {run.calibration}; thresholds for "
+        f"{budget:.4g} GMACs/video -> {run.exit_policy()}")
     evaluation = evaluate_checkpoint(best, videos.test, exit_policy=policy, device=device,
                                      batch_size=preset.train.batch_size, workers=preset.train.workers)
-    atomic_write_json(out_dir / "evaluation.json", evaluation)
+    atomic_write_json(run.evaluation, evaluation)
     log(f"test accuracy {evaluation['accuracy']:.4f} with every patch, {evaluation['budget_accuracy']:.4f} at "
-        f"{evaluation['budget_mean_gmacs']:.4g} GMACs/video -> {out_dir / 'evaluation.json'}")
-    return {**summary, "calibration": str(out_dir / "calibration.pt"),
-            "exit_policy": str(out_dir / "exit_policy.json"), "evaluation": evaluation}
+        f"{evaluation['budget_mean_gmacs']:.4g} GMACs/video -> {run.evaluation}")
+    return {**summary, "calibration": str(run.calibration), "exit_policy": str(run.exit_policy()),
+            "evaluation": evaluation}

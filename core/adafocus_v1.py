@@ -45,6 +45,19 @@ def warmup_preset(preset: Preset, epochs: int) -> Preset:
     return out
 
 
+def stepwise_rewards(classifier, policy_local: torch.Tensor, random_local: torch.Tensor, glance_state: torch.Tensor,
+                     labels: torch.Tensor) -> torch.Tensor:
+    """Paper eq. 26: r_t = p(y | the policy's patches 1..t) - p(y | the policy's patches 1..t-1 and a random
+    patch t): only step t's patch is replaced. Features ``[B, T', D]`` -> rewards ``[B, T']``."""
+    state, rewards = None, []
+    for t in range(policy_local.shape[1]):
+        _, baseline_logits = classifier.focus_step(t, random_local[:, t], state, glance_state)
+        state, logits = classifier.focus_step(t, policy_local[:, t], state, glance_state)
+        confidence = logits.softmax(-1).gather(1, labels[:, None])[:, 0]
+        rewards.append(confidence - baseline_logits.softmax(-1).gather(1, labels[:, None])[:, 0])
+    return torch.stack(rewards, dim=1)
+
+
 @torch.no_grad()
 def collect_rollout(model: UniAdaFocus, clip: torch.Tensor, labels: torch.Tensor, gamma: float) -> dict:
     """One batch of stage-II experience: observations, sampled grid cells, log-probs, values, returns, rewards."""
@@ -59,9 +72,7 @@ def collect_rollout(model: UniAdaFocus, clip: torch.Tensor, labels: torch.Tensor
     boxes = torch.cat([model.boxes(model.grid_actions(choice)),
                        model.boxes(model.baseline_actions(batch, c.num_focus, "random", device))])
     local = model.focus(clip.repeat(2, 1, 1, 1, 1), frame_indices.repeat(2, 1), boxes)
-    exit_probs = model.classifier.focus_logits(local, glance_state.repeat(2, 1)).softmax(-1)   # [2B, T', C]
-    confidence = exit_probs.gather(2, labels.repeat(2)[:, None, None].expand(-1, c.num_focus, 1))[..., 0]
-    rewards = confidence[:batch] - confidence[batch:]
+    rewards = stepwise_rewards(model.classifier, local[:batch], local[batch:], glance_state, labels)
     return {"glance": glance, "frame_indices": frame_indices, "choice": choice, "log_probs": dist.log_prob(choice),
             "values": values, "rewards": rewards, "returns": discounted_returns(rewards, gamma)}
 

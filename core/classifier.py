@@ -58,24 +58,42 @@ class AccumulatedMaxPoolClassifier(nn.Module):
         return self.focus_heads[step](features)
 
 
-class TSNClassifier(nn.Module):
-    """The TSM / X3D variants' heads (TSN consensus): two exits, glance-only and fused.
+def make_head(in_dim: int, num_classes: int, *, dropout: float, hidden: int | None = None) -> nn.Sequential:
+    """A classification head: Dropout + Linear, or with ``hidden`` X3D's head (Linear without bias to
+    ``hidden``, ReLU, Dropout, Linear; the authors' layout, indices 0 and 3)."""
+    if hidden is None:
+        return nn.Sequential(nn.Dropout(dropout), nn.Linear(in_dim, num_classes))
+    return nn.Sequential(nn.Linear(in_dim, hidden, bias=False), nn.ReLU(inplace=True), nn.Dropout(dropout),
+                         nn.Linear(hidden, num_classes))
 
-    Each head is Dropout + Linear applied to every frame's pooled feature *detached* from its encoder and
-    averaged over frames, so the prediction is a linear probe trained only by its own loss (the encoders are
-    trained by the per-frame auxiliary heads). Fused logits = glance logits + local logits.
+
+def clip_logits(head: nn.Module, frame_features: Tensor) -> Tensor:
+    """Clip logits ``[B, C]`` of per-frame features ``[B, T, D]``: a linear head is applied per frame and
+    averaged (TSN consensus); an MLP head (X3D) is applied to the frame-averaged features, as X3D pools first."""
+    if isinstance(head[0], nn.Dropout):
+        return head(frame_features).mean(dim=1)
+    return head(frame_features.mean(dim=1))
+
+
+class TSNClassifier(nn.Module):
+    """The TSM / X3D variants' prediction heads: fused logits = glance head + local head (the authors'
+    ``global_final_logit + local_final_logit``).
+
+    Each head reads its encoder's features *detached*, so the prediction is a probe trained only by its own loss
+    (the encoders are trained by the per-frame auxiliary heads, whose glance average is exit 0; see the model).
     """
 
-    def __init__(self, glance_dim: int, local_dim: int, num_classes: int, *, dropout: float = 0.5):
+    def __init__(self, glance_dim: int, local_dim: int, num_classes: int, *, dropout: float = 0.5,
+                 hidden: int | None = None):
         super().__init__()
-        self.glance_head = nn.Sequential(nn.Dropout(dropout), nn.Linear(glance_dim, num_classes))
-        self.local_head = nn.Sequential(nn.Dropout(dropout), nn.Linear(local_dim, num_classes))
+        self.glance_head = make_head(glance_dim, num_classes, dropout=dropout, hidden=hidden)
+        self.local_head = make_head(local_dim, num_classes, dropout=dropout, hidden=hidden)
 
     def glance_logits(self, glance_features: Tensor, *, all_steps: bool = True) -> tuple[Tensor, Tensor]:
-        """``[B, Tg, Dg]`` -> (glance logits ``[B, C]`` as the state, exit-0 logits ``[B, 1, C]``)."""
-        logits = self.glance_head(glance_features.detach()).mean(dim=1)
+        """``[B, Tg, Dg]`` -> (glance probe logits ``[B, C]`` as the state, the same ``[B, 1, C]``)."""
+        logits = clip_logits(self.glance_head, glance_features.detach())
         return logits, logits.unsqueeze(1)
 
     def focus_logits(self, local_features: Tensor, glance_state: Tensor) -> Tensor:
         """``[B, T', Dl]`` and glance logits ``[B, C]`` -> fused exit-1 logits ``[B, 1, C]``."""
-        return (glance_state + self.local_head(local_features.detach()).mean(dim=1)).unsqueeze(1)
+        return (glance_state + clip_logits(self.local_head, local_features.detach())).unsqueeze(1)

@@ -12,6 +12,7 @@ PATCH_SHAPES = ("deformable", "fixed", "random", "full_frame")
 FRAME_POLICIES = ("learned", "uniform", "random", "central", "gaussian")
 POLICY_GRADIENTS = ("feature_proxy", "pixel")
 CLASSIFIERS = ("max_pool", "tsn")
+GLANCE_RESIZES = ("area", "bilinear")
 
 
 @dataclass
@@ -51,11 +52,13 @@ class ModelConfig:
     classifier: str = "max_pool"           # max_pool: one exit per patch | tsn: TSM/X3D heads, 2 exits
     policy_stop_gradient: bool = True      # the spatial policy reads detached glance maps (AdaFocusV2 sec. 3.3)
     ppo_grid: int = 7                      # AdaFocusV1 ("ppo_grid" patches): a grid x grid set of centres
+    head_hidden: int | None = None         # X3D: heads are Linear(D, 2048, no bias)-ReLU-Dropout-Linear (tsn only)
+    glance_resize: str = "area"            # how frames are resized to glance_size: area | bilinear (the authors')
 
     def __post_init__(self):
         for name, allowed in (("patch_policy", PATCH_POLICIES), ("patch_shape", PATCH_SHAPES),
                               ("frame_policy", FRAME_POLICIES), ("policy_gradient", POLICY_GRADIENTS),
-                              ("classifier", CLASSIFIERS)):
+                              ("classifier", CLASSIFIERS), ("glance_resize", GLANCE_RESIZES)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name}={getattr(self, name)!r}; choose one of {allowed}")
         if not 0 < self.num_glance <= self.num_candidates or not 0 < self.num_focus <= self.num_candidates:
@@ -89,8 +92,9 @@ class LossConfig:
     size_regularizer: float = 1.0  # mean((scale - 1)^2), pushes boxes large unless the task pays (eq. 15)
     diversity: bool = True        # second pass through the local encoder with random patches
     temporal_trains_glance: bool = True  # MC loss also trains the glance encoder (UA-A; TSM/X3D detach)
+    aux_frame_average: bool = False  # auxiliary CE on frame-averaged logits (TSM/X3D) instead of per frame
     mc_samples: int = 128
-    mc_draws: int | None = None   # frames drawn per MC sample; None = num_glance // 3
+    mc_draws: int | None = None   # frames drawn per MC sample; None = T' T_g / N (sampling.mc_horizon)
 
 
 @dataclass
@@ -107,6 +111,7 @@ class TrainConfig:
     workers: int = 4
     seed: int = 0
     val_every: int = 1
+    init: str | None = None       # a run folder / checkpoint to start from (fine-tuning; see train.warm_start)
 
 
 @dataclass
@@ -180,14 +185,20 @@ def _rlvs() -> Preset:
 
 
 def _cpu_video() -> Preset:
-    """Tiny nets for video folders on a CPU: 8 frames of 64 x 64, 3 focus patches of 24-40 pixels (seen
-    at 24 x 24); no downloads."""
+    """Tiny nets for video folders on a CPU; no downloads.
+
+    Glance low, focus native: frames are decoded at up to 128 x 128 (the short side's centred square, resized
+    to 128: a 160 x 120 source keeps every pixel), the glance sees them at 64 x 64, where an object 15% of
+    the frame wide is still about 10 pixels, and 3 focus patches of 32-48 frame pixels are seen at 32 x 32,
+    so detail of 2 source pixels reaches the local encoder. 12 candidate frames, all glanced at."""
     preset = _cpu_synthetic()
-    preset.model = dataclasses.replace(preset.model, num_classes=2, num_focus=3, patch_size=24,
-                                       min_patch_side=24, max_patch_side=40)
+    preset.model = dataclasses.replace(preset.model, num_classes=2, frame_size=128, glance_size=64,
+                                       num_candidates=12, num_glance=12, num_focus=3, patch_size=32,
+                                       min_patch_side=32, max_patch_side=48)
     # The temporal policy at the paper's 0.2 LR ratio: at 1.0 its frame weights saturated (softmax
     # underflow to exact zeros) mid-training on the video demo.
-    preset.train = dataclasses.replace(preset.train, epochs=16, workers=1,
+    # Batches of 16: a folder of a few hundred clips still gives the policies a few hundred updates.
+    preset.train = dataclasses.replace(preset.train, epochs=16, batch_size=16, workers=1,
                                        lr_multipliers={**preset.train.lr_multipliers, "temporal_policy": 0.2})
     return preset
 
@@ -223,7 +234,7 @@ def _tsm(patch_size: int, num_focus: int, num_classes: int = 174) -> Preset:
             local_backbone_kwargs={"num_frames": num_focus}, local_pretrained="imagenet",
             num_candidates=3 * num_focus, num_glance=8, num_focus=num_focus, patch_size=patch_size,
             spatial_per_clip=True, classifier="tsn", dropout=0.5, fc_dropout=0.5),
-        loss=LossConfig(size_regularizer=0.5, temporal_trains_glance=False),
+        loss=LossConfig(size_regularizer=0.5, temporal_trains_glance=False, aux_frame_average=True),
         train=TrainConfig(epochs=50, batch_size=64, lr=0.02, weight_decay=1e-3, grad_clip=20.0,
                           lr_multipliers={"glance": 0.5, "spatial_policy": 0.2, "temporal_policy": 0.2,
                                           "classifier": 1.0, "local": 1.0}),
@@ -250,14 +261,16 @@ def _tsm_plus_static() -> Preset:
 
 def _x3d() -> Preset:
     """Uni-AdaFocus-X3D (Kinetics-400): X3D-S glance on 16 frames resized to 160, X3D-L on 32 patches of
-    128 x 128 chosen from 96 candidates, one deformable patch per clip, 2 exits. No X3D weights ship here."""
+    128 x 128 chosen from 96 candidates, one deformable patch per clip, 2 exits, X3D's own 432-2048-C heads.
+    No X3D weights ship here; ``glance_pretrained`` / ``local_pretrained`` take the SlowFast x3d_s / x3d_l
+    Kinetics-400 files the authors start from (``archs/X3D_ckpt/x3d_{s,l}.pyth``)."""
     return Preset(
         model=ModelConfig(
             num_classes=400, glance_backbone="x3d_s", glance_backbone_kwargs={"num_frames": 16},
             local_backbone="x3d_l", local_backbone_kwargs={"num_frames": 32}, glance_size=160,
             num_candidates=96, num_glance=16, num_focus=32, patch_size=128, spatial_per_clip=True,
-            classifier="tsn", dropout=0.5, fc_dropout=0.5),
-        loss=LossConfig(size_regularizer=0.5, temporal_trains_glance=False),
+            classifier="tsn", dropout=0.5, fc_dropout=0.5, head_hidden=2048, glance_resize="bilinear"),
+        loss=LossConfig(size_regularizer=0.5, temporal_trains_glance=False, aux_frame_average=True),
         train=TrainConfig(epochs=50, batch_size=64, lr=0.005, weight_decay=5e-5, grad_clip=20.0,
                           lr_multipliers={"glance": 0.5, "spatial_policy": 0.4, "temporal_policy": 0.4,
                                           "classifier": 1.0, "local": 1.0}),

@@ -9,6 +9,9 @@ Conventions used everywhere in adafocus:
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Protocol
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -88,3 +91,33 @@ def box_contains_points(boxes: Tensor, points: Tensor) -> Tensor:
     """Whether each box ``[..., 4]`` contains the matching point ``[..., 2]`` (x, y)."""
     x, y = points.unbind(-1)
     return (boxes[..., 0] <= x) & (x < boxes[..., 2]) & (boxes[..., 1] <= y) & (y < boxes[..., 3])
+
+
+# ------------------------------------------------------------------------------------ source coordinates
+class SourceRecord(Protocol):
+    """Where a clip's candidate frames came from: the one mapping to source coordinates. Video clip records
+    (``datasets.video.ClipInfo``) and MRI slice records (``datasets.mri.scan_record.ScanSliceRecord``)
+    implement it; apps render what ``focus_locations`` returns and never re-derive geometry."""
+
+    def locate(self, candidate: int, box: Sequence[float]) -> dict:
+        """Focus step on candidate frame ``candidate`` with ``box`` (frame fractions) -> source coordinates."""
+        ...
+
+
+def focus_locations(frame_indices: Sequence[int], boxes: Sequence[Sequence[float]], record: SourceRecord
+                    ) -> list[dict]:
+    """One sample's processed focus steps (``FocusResult.frame_indices[b]``, ``.boxes[b]``; -1 = not
+    processed) in source coordinates, in step order."""
+    return [record.locate(int(candidate), [float(v) for v in box])
+            for candidate, box in zip(frame_indices, boxes) if int(candidate) >= 0]
+
+
+def map_box_corners(corners: Sequence[Sequence[float]], matrix: Sequence[Sequence[float]]) -> list[list[float]]:
+    """The axis-aligned bounds ``[lower, upper]`` of a 3D box ``[lower, upper]`` after a 4x4 affine ``matrix``
+    (e.g. preprocessed voxels -> MNI mm, or -> native-scan voxels): all 8 corners are mapped."""
+    lower, upper = torch.as_tensor(corners, dtype=torch.float64)
+    pick = torch.tensor([[(i >> k) & 1 for k in range(3)] for i in range(8)], dtype=torch.bool)
+    points = torch.where(pick, upper, lower)
+    m = torch.as_tensor(matrix, dtype=torch.float64)
+    mapped = points @ m[:3, :3].T + m[:3, 3]
+    return [mapped.min(0).values.tolist(), mapped.max(0).values.tolist()]

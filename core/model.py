@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from adafocus.core.backbones import cpu_micro_batch, create_backbone
-from adafocus.core.classifier import AccumulatedMaxPoolClassifier, TSNClassifier
+from adafocus.core.classifier import AccumulatedMaxPoolClassifier, TSNClassifier, make_head
 from adafocus.core.config import ModelConfig
 from adafocus.core.exits import ExitPolicy
 from adafocus.core.flops import count_gmacs, eval_mode
@@ -62,7 +62,7 @@ class Glance:
 @dataclass
 class TrainingOutputs:
     """Everything the training objective needs from one forward pass."""
-    exit_logits: Tensor               # [P, B, T_g + T', C]; P = 2 passes (policy, random patches) or 1
+    exit_logits: Tensor               # [P, B, T_g + T' (tsn: 1, the fused exit), C]; P = 2 passes or 1
     glance_frame_logits: Tensor       # [B, T_g, C] auxiliary head per glance frame
     local_patch_logits: Tensor        # [P, B, T', C] auxiliary head per focus patch
     frame_weights: Tensor | None      # [B, T_g] temporal policy distribution (None unless learned)
@@ -70,6 +70,7 @@ class TrainingOutputs:
     proxy_logits: Tensor | None       # [B, C] feature-interpolation proxy (None unless learned + proxy)
     frame_indices: Tensor             # [B, T']
     boxes: Tensor                     # [B, T', 4]
+    num_candidates: int               # N, the frames the T' were chosen from (sets the MC loss horizon)
 
 
 @dataclass
@@ -122,13 +123,14 @@ class UniAdaFocus(nn.Module):
                            if c.learned_patches and c.patch_policy == "learned" and c.policy_gradient == "feature_proxy"
                            else None)
         if c.classifier == "tsn":
-            self.classifier = TSNClassifier(glance_dim, local_dim, c.num_classes, dropout=c.dropout)
+            self.classifier = TSNClassifier(glance_dim, local_dim, c.num_classes, dropout=c.dropout,
+                                            hidden=c.head_hidden)
         else:
             self.classifier = AccumulatedMaxPoolClassifier(
                 glance_dim, local_dim, c.num_classes, num_glance=c.num_glance, num_focus=c.num_focus,
                 hidden=c.classifier_hidden, dropout=c.dropout, feature_reuse=c.feature_reuse)
-        self.glance_head = nn.Sequential(nn.Dropout(c.fc_dropout), nn.Linear(glance_dim, c.num_classes))
-        self.local_head = nn.Sequential(nn.Dropout(c.fc_dropout), nn.Linear(local_dim, c.num_classes))
+        self.glance_head = make_head(glance_dim, c.num_classes, dropout=c.fc_dropout, hidden=c.head_hidden)
+        self.local_head = make_head(local_dim, c.num_classes, dropout=c.fc_dropout, hidden=c.head_hidden)
         self.register_buffer("pixel_mean", torch.tensor(c.normalize_mean).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(c.normalize_std).view(1, -1, 1, 1), persistent=False)
         self._exit_costs: list[float] | None = None
@@ -190,24 +192,30 @@ class UniAdaFocus(nn.Module):
                                    device=clip.device)
         frames = gather_frames(clip, positions).flatten(0, 1)
         if self.glance_size != c.frame_size:
-            frames = F.interpolate(frames, size=(self.glance_size, self.glance_size), mode="area")
+            frames = F.interpolate(frames, size=(self.glance_size, self.glance_size), mode=c.glance_resize)
         maps = self.glance_encoder(self.normalize(frames))
         maps = maps.reshape(batch, c.num_glance, *maps.shape[1:])
         return Glance(feature_maps=maps, features=maps.mean(dim=(-2, -1)), positions=positions)
+
+    def glance_exit(self, glance: Glance) -> Tensor:
+        """TSM / X3D exit 0 ``[B, C]``: the authors' global logits, the auxiliary glance head averaged over frames."""
+        return self.glance_head(glance.features).mean(dim=1)
 
     # ---------------------------------------------------------------------------------- 2. policies
     def glance_actions(self, glance: Glance) -> Tensor:
         """Learned spatial actions per glance frame ``[B, T_g or 1, 4]`` (reads detached maps unless the
         stop-gradient is switched off)."""
         maps = glance.feature_maps.detach() if self.config.policy_stop_gradient else glance.feature_maps
-        return self.spatial_policy(maps)
+        with full_precision(maps):
+            return self.spatial_policy(maps.float())
 
     def grid_policy(self, glance: Glance, frame_indices: Tensor) -> tuple[Tensor, Tensor]:
         """AdaFocusV1 actor-critic at the chosen frames: (logits ``[B, T', grid**2]``, values ``[B, T']``).
 
         Per-glance-frame outputs are interpolated over time to the candidates (one output per clip with
         ``spatial_per_clip``); the actor reads detached glance maps."""
-        logits, values = self.spatial_policy(glance.feature_maps.detach())
+        with full_precision(glance.feature_maps):
+            logits, values = self.spatial_policy(glance.feature_maps.detach().float())
         if self.config.spatial_per_clip:
             logits, values = logits.mean(dim=1, keepdim=True), values.mean(dim=1, keepdim=True)
         return self.actions_at(logits, frame_indices), self.actions_at(values[..., None], frame_indices)[..., 0]
@@ -246,7 +254,8 @@ class UniAdaFocus(nn.Module):
         return torch.full_like(position, scale)
 
     def frame_logits(self, glance: Glance) -> Tensor:
-        return self.temporal_policy(glance.features.detach())
+        with full_precision(glance.features):
+            return self.temporal_policy(glance.features.detach().float())
 
     def baseline_actions(self, batch: int, steps: int, policy: str, device: torch.device) -> Tensor:
         """Non-learned patch policies ``[B, steps, 4]``: random / center / gaussian position, native size P."""
@@ -298,14 +307,15 @@ class UniAdaFocus(nn.Module):
     def proxy_logits(self, glance: Glance, glance_actions: Tensor) -> Tensor:
         """Feature-interpolation proxy: crop the chosen boxes out of the (detached) glance feature maps,
         pool, classify. Its gradient reaches the spatial policy only through the box coordinates."""
-        c, maps = self.config, glance.feature_maps.detach()
+        c, maps = self.config, glance.feature_maps.detach().float()
         batch, steps = maps.shape[:2]
         actions = glance_actions.expand(-1, steps, -1)
         map_h, map_w = self.glance_map_size
         out_size = (max(1, round(c.patch_size / c.frame_size * map_h)), max(1, round(c.patch_size / c.frame_size * map_w)))
-        cropped = crop_patches(maps.flatten(0, 1), self.boxes(actions).flatten(0, 1), out_size)
-        pooled = cropped.reshape(batch, steps, maps.shape[2], -1).mean(dim=(1, 3))
-        return self.proxy_head(pooled)
+        with full_precision(maps):
+            cropped = crop_patches(maps.flatten(0, 1), self.boxes(actions).flatten(0, 1), out_size)
+            pooled = cropped.reshape(batch, steps, maps.shape[2], -1).mean(dim=(1, 3))
+            return self.proxy_head(pooled)
 
     # ------------------------------------------------------------------------------ training pass
     def forward(self, clip: Tensor, *, diversity: bool = True) -> TrainingOutputs:
@@ -323,11 +333,16 @@ class UniAdaFocus(nn.Module):
             boxes = boxes.detach()  # stop-gradient: the task loss does not reach the policy
         passes = [boxes]
         if diversity:
-            passes.append(self.boxes(self.baseline_actions(batch, c.num_focus, "random", device)))
+            # One random box per clip when the local encoder mixes frames (TSM, X3D: neighbours share a view).
+            steps = 1 if c.spatial_per_clip else c.num_focus
+            random_actions = self.baseline_actions(batch, steps, "random", device).expand(-1, c.num_focus, -1)
+            passes.append(self.boxes(random_actions))
         local = self.focus(clip, frame_indices.repeat(len(passes), 1), torch.cat(passes),
                            samples=torch.arange(batch, device=device).repeat(len(passes)))
         focus_exit_logits = self.classifier.focus_logits(local, glance_state.repeat(len(passes), 1))
-        exit_logits = torch.cat([glance_exit_logits.repeat(len(passes), 1, 1), focus_exit_logits], dim=1)
+        # TSM / X3D: exit 0 is the glance auxiliary head (trained by its own CE), so only the fused exit is here.
+        exit_logits = (focus_exit_logits if c.classifier == "tsn"
+                       else torch.cat([glance_exit_logits.repeat(len(passes), 1, 1), focus_exit_logits], dim=1))
 
         return TrainingOutputs(
             exit_logits=exit_logits.unflatten(0, (len(passes), batch)),
@@ -338,6 +353,7 @@ class UniAdaFocus(nn.Module):
             proxy_logits=self.proxy_logits(glance, glance_actions) if self.proxy_head is not None else None,
             frame_indices=frame_indices,
             boxes=boxes,
+            num_candidates=c.num_candidates,
         )
 
     # ----------------------------------------------------------------------------------- inference
@@ -371,7 +387,7 @@ class UniAdaFocus(nn.Module):
 
         glance = self.glance(clip)
         glance_state, glance_logits = self.classifier.glance_logits(glance.features, all_steps=False)
-        logits[:, 0] = glance_logits[:, 0]
+        logits[:, 0] = self.glance_exit(glance) if c.classifier == "tsn" else glance_logits[:, 0]
         frame_weights = (self.frame_logits(glance).softmax(-1) if c.frame_policy == "learned"
                          else torch.full((batch, c.num_glance), 1.0 / c.num_glance, device=device))
 
@@ -493,6 +509,12 @@ def focus_lookahead(active: int, steps_left: int, micro_batch: int | None) -> in
     if micro_batch is None or active >= micro_batch:
         return 1
     return max(1, min(steps_left, -(-micro_batch // active)))
+
+
+def full_precision(like: Tensor):
+    """Autocast off on ``like``'s device: the policies, their proxy and the MC temporal step run in float32
+    under mixed precision, as in the authors' code (only the encoders run in half precision there)."""
+    return torch.autocast(device_type=like.device.type, enabled=False)
 
 
 def gather_frames(clip: Tensor, indices: Tensor, samples: Tensor | None = None) -> Tensor:

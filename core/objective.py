@@ -13,8 +13,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from adafocus.core.config import LossConfig
-from adafocus.core.model import TrainingOutputs
-from adafocus.core.sampling import mc_expected_logits
+from adafocus.core.model import TrainingOutputs, full_precision
+from adafocus.core.sampling import mc_expected_logits, mc_horizon
 from torch import Tensor
 
 
@@ -26,23 +26,30 @@ def _per_step_ce(logits: Tensor, labels: Tensor) -> Tensor:
     return F.cross_entropy(flat.reshape(-1, flat.shape[-1]), targets)
 
 
+def _aux_logits(frame_logits: Tensor, cfg: LossConfig) -> Tensor:
+    """Per-frame auxiliary logits ``[..., T, C]``, or their frame average ``[..., 1, C]`` (TSM / X3D, as the
+    authors' ``global_avg_logit`` / ``local_avg_logit``)."""
+    return frame_logits.mean(dim=-2, keepdim=True) if cfg.aux_frame_average else frame_logits
+
+
 def training_loss(out: TrainingOutputs, labels: Tensor, cfg: LossConfig) -> tuple[Tensor, dict[str, float]]:
     """Weighted sum of the terms that apply to this model; returns (loss, {term: value})."""
     terms: dict[str, Tensor] = {}
     if cfg.exits:
         terms["exits"] = _per_step_ce(out.exit_logits, labels)
     if cfg.glance_aux:
-        terms["glance_aux"] = _per_step_ce(out.glance_frame_logits, labels)
+        terms["glance_aux"] = _per_step_ce(_aux_logits(out.glance_frame_logits, cfg), labels)
     if cfg.local_aux:
-        terms["local_aux"] = _per_step_ce(out.local_patch_logits, labels)
+        terms["local_aux"] = _per_step_ce(_aux_logits(out.local_patch_logits, cfg), labels)
     if cfg.temporal and out.frame_weights is not None:
         frame_logits = out.glance_frame_logits if cfg.temporal_trains_glance else out.glance_frame_logits.detach()
         num_glance = frame_logits.shape[1]
-        draws = cfg.mc_draws or max(1, num_glance // 3)
+        draws = cfg.mc_draws or mc_horizon(out.frame_indices.shape[1], num_glance, out.num_candidates)
         # A confident policy's softmax underflows to exact zeros; the estimator needs num_draws positive weights.
         weights = out.frame_weights.clamp_min(1e-12)
-        expected = mc_expected_logits(frame_logits, weights, num_draws=min(draws, num_glance),
-                                      num_samples=cfg.mc_samples)
+        with full_precision(weights):
+            expected = mc_expected_logits(frame_logits.float(), weights.float(), num_draws=min(draws, num_glance),
+                                          num_samples=cfg.mc_samples)
         terms["temporal"] = F.cross_entropy(expected, labels)
     if cfg.spatial and out.proxy_logits is not None:
         terms["spatial"] = F.cross_entropy(out.proxy_logits, labels)

@@ -217,6 +217,15 @@ def _check_expectation_inputs(frame_logits: Tensor, weights: Tensor, num_draws: 
         )
 
 
+def mc_horizon(num_focus: int, num_glance: int, num_candidates: int) -> int:
+    """Frames drawn per Monte-Carlo sample of the temporal loss: the expected number of the T' selected frames
+    that fall among the T_g glance frames, T' * T_g / N, rounded, in [1, T_g]. The authors hard-code
+    T_g // 3, which equals this only for T' / N = 1/3 (their 16 of 48)."""
+    if min(num_focus, num_glance, num_candidates) < 1:
+        raise ValueError(f"need positive frame counts, got T'={num_focus}, T_g={num_glance}, N={num_candidates}")
+    return min(num_glance, max(1, round(num_focus * num_glance / num_candidates)))
+
+
 def mc_expected_logits(
     frame_logits: Tensor,
     weights: Tensor,

@@ -1,10 +1,10 @@
 """One plain training loop for every preset: SGD + cosine, per-module LR multipliers, gradient clipping,
 AMP on CUDA, ``torchrun`` DDP (NCCL on GPUs, gloo on CPU), resumable checkpoints.
 
-Run directory layout (``out_dir``):
+Run directory layout (``out_dir``; file names and the rest of the folder: ``adafocus.core.run``):
     config.json   the preset, as trained
     last.pt       model + optimizer + schedule position, written atomically after every epoch
-    best.pt       the model with the best validation accuracy at the last exit
+    best.pt       the model with the best validation accuracy at the last exit (with its model card)
     log.tsv       one row per epoch
 """
 from __future__ import annotations
@@ -26,13 +26,14 @@ from adafocus.core.exits import ExitPolicy, accuracy_by_exit, exit_scores, solve
 from adafocus.core.io import atomic_write_json, atomic_write_text
 from adafocus.core.model import UniAdaFocus
 from adafocus.core.objective import training_loss
+from adafocus.core.run import ModelCard, RunFolder, checkpoint_extra
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 # Which module's parameters follow which LR multiplier (TrainConfig.lr_multipliers).
 PARAMETER_GROUPS = {
-    "glance": ("glance_encoder", "glance_head"),
-    "spatial_policy": ("spatial_policy", "proxy_head"),
+    "glance": ("glance_encoder", "glance_head", "proxy_head"),  # the authors' aux_fc trains at the glance ratio
+    "spatial_policy": ("spatial_policy",),
     "temporal_policy": ("temporal_policy",),
     "classifier": ("classifier",),
     "local": ("local_encoder", "local_head"),
@@ -111,6 +112,40 @@ def collect_logits(model: UniAdaFocus, loader: DataLoader, device: torch.device,
     return torch.cat(all_logits), torch.cat(all_labels)
 
 
+def to_channels_last(model: nn.Module) -> nn.Module:
+    """Channels-last memory for every 4-D parameter and buffer (2-D conv weights); 5-D Conv3d weights (the
+    spatial policy, X3D) keep their layout, since ``Module.to(memory_format=channels_last)`` raises on them."""
+    for tensor in [*model.parameters(), *model.buffers()]:
+        if tensor.dim() == 4:
+            tensor.data = tensor.data.contiguous(memory_format=torch.channels_last)
+    return model
+
+
+def prepare_for_training(model: nn.Module, device: torch.device, *, channels_last: bool | None = None) -> nn.Module:
+    """Move ``model`` to ``device`` and, by default on CUDA only, switch 2-D convolutions to channels-last
+    (faster with AMP). The layout change is device-independent, so a CPU test runs the CUDA path with
+    ``channels_last=True``."""
+    model = model.to(device)
+    if channels_last if channels_last is not None else device.type == "cuda":
+        to_channels_last(model)
+    return model
+
+
+def warm_start(model: nn.Module, init: str | Path) -> list[str]:
+    """Load every tensor of the run folder / checkpoint ``init`` whose name and shape fit ``model`` (fine-tuning:
+    a model for other classes keeps everything but its class outputs). Returns the names left as initialised;
+    raises when nothing but those would load (not the same architecture)."""
+    state = load_checkpoint(RunFolder.locate(init).checkpoint)["model_state"]
+    own = model.state_dict()
+    fitting = {k: v for k, v in state.items() if k in own and tuple(v.shape) == tuple(own[k].shape)}
+    fresh = [k for k in own if k not in fitting]
+    if len(fitting) < len(own) / 2:
+        raise ValueError(f"{init} does not fit this model ({len(fresh)} of {len(own)} tensors differ); "
+                         "fine-tune with the preset it was trained with")
+    model.load_state_dict(fitting, strict=False)
+    return fresh
+
+
 def cuda_autocast(device: torch.device, enabled: bool = True):
     """Mixed precision on CUDA (bf16 where the GPU has it, else fp16); a no-op elsewhere or when disabled.
     CPU runs stay in float32 so that CPU results are reproducible."""
@@ -122,9 +157,11 @@ def cuda_autocast(device: torch.device, enabled: bool = True):
 
 def train(preset: Preset, train_set: Dataset, val_set: Dataset, out_dir: str | Path, *,
           device: str = "auto", resume: bool = True, collate_fn: Callable | None = None,
-          progress: bool = True, log: Callable[[str], None] = print) -> dict:
-    """Train ``UniAdaFocus(preset.model)``; returns a summary dict. Resumes from ``out_dir/last.pt``."""
+          progress: bool = True, log: Callable[[str], None] = print, card: ModelCard | None = None) -> dict:
+    """Train ``UniAdaFocus(preset.model)``; returns a summary dict. Resumes from ``out_dir/last.pt``.
+    ``card`` (what the model takes and says, see core.run) is saved inside every checkpoint."""
     out_dir = Path(out_dir)
+    run = RunFolder(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     dev = resolve_device(device)
     ctx = init_distributed(dev)
@@ -134,16 +171,19 @@ def train(preset: Preset, train_set: Dataset, val_set: Dataset, out_dir: str | P
     cfg = preset.train
     torch.manual_seed(cfg.seed + ctx.rank)
 
-    model = UniAdaFocus(preset.model).to(dev)
-    if dev.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
+    model = prepare_for_training(UniAdaFocus(preset.model), dev)
     optimizer = torch.optim.SGD(parameter_groups(model, cfg.lr, cfg.lr_multipliers), lr=cfg.lr,
                                 momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     use_amp = cfg.amp and dev.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and not torch.cuda.is_bf16_supported())
 
     start_epoch, best_acc = 0, -1.0
-    last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
+    last_path, best_path = run.last, run.best
+    if cfg.init and not (resume and last_path.exists()):
+        fresh = warm_start(model, cfg.init)
+        if ctx.is_main:
+            log(f"initialised from {cfg.init}; {len(fresh)} tensors whose shape depends on the classes start fresh"
+                + (f" ({', '.join(sorted({k.rsplit('.', 1)[0] for k in fresh})[:6])} ...)" if fresh else ""))
     if resume and last_path.exists():
         state = load_checkpoint(last_path)
         if state["config"] != preset.to_dict():
@@ -155,7 +195,9 @@ def train(preset: Preset, train_set: Dataset, val_set: Dataset, out_dir: str | P
         if ctx.is_main:
             log(f"resumed from {last_path} after epoch {state['epoch'] + 1}")
     if ctx.is_main:
-        atomic_write_json(out_dir / "config.json", preset.to_dict())
+        atomic_write_json(run.config, preset.to_dict())
+        if card is not None:
+            run.write_card(card)
 
     train_model: nn.Module = model
     if ctx.enabled:
@@ -172,7 +214,7 @@ def train(preset: Preset, train_set: Dataset, val_set: Dataset, out_dir: str | P
         raise ValueError(f"training set has {len(train_set)} samples, fewer than one batch of {per_rank_batch}")
     total_steps = cfg.epochs * len(train_loader)
 
-    log_path = out_dir / "log.tsv"
+    log_path = run.log
     for epoch in range(start_epoch, cfg.epochs):
         if sampler is not None:
             sampler.set_epoch(epoch)
@@ -215,7 +257,7 @@ def train(preset: Preset, train_set: Dataset, val_set: Dataset, out_dir: str | P
             improved = val_acc > best_acc
             best_acc = max(best_acc, val_acc) if not math.isnan(val_acc) else best_acc
             extra = {"optimizer_state": optimizer.state_dict(), "scaler_state": scaler.state_dict(), "epoch": epoch,
-                         "best_accuracy": best_acc}
+                         "best_accuracy": best_acc, **checkpoint_extra(card)}
             save_checkpoint(last_path, model_state=model.state_dict(), config=preset.to_dict(), **extra)
             if improved:
                 save_checkpoint(best_path, model_state=model.state_dict(), config=preset.to_dict(), **extra)
@@ -258,17 +300,17 @@ def calibrate(model: UniAdaFocus, loader: DataLoader, budget: float, *, criterio
 
     The loader must give un-augmented samples that are not in the test set. With ``out_dir`` the
     calibration logits (``calibration.pt``, for re-fitting other budgets later) and the policy
-    (``exit_policy.json``) are written there.
+    (``exit_policy.json``) are written there (names: ``adafocus.core.run.RunFolder``).
     """
     dev = resolve_device(device)
     logits, labels = collect_logits(model.to(dev), loader, dev)
     costs = model.exit_costs()
     policy = solve_budget(exit_scores(logits, criterion), costs, budget, criterion=criterion)
     if out_dir is not None:
-        out_dir = Path(out_dir)
-        save_checkpoint(out_dir / "calibration.pt", model_state={}, config={"criterion": criterion},
+        run = RunFolder(out_dir)
+        save_checkpoint(run.calibration, model_state={}, config={"criterion": criterion},
                         logits=logits, labels=labels, exit_costs=costs)
-        atomic_write_json(out_dir / "exit_policy.json", policy.to_dict())
+        atomic_write_json(run.exit_policy(), policy.to_dict())
     return policy
 
 

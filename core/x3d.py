@@ -12,10 +12,12 @@ Same interface as the 2D backbones: input ``[B*T, C, H, W]`` (each clip's T fram
 from __future__ import annotations
 
 import math
+import re
 
 import torch
 import torch.nn.functional as F
-from adafocus.core.backbones import Backbone, register_backbone
+from adafocus.core.backbones import BODY_PREFIX, Backbone, register_backbone
+from adafocus.core.weights import WeightsError
 from torch import Tensor, nn
 
 STAGE_WIDTHS = (24, 48, 96, 192)
@@ -96,8 +98,52 @@ class X3DBody(nn.Module):
         return maps.transpose(1, 2).flatten(0, 1)
 
 
+# SlowFast's names (the layout of the X3D-S / X3D-L Kinetics-400 files the authors start from) -> ours.
+_SLOWFAST_STEM = {"conv_xy": "stem.0", "conv": "stem.1", "bn": "stem.2"}
+_SLOWFAST_BLOCK = {"branch1": "shortcut.0", "branch1_bn": "shortcut.1", "branch2.a": "branch.0.0",
+                   "branch2.a_bn": "branch.0.1", "branch2.b": "branch.2.0", "branch2.b_bn": "branch.2.1",
+                   "branch2.se.fc1": "branch.3.reduce", "branch2.se.fc2": "branch.3.expand",
+                   "branch2.c": "branch.5.0", "branch2.c_bn": "branch.5.1"}
+_SLOWFAST_CONV5 = {"conv_5": "conv5.0.0", "conv_5_bn": "conv5.0.1"}
+SLOWFAST_HEAD_KEYS = ("head.lin_5.", "head.projection.")  # X3D's classifier, not part of the body
+
+
+def slowfast_x3d_key(key: str) -> str | None:
+    """A SlowFast X3D key (``s1.pathway0_stem.conv_xy.weight``, ``s3.pathway0_res2.branch2.se.fc1.bias``,
+    ``head.conv_5.weight``) -> the X3DBody key; None for the head's classifier and for unknown keys."""
+    module, _, param = key.rpartition(".")
+    if match := re.fullmatch(r"s1\.pathway0_stem\.(\w+)", module):
+        ours = _SLOWFAST_STEM.get(match[1])
+    elif match := re.fullmatch(r"s([2-5])\.pathway0_res(\d+)\.([\w.]+)", module):
+        inner = _SLOWFAST_BLOCK.get(match[3])
+        ours = None if inner is None else f"stages.{int(match[1]) - 2}.{match[2]}.{inner}"
+    elif match := re.fullmatch(r"head\.(\w+)", module):
+        ours = _SLOWFAST_CONV5.get(match[1])
+    else:
+        ours = None
+    return None if ours is None else f"{ours}.{param}"
+
+
+class X3DBackbone(Backbone):
+    def adapt_checkpoint(self, state: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Our own layout unchanged, or a SlowFast X3D checkpoint (``x3d_s.pyth``: ``{"model_state": ...}``,
+        unwrapped by the weights loader) mapped onto the body, its classifier dropped."""
+        if all(key.startswith(BODY_PREFIX) for key in state):
+            return state
+        adapted = {}
+        for key, value in state.items():
+            if key.startswith(SLOWFAST_HEAD_KEYS):
+                continue
+            ours = slowfast_x3d_key(key)
+            if ours is None:
+                raise WeightsError(f"checkpoint key {key!r} is not a SlowFast X3D key; is this an X3D checkpoint?")
+            adapted[BODY_PREFIX + ours] = value
+        return adapted
+
+
 def _x3d(name: str, depth_factor: float, num_frames: int, in_chans: int) -> Backbone:
-    backbone = Backbone(X3DBody(depth_factor, num_frames, in_chans), name=name, feature_dim=CONV5_WIDTH, stride=32)
+    backbone = X3DBackbone(X3DBody(depth_factor, num_frames, in_chans), name=name, feature_dim=CONV5_WIDTH,
+                           stride=32)
     backbone.frames_per_clip = num_frames
     return backbone
 

@@ -129,6 +129,17 @@ def inner_validation_split(participants: Sequence[str], labels: dict[str, int], 
     return tuple(sorted(train)), tuple(sorted(val))
 
 
+def holdout_split(scans: Sequence[Scan], fraction: float, *, seed: int = 0) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(train, held-out) participant ids of a deployable model: a stratified `fraction` of the participants
+    held out (at least one per class) for model selection and exit calibration; every scan of a participant
+    lands on the same side."""
+    labels = participant_labels(scans)
+    train, held_out = inner_validation_split(sorted(labels), labels, fraction, seed=seed)
+    if set(train) & set(held_out):
+        raise DataLeakageError(f"participants on both sides of the held-out split: {sorted(set(train) & set(held_out))}")
+    return train, held_out
+
+
 def make_folds(scans: Sequence[Scan], n_folds: int, *, seed: int = 0,
                validation_fraction: float = 0.2) -> list[Fold]:
     """Outer folds plus each fold's inner validation split (all at participant level)."""

@@ -106,6 +106,12 @@ class ClipInfo:
             flipped=bool(d.get("flipped", False)),
         )
 
+    def locate(self, candidate: int, box: Sequence[float]) -> dict[str, Any]:
+        """core.geometry.SourceRecord: a focus step -> {"frame", "time_s", "box": source pixels x0 y0 x1 y1}."""
+        frame = self.frame_indices[candidate]
+        return {"frame": frame, "time_s": round(frame_time_s(frame, self), 4),
+                "box": [round(v, 1) for v in output_box_to_source(box, self)]}
+
 
 def _as_info(info: ClipInfo | Mapping[str, Any]) -> ClipInfo:
     return info if isinstance(info, ClipInfo) else ClipInfo.from_dict(info)
@@ -526,6 +532,7 @@ def decode_frames(path: str | Path, indices: Sequence[int], *,
 
 
 RESIZE_FRAMES_AT_ONCE = 8
+EVAL_CROP_PAPER = 224 / 256  # the authors' evaluation view: GroupScale(256) then GroupCenterCrop(224)
 
 
 class ClipTransform:
@@ -533,14 +540,18 @@ class ClipTransform:
 
     train=True: a random multi-scale crop (MMAction2 MultiScaleCrop style: side lengths are `scales` times
     the short side, width and height scales at most one step apart, random position), then a horizontal
-    flip with probability 0.5 when `flip`. train=False: the centred square of side = the short side (the
-    same region as "resize short side, then centre crop"). The crop is resized to size x size.
+    flip with probability 0.5 when `flip`. train=False: the centred square of side `eval_crop` times the short
+    side (1.0: "resize short side, then centre crop" at the same size; 224/256: the authors' "resize to 256,
+    centre crop 224", EVAL_CROP_PAPER). The crop is resized to size x size.
     """
 
     def __init__(self, size: int, *, train: bool, scales: Sequence[float] = (1, .875, .75, .66),
-                 flip: bool = True):
+                 flip: bool = True, eval_crop: float = 1.0):
         if size < 1:
             raise ValueError(f"size must be >= 1, got {size}")
+        if not 0 < eval_crop <= 1:
+            raise ValueError(f"eval_crop must be in (0, 1], got {eval_crop}")
+        self.eval_crop = float(eval_crop)
         if not scales or not all(0 < s <= 1 for s in scales):
             raise ValueError(f"scales must be in (0, 1], got {scales!r}")
         self.size = int(size)
@@ -553,8 +564,9 @@ class ClipTransform:
         """Crop box (x0, y0, x1, y1) in source pixels and whether to flip, for a height x width source."""
         short = min(height, width)
         if not self.train:
-            x0, y0 = (width - short) // 2, (height - short) // 2
-            return (x0, y0, x0 + short, y0 + short), False
+            side = max(1, round(short * self.eval_crop))
+            x0, y0 = (width - side) // 2, (height - side) // 2
+            return (x0, y0, x0 + side, y0 + side), False
         rng = rng if rng is not None else np.random.default_rng()
         sides = [max(1, int(short * s)) for s in self.scales]
         pairs = [(h, w) for i, h in enumerate(sides) for j, w in enumerate(sides) if abs(i - j) <= 1]
@@ -576,9 +588,11 @@ class ClipTransform:
         (x0, y0, x1, y1), flipped = self.sample_view(height, width, rng)
         # A few frames at a time: the float copy of a whole full-resolution clip (48 frames of 720 x 720:
         # 300 MB) would set each decoding worker's peak memory.
+        # Antialiasing only matters when shrinking (and its kernel is several times slower when enlarging).
+        shrinking = max(x1 - x0, y1 - y0) > self.size
         out = torch.cat([
             F.interpolate(torch.from_numpy(np.ascontiguousarray(part[:, y0:y1, x0:x1])).permute(0, 3, 1, 2).float(),
-                          size=(self.size, self.size), mode="bilinear", align_corners=False, antialias=True)
+                          size=(self.size, self.size), mode="bilinear", align_corners=False, antialias=shrinking)
             for part in np.array_split(frames, max(1, -(-len(frames) // RESIZE_FRAMES_AT_ONCE)))
         ]).div_(255.0).clamp_(0.0, 1.0)
         if flipped:
@@ -603,8 +617,10 @@ def load_clip(
     rng: np.random.Generator | None = None,
     start: int | None = None,
     end: int | None = None,
+    eval_crop: float = 1.0,
 ) -> tuple[Tensor, ClipInfo]:
-    """Probe, TSN-sample `num_frames` frames from [start, end), decode them, and apply one ClipTransform.
+    """Probe, TSN-sample `num_frames` frames from [start, end), decode them, and apply one ClipTransform
+    (`eval_crop`: see ClipTransform).
 
     Returns (float [T, 3, size, size] in [0, 1], ClipInfo). Raises VideoDecodeError for unreadable files.
     """
@@ -623,5 +639,5 @@ def load_clip(
     info = ClipInfo(path=str(path), frame_indices=stats.positions, fps=meta.fps, num_frames=meta.num_frames,
                     source_size=(height, width), view_box=(0.0, 0.0, float(width), float(height)),
                     output_size=(height, width))
-    return ClipTransform(size, train=train)(frames, info, rng)
+    return ClipTransform(size, train=train, eval_crop=eval_crop)(frames, info, rng)
 

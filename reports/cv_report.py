@@ -15,7 +15,7 @@ import numpy as np
 from adafocus.core.io import atomic_write_text
 from adafocus.datasets.mri.dataset import ClipSpec, MRISliceDataset, is_usable
 from adafocus.datasets.mri.manifest import read_manifest
-from adafocus.reports.metrics import METRICS, binary_metrics, bootstrap_ci, confusion_counts
+from adafocus.reports.metrics import METRICS, binary_metrics, bootstrap_ci, confusion_counts, triage_summary
 from adafocus.reports.plots import plot_accuracy_vs_gmacs, plot_confusion, plot_roc, plot_selected_slices
 from adafocus.reports.tables import read_tsv, tsv_text
 
@@ -98,6 +98,24 @@ def _selected_slice_panels(predictions: list[dict], experiment: dict, per_class:
             "boxes": boxes,
             "captions": [f"{spec.axis} {s}" for s in slices]})
     return panels
+
+
+def triage_lines(predictions: list[dict]) -> list[str]:
+    """The report's triage section: how often the model was wrong among the test scans flagged "needs
+    review" (threshold fitted per fold on its validation split) and among the rest (baseline sessions)."""
+    base = [p for p in predictions if int(p["baseline"]) and p.get("needs_review", "") != ""]
+    if not base:
+        return []
+    flagged = np.array([int(p["needs_review"]) for p in base], dtype=float)
+    errors = np.array([int(p["prediction"]) != int(p["label"]) for p in base])
+    t = triage_summary(flagged, errors, 0.5)
+    return ["", "## Triage", "",
+            ("Each fold's \"needs review\" threshold (normalised entropy) is fitted on its validation split for a "
+             "target error rate among the unflagged scans (see review_threshold.json in each fold)."), "",
+            "| | scans | model wrong |", "|---|---|---|",
+            f"| flagged \"needs review\" | {t['flagged']} of {t['items']} ({_fmt(t['flagged_share'])}) | "
+            f"{_fmt(t['error_flagged'])} |",
+            f"| not flagged | {t['items'] - t['flagged']} | {_fmt(t['error_unflagged'])} |"]
 
 
 def _fmt(value: float, digits: int = 3) -> str:
@@ -206,7 +224,7 @@ def write_cv_report(cv_dir: str | Path) -> Path:
                            cv_dir / FIGURES["accuracy_vs_gmacs"])
     plot_selected_slices(_selected_slice_panels(all_predictions, experiment), cv_dir / FIGURES["selected_slices"])
 
-    markdown = _markdown(experiment, rows, n_folds, len(pooled["labels"]))
+    markdown = _markdown(experiment, rows, n_folds, len(pooled["labels"])) + "\n".join(triage_lines(all_predictions))
     atomic_write_text(cv_dir / "report.md", markdown)
     atomic_write_text(cv_dir / "report.html", _html(markdown))
     return cv_dir / "report.md"

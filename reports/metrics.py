@@ -73,3 +73,52 @@ def bootstrap_ci(labels: np.ndarray, predictions: np.ndarray, probabilities: np.
         intervals[name] = ((float(np.percentile(finite, tail)), float(np.percentile(finite, 100 - tail)))
                            if finite.size else (float("nan"), float("nan")))
     return intervals
+
+
+# ------------------------------------------------------------------------------------------------ triage
+def normalised_entropy(probabilities: np.ndarray) -> np.ndarray:
+    """Uncertainty of each prediction, [N, C] class probabilities -> [N] entropy / ln C in [0, 1]."""
+    p = np.clip(np.asarray(probabilities, dtype=float), 1e-12, 1.0)
+    return -(p * np.log(p)).sum(axis=-1) / np.log(p.shape[-1])
+
+
+def fit_review_threshold(uncertainty: np.ndarray, errors: np.ndarray | None = None, *,
+                         flag_share: float | None = None, max_error: float | None = None) -> float:
+    """"Needs review" threshold on an uncertainty score (flag when uncertainty >= threshold), fitted on
+    validation items for one stated target:
+
+    - ``flag_share``: flag the least certain ``flag_share`` of the items;
+    - ``max_error``: flag the fewest least-certain items such that the error rate among the unflagged
+      (``errors``: 1 where the model was wrong) is at most ``max_error``.
+
+    Returns +inf when nothing needs flagging (so nothing is), and the smallest score when all must be."""
+    scores = np.asarray(uncertainty, dtype=float)
+    if (flag_share is None) == (max_error is None):
+        raise ValueError("give exactly one target: flag_share or max_error")
+    if scores.ndim != 1 or not scores.size:
+        raise ValueError("need a non-empty 1D array of uncertainty scores")
+    order = np.argsort(-scores, kind="stable")  # least certain first
+    if flag_share is not None:
+        if not 0.0 <= flag_share <= 1.0:
+            raise ValueError(f"flag_share must be in [0, 1], got {flag_share}")
+        flagged = int(round(flag_share * scores.size))
+    else:
+        wrong = np.asarray(errors, dtype=float)[order]
+        if wrong.shape != scores.shape:
+            raise ValueError("errors must match uncertainty in shape")
+        unflagged_errors = wrong[::-1].cumsum()[::-1]  # errors among items k.. when the first k are flagged
+        remaining = np.arange(scores.size, 0, -1)
+        ok = np.append(unflagged_errors / remaining <= max_error, True)  # flagging everything always meets it
+        flagged = int(np.argmax(ok))
+    return float("inf") if flagged == 0 else float(scores[order[flagged - 1]])
+
+
+def triage_summary(uncertainty: np.ndarray, errors: np.ndarray, threshold: float) -> dict[str, float]:
+    """How items split at a threshold: flagged share and the error rate among flagged and unflagged items
+    (NaN for an empty group)."""
+    flagged = np.asarray(uncertainty, dtype=float) >= threshold
+    wrong = np.asarray(errors, dtype=bool)
+    return {"flagged": int(flagged.sum()), "items": int(flagged.size),
+            "flagged_share": _ratio(int(flagged.sum()), flagged.size),
+            "error_flagged": _ratio(int((wrong & flagged).sum()), int(flagged.sum())),
+            "error_unflagged": _ratio(int((wrong & ~flagged).sum()), int((~flagged).sum()))}

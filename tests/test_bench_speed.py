@@ -9,6 +9,7 @@ from adafocus.apps.bench_speed import (
     encoder_rates,
     format_encoder_table,
     format_scaling_table,
+    format_speed_table,
     scaling_rows,
 )
 from adafocus.apps.cli import main
@@ -41,7 +42,7 @@ def test_scaling_sweep_grows_cost_with_each_setting():
 
 @pytest.mark.slow
 def test_bench_speed_cli_json_measures_memory_in_fresh_processes(capsys):
-    assert main(["bench", "speed", "--preset", "cpu-synthetic", "--device", "cpu", "--batch", "2",
+    assert main(["bench", "speed", "--preset", "cpu-synthetic", "--device", "cpu", "--batch-size", "2",
                  "--repeats", "1", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert all(r["peak_mb"] is not None and r["peak_mb"] >= 0 for r in result["rows"])
@@ -90,3 +91,42 @@ def test_benchmark_model_spreads_exit_scores_so_budgets_can_be_met():
         spent = model.infer(clips, policy).gmacs.mean().item()
     costs = model.exit_costs()
     assert costs[0] < spent < costs[-1]  # neither everyone at the glance nor everyone to the end
+
+
+def test_engine_variants_are_timed_side_by_side_with_torch(tmp_path, monkeypatch):
+    pytest.importorskip("openvino")
+    monkeypatch.setenv("ADAFOCUS_ENGINE_CACHE", str(tmp_path))
+    rows = bench_speed(get_preset("cpu-synthetic").model, device="cpu", batch=4, warmup=1, repeats=1,
+                       budget_fractions=(0.5,), measure_memory=False, engine="openvino")
+    assert len(rows) == 3 and list(tmp_path.rglob("body.xml"))  # the encoders were exported
+    for r in rows:
+        assert r["engine"] == "openvino fp32" and r["torch_videos_per_s"] > 0
+        assert r["speedup"] == pytest.approx(r["videos_per_s"] / r["torch_videos_per_s"])
+    table = format_speed_table(rows)
+    assert "torch fp32 videos/s" in table and "speed-up" in table
+    with pytest.raises(ValueError, match="--engine torch"):
+        bench_speed(get_preset("cpu-synthetic").model, device="cpu", batch=2, repeats=1, measure_memory=False,
+                    optimize=False, engine="openvino")
+
+
+def test_profile_accounts_for_every_stage_of_one_call():
+    import torch
+    from adafocus.apps.bench_speed import PROFILE_STAGES, profile_infer
+    from adafocus.core.exits import ExitPolicy
+    from adafocus.core.model import UniAdaFocus
+
+    config = get_preset("cpu-synthetic").model
+    torch.manual_seed(0)
+    model = UniAdaFocus(config).eval()
+    clip = torch.rand(4, config.num_candidates, 3, config.frame_size, config.frame_size)
+    everyone_at_glance = ExitPolicy("entropy", [float("-inf")] * config.num_exits, model.exit_costs(), 1.0, 0.0, 0.0)
+    with torch.inference_mode():
+        full, glance_only = profile_infer(model, clip, None), profile_infer(model, clip, everyone_at_glance)
+    stages = [name for name, _ in PROFILE_STAGES] + ["other"]
+    for spent in (full, glance_only):
+        assert set(spent) == {*stages, "total"}
+        assert sum(spent[s] for s in stages) == pytest.approx(spent["total"])
+        assert all(spent[s] >= 0 for s in stages if s != "other") and spent["glance encoder"] > 0
+    assert full["local encoder"] > 0 and full["crop patches"] > 0
+    assert glance_only["local encoder"] == 0 and glance_only["crop patches"] == 0
+    assert "forward" not in vars(model.glance_encoder) and "focus" not in vars(model)  # wrappers removed

@@ -3,6 +3,7 @@ import json
 
 import pytest
 from adafocus.apps.cli import main
+from adafocus.core.run import RunFolder
 
 
 def test_bench_flops_json_reports_measured_exit_costs(capsys):
@@ -23,13 +24,13 @@ def test_train_then_calibrate_on_the_synthetic_task(tmp_path, capsys):
     exits = json.loads(capsys.readouterr().out)["exits"]
     budget = (exits[0] + exits[-1]) / 2
     assert main(["calibrate", "--model", str(run / "best.pt"), "--budget", str(budget), "--device", "cpu"]) == 0
-    policy = json.loads((run / "exit_policy.json").read_text(encoding="utf-8"))
+    policy = json.loads(RunFolder(run).exit_policy(budget).read_text(encoding="utf-8"))
     assert policy["budget"] == pytest.approx(budget) and policy["calibration_cost"] <= budget * 1.001
 
 
 def test_user_errors_are_one_line_with_exit_code_2(tmp_path, capsys):
     assert main(["calibrate", "--model", str(tmp_path / "missing.pt"), "--budget", "1"]) == 2
     err = capsys.readouterr().err
-    assert "no checkpoint file" in err and "Traceback" not in err
+    assert "no run folder or model" in err and "Traceback" not in err
     assert main(["demo", "--parts", "nonsense", "--out", str(tmp_path)]) == 2
     assert "unknown demo part" in capsys.readouterr().err

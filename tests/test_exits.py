@@ -82,14 +82,14 @@ def test_fitted_thresholds_reproduce_the_target_proportions(q):
 def test_fit_thresholds_on_a_small_hand_example():
     scores = torch.tensor([[0.9, 0.0], [0.8, 0.0], [0.1, 0.5], [0.7, 0.0]])
     thresholds = fit_thresholds(scores, torch.tensor([0.5, 0.5]))
-    assert thresholds.tolist() == [pytest.approx(0.8), -math.inf]
+    assert thresholds.tolist() == [pytest.approx(0.75), -math.inf]  # halfway between 0.8 (taken) and 0.7 (left)
     # samples 0, 1 are taken at exit 0 (top 2 of 4 there), so exit 1's threshold comes from samples 2, 3
     scores = torch.tensor([[0.9, 0.9, 0.0], [0.8, 0.8, 0.0], [0.1, 0.2, 0.0], [0.7, 0.3, 0.0]])
     thresholds = fit_thresholds(scores, torch.tensor([0.5, 0.25, 0.25]))
-    assert thresholds.tolist() == [pytest.approx(0.8), pytest.approx(0.3), -math.inf]
+    assert thresholds.tolist() == [pytest.approx(0.75), pytest.approx(0.25), -math.inf]
     # floor(4 * 0.2) = 0 samples at exit 0 -> +inf (nobody exits there); floor(4 * 0.75) = 3 at exit 1
     thresholds = fit_thresholds(scores, torch.tensor([0.2, 0.55, 0.25], dtype=torch.float64))
-    assert thresholds.tolist() == [math.inf, pytest.approx(0.3), -math.inf]
+    assert thresholds.tolist() == [math.inf, pytest.approx(0.25), -math.inf]
 
 
 def test_assign_exits_picks_the_first_passing_exit():

@@ -171,6 +171,6 @@ def test_temporal_loss_survives_a_policy_whose_softmax_underflows():
     out = TrainingOutputs(exit_logits=torch.zeros(1, 2, 10, 4), glance_frame_logits=torch.randn(2, 8, 4),
                           local_patch_logits=torch.zeros(1, 2, 2, 4), frame_weights=weights, glance_actions=None,
                           proxy_logits=None, frame_indices=torch.zeros(2, 2, dtype=torch.long),
-                          boxes=torch.zeros(2, 2, 4))
+                          boxes=torch.zeros(2, 2, 4), num_candidates=8)
     loss, terms = training_loss(out, torch.tensor([0, 1]), only("temporal"))
     assert torch.isfinite(loss) and terms["temporal"] > 0

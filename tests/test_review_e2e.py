@@ -1,14 +1,20 @@
-"""The review app in a real browser: `streamlit run` on 127.0.0.1 with fixture outputs, driven in Debian's
-Chromium through pip playwright (executable_path; never `playwright install`). Run with `make test-browser`.
+"""The review app in a real browser, on demo outputs built by the real pipeline (a small slice: a 2-fold
+`adafocus cv` on MNI-template brains; a video model trained briefly on the moderation demo's clips over
+real footage, then `adafocus score`). `streamlit run` on 127.0.0.1 with the viewer toolbar, driven in
+Debian's Chromium through pip playwright (executable_path; never `playwright install`). Run with
+`make test-browser` (or `pytest -m browser tests/test_review_e2e.py -s` to see the timings).
 
 Screenshots go to the test's tmp folder, and also to $ADAFOCUS_SCREENSHOT_DIR when set (the README's
-docs/screenshots/ are produced that way)."""
+docs/screenshots/ are produced that way, with timings.json beside them)."""
 from __future__ import annotations
 
+import csv
 import io
+import json
 import os
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -17,14 +23,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _review_fixtures import write_all
+from _review_fixtures import write_demo_scans, write_demo_videos
 from adafocus.apps import review_app
-from adafocus.apps import review_logic as rl
+from adafocus.apps import review_audit as ra
 
 pytestmark = pytest.mark.browser
 
 CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync", "--no-first-run"]
+REVIEWER = "Dr Ada Reviewer"
+PAGE_TO_PAGE_LIMIT_S = 2.0
+PLANES = ("sagittal", "coronal", "axial")
 
 
 def free_port() -> int:
@@ -47,21 +56,25 @@ def wait_healthy(url: str, process: subprocess.Popen, timeout: float = 90.0) -> 
     raise TimeoutError("streamlit did not become healthy")
 
 
+@pytest.fixture(scope="module")
+def demo_outputs(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("demo")
+    return {"scans": write_demo_scans(root / "scans"), "videos": write_demo_videos(root / "videos")}
+
+
 @pytest.fixture
-def app_url(tmp_path):
-    outputs = write_all(tmp_path / "outputs")
-    env = {**os.environ, review_app.ENV_SCANS: str(outputs["scans"]), review_app.ENV_VIDEOS: str(outputs["videos"]),
-           review_app.ENV_MODEL: str(outputs["model"])}
+def app_url(demo_outputs):
+    env = {**os.environ, review_app.ENV_SCANS: str(demo_outputs["scans"]),
+           review_app.ENV_VIDEOS: str(demo_outputs["videos"])}
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", review_app.__file__, "--server.headless", "true",
-         "--server.address", "127.0.0.1", "--server.port", str(port), "--browser.gatherUsageStats", "false",
-         "--server.fileWatcherType", "none"],
+        [sys.executable, "-m", "streamlit", "run", review_app.__file__, *review_app.STREAMLIT_FLAGS,
+         "--server.port", str(port), "--server.fileWatcherType", "none"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         url = f"http://127.0.0.1:{port}"
         wait_healthy(url, process)
-        yield url, outputs
+        yield url, demo_outputs
     finally:
         process.terminate()
         try:
@@ -70,22 +83,26 @@ def app_url(tmp_path):
             process.kill()
 
 
-def yellow_pixels(png: bytes) -> int:
-    """Pixels of the focus-box colour (BOX_COLOUR, allowing for resampling) in a PNG screenshot."""
+def rgb(png: bytes) -> np.ndarray:
     from PIL import Image
 
-    rgb = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(int)
-    return int(((rgb[..., 0] > 200) & (rgb[..., 1] > 170) & (rgb[..., 2] < 90)).sum())
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(int)
 
 
-def save_screenshot(page, name: str, folders: list[Path], height: int = 2300, scale: float = 0.6) -> None:
+def yellow_pixels(png: bytes) -> int:
+    """Pixels of the focus-box colour (review_render.BOX_COLOUR, allowing for resampling) in a screenshot."""
+    image = rgb(png)
+    return int(((image[..., 0] > 200) & (image[..., 1] > 170) & (image[..., 2] < 90)).sum())
+
+
+def save_screenshot(page, name: str, folders: list[Path], height: int = 2000, scale: float = 0.6) -> None:
     """The whole view (a viewport tall enough that nothing scrolls), shrunk and palette-quantised so the
     PNG stays small for the README; the viewport is restored afterwards."""
     from PIL import Image
 
     size = page.viewport_size
     page.set_viewport_size({"width": size["width"], "height": height})
-    page.wait_for_timeout(500)  # let the layout settle at the new size
+    page.wait_for_timeout(700)  # let the layout settle at the new size
     image = Image.open(io.BytesIO(page.screenshot())).convert("RGB")
     page.set_viewport_size(size)
     image = image.resize((round(image.width * scale), round(image.height * scale)), Image.LANCZOS)
@@ -94,73 +111,127 @@ def save_screenshot(page, name: str, folders: list[Path], height: int = 2300, sc
         image.quantize(colors=128).save(folder / name, optimize=True)
 
 
-def open_item(page, label: str, search: str) -> None:
-    """Pick the queue item whose label contains `search` in the selectbox `label` (typing filters it)."""
-    box = page.locator("[data-testid='stSelectbox']").filter(has_text=label).locator("input").first
-    box.click()
-    box.fill(search)
-    page.get_by_role("option").filter(has_text=search).first.click()
+def plane_image(page, plane: str):
+    return page.locator("[data-testid='stImage']").filter(has_text=f"{plane} ").filter(
+        has_not_text="native").locator("img").first
 
 
-def test_review_app_in_chromium(app_url, tmp_path):
+def wait_settled(page) -> None:
+    """Until the script run finished and every image on the page has loaded."""
+    page.wait_for_function("() => { const s = document.querySelector('[data-testid=\"stStatusWidget\"]');"
+                           " const imgs = [...document.querySelectorAll('[data-testid=\"stImage\"] img')];"
+                           " return (!s || !s.innerText.includes('Running')) && imgs.length > 0"
+                           " && imgs.every(i => i.complete && i.naturalWidth > 0); }")
+
+
+def open_flagged(page, kind: str) -> None:
+    page.get_by_text("Needs review only").first.click()
+    wait_settled(page)
+
+
+def timed_next(page, kind: str) -> float:
+    """Seconds from pressing Next until the next item's title is shown and its images have loaded."""
+    title = page.locator("h3").filter(has_text=f"{kind.capitalize()} ").first.inner_text()
+    started = time.perf_counter()
+    page.get_by_role("button", name="Next").click()
+    page.wait_for_function("t => { const h = [...document.querySelectorAll('h3')].find(e =>"
+                           " e.innerText.startsWith(t.split(' ')[0] + ' ')); return h && h.innerText !== t; }",
+                           arg=title)
+    wait_settled(page)
+    return time.perf_counter() - started
+
+
+def review_scan(page, shots: list[Path]) -> list[float]:
+    page.get_by_text("Scan ", exact=False).first.wait_for()
+    open_flagged(page, "scan")
+    page.get_by_text("Needs review:").first.wait_for()
+    prediction = page.locator("[data-testid='stMetricValue']").first.inner_text()
+    assert prediction in ("CN", "AD")  # class names, not "class 1"
+    assert page.get_by_text("Classes: 0 = CN, 1 = AD").is_visible()
+    assert "DOE" not in page.locator("body").inner_text()
+    for plane in PLANES:  # large planes, each with the 3D focus box drawn where it crosses
+        image = plane_image(page, plane)
+        assert image.bounding_box()["width"] >= 512, plane
+        assert yellow_pixels(image.screenshot()) > 30, plane
+    before = rgb(plane_image(page, "sagittal").screenshot())
+    window = page.locator("[data-testid='stSelectbox']").filter(has_text="Window").locator("input").first
+    window.click()
+    window.fill("full")  # the combobox filters its options by the text typed
+    page.get_by_role("option", name="full range").click()
+    wait_settled(page)
+    page.wait_for_timeout(300)
+    after = rgb(plane_image(page, "sagittal").screenshot())
+    assert before.shape == after.shape and np.abs(before - after).mean() > 2.0  # window/level changed the pixels
+    page.get_by_role("button", name="Confirm").click()
+    page.get_by_text(f"Saved decision: confirm by {REVIEWER}").wait_for()
+    save_screenshot(page, "scan_view.png", shots)
+    return [timed_next(page, "scan") for _ in range(4)]
+
+
+def review_video(page, shots: list[Path]) -> list[float]:
+    page.get_by_role("radiogroup").first.get_by_text("Videos", exact=True).click()
+    page.get_by_text("Video ", exact=False).first.wait_for()
+    open_flagged(page, "video")
+    page.get_by_text("Needs review:").first.wait_for()
+    prediction = page.locator("[data-testid='stMetricValue']").first.inner_text()
+    assert prediction in ("NonViolence", "Violence")
+    chart = page.locator("[data-testid='stVegaLiteChart']").first
+    chart.wait_for()
+    assert chart.bounding_box()["width"] > 400  # the temporal policy's timeline over the whole video
+    assert page.get_by_text("Where the model looked in the whole video").is_visible()
+    assert page.locator("video").count() == 1
+    frames = page.locator("[data-testid='stImage'] img")
+    assert frames.count() >= 1 and all(yellow_pixels(frames.nth(i).screenshot()) > 20 for i in range(frames.count()))
+    assert frames.first.bounding_box()["width"] >= 480
+    page.get_by_role("button", name="Dismiss").click()
+    page.get_by_text(f"Saved decision: dismiss by {REVIEWER}").wait_for()
+    save_screenshot(page, "video_view.png", shots)
+    return [timed_next(page, "video") for _ in range(3)]
+
+
+def exported_audit(page) -> list[dict]:
+    page.get_by_role("radiogroup").first.get_by_text("Decisions", exact=True).click()
+    page.get_by_text("Audit log").first.wait_for()
+    rows = []
+    for kind in ("scan", "video"):
+        with page.expect_download() as download:
+            page.get_by_role("button", name=f"Export the {kind} audit log (CSV)").click()
+        rows += list(csv.DictReader(io.StringIO(Path(download.value.path()).read_text(encoding="utf-8"))))
+    return rows
+
+
+def test_review_app_on_demo_outputs_in_chromium(app_url, tmp_path):
     sync_api = pytest.importorskip("playwright.sync_api")
     chromium = shutil.which("chromium")
     if chromium is None:
-        pytest.skip("Debian chromium is not installed (apt-get install chromium)")
+        pytest.skip("Debian chromium is not installed (apt-get install -y chromium)")
     url, outputs = app_url
     shots = [tmp_path / "screenshots"]
     if os.environ.get("ADAFOCUS_SCREENSHOT_DIR"):
         shots.append(Path(os.environ["ADAFOCUS_SCREENSHOT_DIR"]))
     with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch_persistent_context(tmp_path / "profile", executable_path=chromium,
-                                                       headless=True, args=CHROMIUM_FLAGS,
-                                                       viewport={"width": 1280, "height": 900})
+        browser = p.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_FLAGS)
         try:
-            page = browser.new_page()
-            page.set_default_timeout(20_000)
+            page = browser.new_page(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
+            page.set_default_timeout(30_000)
             page.goto(url)
-            page.wait_for_selector("[data-testid='stAppViewContainer']")
-            page.get_by_text("Selected slices", exact=True).wait_for()
-
-            # a flagged scan: strip with boxes, planes, raw beside preprocessed; then a decision
-            open_item(page, "Open scan", "P003")
-            page.get_by_text("Scan P003 ses-M000").wait_for()
-            page.get_by_text("Needs review: exit entropy").wait_for()
-            strip = page.locator("[data-testid='stImage']").filter(has_text="selected-slice strip").locator("img")
-            strip.wait_for()
-            assert yellow_pixels(strip.screenshot()) > 50  # the focus boxes are drawn and visible
-            assert page.locator("[data-testid='stImage'] img").count() == 7
-            assert page.get_by_text("Raw scan beside the preprocessed one").is_visible()
-            assert "DOE" not in page.locator("body").inner_text()  # header identifiers stay hidden
-            page.get_by_role("textbox", name="Note").fill("atrophy pattern plausible")
-            page.get_by_role("button", name="Save decision").click()
-            page.get_by_text("Saved decision: confirm at").wait_for()
-            page.get_by_text("1 reviewed").wait_for()
-            save_screenshot(page, "scan_view.png", shots)
-
-            # a flagged video: player, selected frames with boxes and times, jump, decision
-            page.locator("[data-testid='stSidebar']").get_by_text("Videos", exact=True).click()
-            page.get_by_text("Frames the model looked at").wait_for()
-            open_item(page, "Open video", "fight.mp4")
-            page.get_by_text("Video fight.mp4").wait_for()
-            page.get_by_text("Needs review: exit entropy").wait_for()
-            page.get_by_role("button", name="▶ 1.60 s").wait_for()
-            assert page.locator("video").count() == 1
-            frames = page.locator("[data-testid='stImage'] img")
-            assert frames.count() == 2
-            assert all(yellow_pixels(frames.nth(i).screenshot()) > 20 for i in range(2))
-            page.get_by_role("button", name="▶ 1.60 s").click()
-            # the player jumped (st.video start_time, whole seconds)
-            page.wait_for_function("() => { const v = document.querySelector('video');"
-                                   " return v !== null && v.currentTime >= 1; }")
-            page.get_by_role("radio", name="dismiss").check(force=True)
-            page.get_by_role("button", name="Save decision").click()
-            page.get_by_text("Saved decision: dismiss at").wait_for()
-            save_screenshot(page, "video_view.png", shots)
+            page.get_by_label("Your name (stored with every decision you make)").fill(REVIEWER)
+            page.get_by_role("button", name="Start reviewing").click()
+            wait_settled(page)
+            assert page.get_by_text("Deploy", exact=True).count() == 0  # viewer toolbar: no Deploy menu
+            scan_times = review_scan(page, shots)
+            video_times = review_video(page, shots)
+            audit = exported_audit(page)
         finally:
             browser.close()
-    saved = rl.DecisionStore(outputs["videos"] / rl.DECISIONS_FILE).latest("video")
-    assert saved["fight.mp4"]["decision"] == "dismiss"
-    assert rl.DecisionStore(outputs["scans"] / rl.DECISIONS_FILE).latest("scan")["P003/ses-M000"]["note"] == \
-        "atrophy pattern plausible"
+    timings = {"scan_next_s": [round(t, 3) for t in scan_times], "video_next_s": [round(t, 3) for t in video_times]}
+    print("page-to-page seconds:", json.dumps(timings), "median", round(statistics.median(scan_times + video_times), 3))
+    for folder in shots:
+        (folder / "timings.json").write_text(json.dumps(timings, indent=2) + "\n", encoding="utf-8")
+    assert max(scan_times + video_times) < PAGE_TO_PAGE_LIMIT_S, timings
+    decided = {(r["kind"], r["decision"], r["reviewer"]) for r in audit}
+    assert {("scan", "confirm", REVIEWER), ("video", "dismiss", REVIEWER)} <= decided
+    assert all(r["model_run"] for r in audit if r["kind"] == "scan")  # which fold's model was reviewed
+    stored = ra.AuditLog(outputs["scans"] / ra.AUDIT_FILE).history("scan")
+    assert [r["reviewer"] for r in stored] == [REVIEWER]
     assert all((shots[0] / n).stat().st_size > 10_000 for n in ("scan_view.png", "video_view.png"))

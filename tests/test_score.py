@@ -1,5 +1,5 @@
 """`adafocus score`: broken inputs become rows with reasons, outputs survive SIGKILL, exit codes, details,
-budgets, contact sheets, merging of torchrun part files and a real 2-process torchrun run on 127.0.0.1."""
+budgets and contact sheets (the Ray path: tests/test_ray.py)."""
 from __future__ import annotations
 
 import csv
@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 from adafocus.apps.cli import main as cli_main
-from adafocus.apps.score import OutputFiles, collect_inputs, csv_columns, merge_parts, read_rows, score_videos
+from adafocus.apps.score import collect_inputs, csv_columns, read_rows, score_videos
 from adafocus.core.checkpoint import save_checkpoint
 from adafocus.core.config import get_preset
 from adafocus.core.model import UniAdaFocus
@@ -274,27 +273,6 @@ def test_contact_sheets_show_the_boxes(corpus, checkpoint, tmp_path):
         assert yellow.sum() > 50  # the box outlines (the counter video itself is grey)
 
 
-def _csv_text(paths: list[str]) -> str:
-    header = ",".join(csv_columns(["a", "b"]))
-    return header + "\n" + "".join(f"{p},ok,,,a,0.6,0.4,1,0.01,1.0,1.0\n" for p in paths)
-
-
-def test_merge_parts_keeps_each_file_once(tmp_path):
-    final = OutputFiles(tmp_path / "scores.csv", tmp_path / "details.jsonl")
-    final.csv.write_text(_csv_text(["/v/0.mp4"]), encoding="utf-8")
-    final.details.write_text(json.dumps({"path": "/v/0.mp4"}) + "\n", encoding="utf-8")
-    (tmp_path / ".scores.csv.rank0.part").write_text(_csv_text(["/v/0.mp4", "/v/2.mp4"]) + "/v/4.mp4,ok,", encoding="utf-8")
-    (tmp_path / ".scores.csv.rank1.part").write_text(_csv_text(["/v/1.mp4", "/v/3.mp4"]), encoding="utf-8")
-    (tmp_path / ".details.jsonl.rank1.part").write_text(
-        "".join(json.dumps({"path": p}) + "\n" for p in ("/v/1.mp4", "/v/3.mp4")) + '{"path": "/v/5')
-    merge_parts(final, csv_columns(["a", "b"]))
-    _, rows = read_rows(final.csv)
-    assert sorted(r["path"] for r in rows) == [f"/v/{i}.mp4" for i in range(4)]
-    assert [json.loads(line)["path"] for line in final.details.read_text(encoding="utf-8").splitlines()] == \
-        ["/v/0.mp4", "/v/1.mp4", "/v/3.mp4"]
-    assert not list(tmp_path.glob(".*.part"))
-
-
 def _data_rows(path: Path) -> int:
     return max(0, path.read_bytes().count(b"\n") - 1) if path.exists() else 0
 
@@ -326,32 +304,6 @@ def test_sigkill_mid_run_then_resume_scores_every_file_once(checkpoint, tmp_path
     assert all(r[1] == "ok" for r in records[1:])
     detail_names = sorted(Path(json.loads(line)["path"]).name for line in details.read_text(encoding="utf-8").splitlines())
     assert detail_names == [f"clip_{i:02d}.mp4" for i in range(24)]
-
-
-def test_torchrun_two_processes_shard_and_merge(corpus, checkpoint, tmp_path):
-    folder, expected = corpus
-    out, details = tmp_path / "scores.csv", tmp_path / "details.jsonl"
-    with socket.socket() as probe:  # a free port on the loopback interface
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    command = ["torchrun", "--nproc_per_node=2", "--master_addr=127.0.0.1", f"--master_port={port}",
-               "-m", "adafocus.apps.cli", "score", str(folder), "--model", str(checkpoint), "--out", str(out),
-               "--details", str(details), "--workers", "0", "--batch-size", "2", "--quiet"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    torchrun = Path(PYTHON).parent / "torchrun"
-    result = subprocess.run([str(torchrun), *command[1:]], cwd=REPO, env=env, capture_output=True, text=True,
-                            timeout=600, check=False)
-    assert result.returncode == 0, result.stderr[-3000:]
-    rows = _rows_by_name(out)
-    assert sorted(rows) == sorted(expected)
-    assert all(rows[name]["status"] == status for name, (status, _) in expected.items())
-    # input i went to rank i % 2, and rank 0's part was merged before rank 1's
-    inputs = collect_inputs([str(folder)])
-    assert [row["path"] for row in read_rows(out)[1]] == inputs[0::2] + inputs[1::2]
-    assert sorted(Path(json.loads(line)["path"]).name for line in details.read_text(encoding="utf-8").splitlines()) == \
-        sorted(expected)
-    assert not list(tmp_path.glob(".*.part"))
-    assert result.stdout.count(" scored, ") == 1  # one summary line, from rank 0
 
 
 def test_bench_score_reports_rates_and_decode_share():

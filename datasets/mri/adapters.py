@@ -37,8 +37,8 @@ from adafocus.datasets.mri.volume import DICOM_SUFFIX, NIFTI_SUFFIXES
 
 log = logging.getLogger(__name__)
 
-DATASETS = ("adni", "oasis", "ppmi")
-DEFAULT_CLASSES = {"adni": ("CN", "AD"), "oasis": ("CN", "AD"), "ppmi": ("Control", "PD")}
+DATASETS = ("adni", "oasis", "ppmi", "bids")
+DEFAULT_CLASSES = {"adni": ("CN", "AD"), "oasis": ("CN", "AD"), "ppmi": ("Control", "PD"), "bids": ("CN", "AD")}
 OASIS_DIAGNOSES = ("CN", "AD")
 
 _IMAGE_ID_DIR = re.compile(r"^I\d+$")
@@ -354,9 +354,18 @@ def build_oasis_manifest(
 
 
 def build_manifest(
-    dataset: str, raw_dir: str | Path, metadata_csv: str | Path, *, classes: tuple[str, ...] | None = None
+    dataset: str, raw_dir: str | Path, metadata_csv: str | Path | None, *, classes: tuple[str, ...] | None = None,
+    diagnosis_column: str = "diagnosis",
 ) -> list[ManifestRow]:
-    """Dispatch to the adapter named `dataset` ("adni", "oasis" or "ppmi"); classes=None -> its default."""
+    """Dispatch to the adapter named `dataset` ("adni", "oasis", "ppmi" or "bids"); classes=None -> its
+    default. BIDS reads participants.tsv (metadata_csv is not used) and `diagnosis_column` from it."""
+    if dataset == "bids":
+        from adafocus.datasets.mri.bids import build_bids_manifest
+
+        return build_bids_manifest(raw_dir, diagnosis_column=diagnosis_column,
+                                   classes=tuple(classes or DEFAULT_CLASSES[dataset]))
+    if metadata_csv is None:
+        raise ValueError(f"{dataset} needs its metadata CSV (--metadata)")
     builders = {"adni": build_adni_manifest, "oasis": build_oasis_manifest, "ppmi": build_ppmi_manifest}
     if dataset not in builders:
         raise ValueError(f"unknown dataset {dataset!r}; choose one of {DATASETS}")

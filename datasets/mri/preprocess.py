@@ -18,15 +18,17 @@ mid-planes), where <pid>/<sid> are the manifest ids with non-alphanumerics remov
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib.util
+import json
 import logging
 import multiprocessing
 import os
 import re
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +37,7 @@ from typing import ClassVar, Protocol
 import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
+from adafocus.core.io import atomic_write_json
 from adafocus.datasets.mri.adapters import build_manifest
 from adafocus.datasets.mri.manifest import (
     MANIFEST_NAME,
@@ -71,6 +74,30 @@ class T1LinearConfig:
     registration_spacing_mm: float = 2.0
     n4_shrink_factor: int = 4
     seed: int = 0
+
+
+T1_LINEAR_CONFIG_NAME = "t1_linear.json"
+
+
+def write_t1_linear_config(cache_dir: str | Path, config: T1LinearConfig) -> None:
+    """Record a cache's settings beside its manifest, so a model trained on it knows how to preprocess new
+    scans the same way (the model card copies them)."""
+    atomic_write_json(Path(cache_dir) / T1_LINEAR_CONFIG_NAME, dataclasses.asdict(config))
+
+
+def read_t1_linear_config(cache_dir: str | Path) -> dict:
+    """The settings a cache was made with (the defaults for caches written before this file existed)."""
+    path = Path(cache_dir) / T1_LINEAR_CONFIG_NAME
+    if path.is_file():
+        return json.loads(path.read_text(encoding="utf-8"))
+    return dataclasses.asdict(T1LinearConfig())
+
+
+def t1_linear_config_from(settings: dict | None) -> T1LinearConfig:
+    """A T1LinearConfig from a model card's "t1_linear" entry (unknown keys ignored; None -> defaults)."""
+    fields = {f.name for f in dataclasses.fields(T1LinearConfig)}
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in (settings or {}).items() if k in fields}
+    return T1LinearConfig(**values)
 
 
 class Step(Protocol):
@@ -139,7 +166,7 @@ class OrientationRAS:
         transform = orientations.ornt_transform(current, orientations.axcodes2ornt("RAS"))
         array = orientations.apply_orientation(volume.array, transform)
         affine = volume.affine @ orientations.inv_ornt_aff(transform, volume.shape)
-        return Volume(np.ascontiguousarray(array, dtype=np.float32), affine)
+        return dataclasses.replace(volume, array=np.ascontiguousarray(array, dtype=np.float32), affine=affine)
 
 
 @dataclass(frozen=True)
@@ -158,7 +185,7 @@ class N4BiasCorrection:
         corrector.SetMaximumNumberOfIterations(list(self.iterations))
         corrector.Execute(sitk.Shrink(image, factors), sitk.Shrink(mask, factors))
         bias = sitk.Exp(corrector.GetLogBiasFieldAsImage(image))
-        return Volume(sitk_to_volume(image / bias).array, volume.affine)
+        return dataclasses.replace(volume, array=sitk_to_volume(image / bias).array)
 
 
 def registration_shrink_factors(registration_spacing_mm: float) -> list[int]:
@@ -202,10 +229,38 @@ class RegisterToMNI:
     name: ClassVar[str] = "register"
 
     def __call__(self, volume: Volume) -> Volume:
+        refuse_too_small(volume)
         moving = volume_to_sitk(volume)
         transform = register_affine(moving, mni_template(self.registration_spacing_mm), self.seed)
         grid = mni_template(self.spacing_mm)
-        return sitk_to_volume(sitk.Resample(moving, grid, transform, sitk.sitkLinear, 0.0, sitk.sitkFloat32))
+        registered = sitk_to_volume(sitk.Resample(moving, grid, transform, sitk.sitkLinear, 0.0, sitk.sitkFloat32))
+        native = None if volume.native is None else \
+            {**volume.native, "mni_to_native_world": ras_matrix_of(transform)}
+        return Volume(registered.array, registered.affine, native)
+
+
+MIN_REGISTRATION_MM = 40.0
+MIN_REGISTRATION_VOXELS = 8
+
+
+def refuse_too_small(volume: Volume) -> None:
+    """ScanError for a field of view too small to register to a head template (a localiser, a thin slab)."""
+    extent = [n * s for n, s in zip(volume.shape, volume.spacing)]
+    if min(extent) < MIN_REGISTRATION_MM or min(volume.shape) < MIN_REGISTRATION_VOXELS:
+        raise ScanError(f"scan too small to register: {' x '.join(str(n) for n in volume.shape)} voxels, "
+                        f"{' x '.join(f'{e:.0f}' for e in extent)} mm; need at least {MIN_REGISTRATION_VOXELS} "
+                        f"voxels and {MIN_REGISTRATION_MM:.0f} mm along each axis (a whole-head T1)")
+
+
+def ras_matrix_of(transform: sitk.Transform) -> list[list[float]]:
+    """The 4x4 RAS mm -> RAS mm matrix of an affine SimpleITK transform (which maps LPS points)."""
+    flip = np.array([-1.0, -1.0, 1.0])
+    points = np.vstack([np.zeros(3), np.eye(3)])
+    mapped = np.array([flip * np.asarray(transform.TransformPoint((flip * p).tolist())) for p in points])
+    matrix = np.eye(4)
+    matrix[:3, 3] = mapped[0]
+    matrix[:3, :3] = (mapped[1:] - mapped[0]).T
+    return matrix.tolist()
 
 
 @dataclass(frozen=True)
@@ -224,7 +279,7 @@ class CropToBox:
         out[dst] = volume.array[src]
         shift = np.eye(4)
         shift[:3, 3] = starts
-        return Volume(out, volume.affine @ shift)
+        return dataclasses.replace(volume, array=out, affine=volume.affine @ shift)
 
 
 @dataclass(frozen=True)
@@ -242,7 +297,7 @@ class NormaliseIntensity:
         if high <= low:
             raise ScanError("empty image after registration: constant intensity inside the MNI box")
         scaled = np.clip((volume.array - low) / (high - low), 0.0, 1.0)
-        return Volume(scaled.astype(np.float32), volume.affine)
+        return dataclasses.replace(volume, array=scaled.astype(np.float32))
 
 
 def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
@@ -272,7 +327,32 @@ class SaveNifti:
         image.set_qform(volume.affine, code="mni")
         image.set_sform(volume.affine, code="mni")
         _atomic_write(Path(self.path), lambda tmp: nib.save(image, str(tmp)))
+        if volume.native is not None and "mni_to_native_world" in volume.native:
+            atomic_write_json(native_transform_path(self.path), native_geometry(volume))
         return volume
+
+
+def native_transform_path(nifti_path: str | Path) -> Path:
+    """The JSON beside a preprocessed NIfTI that maps it back to the scan as loaded (`native_geometry`)."""
+    path = Path(nifti_path)
+    return path.with_name(path.name.removesuffix(".gz").removesuffix(".nii") + "_native.json")
+
+
+def native_geometry(volume: Volume) -> dict:
+    """Preprocessed voxel -> MNI mm ("preprocessed_affine") and -> voxel of the source file
+    ("preprocessed_to_native_voxels", through the inverse of the registration), plus the source's grid."""
+    native_affine = np.asarray(volume.native["affine"], dtype=float)
+    to_native_world = np.asarray(volume.native["mni_to_native_world"], dtype=float)
+    to_voxels = np.linalg.inv(native_affine) @ to_native_world @ volume.affine
+    return {"preprocessed_affine": np.asarray(volume.affine).tolist(), "native_affine": native_affine.tolist(),
+            "native_shape": [int(n) for n in volume.native["shape"]],
+            "mni_to_native_world": to_native_world.tolist(), "preprocessed_to_native_voxels": to_voxels.tolist()}
+
+
+def read_native_geometry(nifti_path: str | Path) -> dict | None:
+    """`native_geometry` saved beside a preprocessed scan, or None (caches written before it existed)."""
+    path = native_transform_path(nifti_path)
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
 @dataclass(frozen=True)
@@ -378,6 +458,10 @@ def _limit_worker_threads(threads: int) -> None:
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
 
 
+# {manifest row index: preprocess_scan arguments} and a worker count -> (row index, status) as each scan ends
+ScanExecutor = Callable[[dict[int, tuple], int], Iterator[tuple[int, str]]]
+
+
 def preprocess_manifest(
     manifest: list[ManifestRow],
     out_dir: str | Path,
@@ -385,19 +469,21 @@ def preprocess_manifest(
     workers: int = 2,
     progress: bool = True,
     config: T1LinearConfig = T1LinearConfig(),
+    executor: ScanExecutor | None = None,
 ) -> list[ManifestRow]:
     """Preprocess every usable, unfinished row into `out_dir`; returns the updated rows.
 
     `out_dir/manifest.tsv` is rewritten atomically after every finished scan, so a killed run loses only the
     scans in flight and a re-run skips finished ones. Failures are recorded in `status`, never raised.
-    workers > 1 uses a ProcessPoolExecutor (spawned processes, SimpleITK threads split between them);
-    workers = 1 runs in this process.
+    The scans run through `executor` (default `local_scan_executor`: `workers` processes on this machine;
+    `adafocus preprocess --ray` passes one that runs them as Ray tasks).
     """
     out_dir = Path(out_dir).absolute()
     manifest_path = out_dir / MANIFEST_NAME
     rows = list(manifest)
     todo = [i for i, row in enumerate(rows) if needs_preprocessing(row)]
     write_manifest(rows, manifest_path)
+    write_t1_linear_config(out_dir, config)
     log.info(
         "t1-linear: %d scans to preprocess, %d already done",
         len(todo),
@@ -419,56 +505,64 @@ def preprocess_manifest(
             log.warning("%s %s: %s", rows[i].participant_id, rows[i].session_id, status)
 
     with tqdm(total=len(todo), disable=not progress, unit="scan", desc="t1-linear") as bar:
-        if workers <= 1 or len(todo) <= 1:
-            for i in todo:
-                finish(i, preprocess_scan(*jobs[i]))
-                bar.update()
-            return rows
-        n_workers = min(workers, len(todo))
-        threads = max(1, (os.cpu_count() or 1) // n_workers)
-        with ProcessPoolExecutor(
-            n_workers,
-            mp_context=multiprocessing.get_context("spawn"),
-            initializer=_limit_worker_threads,
-            initargs=(threads,),
-        ) as pool:
-            futures = {pool.submit(preprocess_scan, *jobs[i]): i for i in todo}
-            try:
-                for future in as_completed(futures):
-                    try:
-                        status = future.result()
-                    except Exception as exc:  # noqa: BLE001 - the worker died (e.g. OOM); record it, keep going
-                        status = error_status(f"worker crashed: {type(exc).__name__}: {exc}")
-                    finish(futures[future], status)
-                    bar.update()
-            except BaseException:
-                pool.shutdown(wait=False, cancel_futures=True)
-                raise
+        for i, status in (executor or local_scan_executor)(jobs, workers):
+            finish(i, status)
+            bar.update()
     return rows
+
+
+def local_scan_executor(jobs: dict[int, tuple], workers: int) -> Iterator[tuple[int, str]]:
+    """Run `preprocess_scan` on each job: in this process when workers <= 1, else in a ProcessPoolExecutor
+    (spawned processes, SimpleITK threads split between them); yields (row index, status) as scans finish."""
+    if workers <= 1 or len(jobs) <= 1:
+        for i, job in jobs.items():
+            yield i, preprocess_scan(*job)
+        return
+    n_workers = min(workers, len(jobs))
+    threads = max(1, (os.cpu_count() or 1) // n_workers)
+    with ProcessPoolExecutor(
+        n_workers,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_limit_worker_threads,
+        initargs=(threads,),
+    ) as pool:
+        futures = {pool.submit(preprocess_scan, *job): i for i, job in jobs.items()}
+        try:
+            for future in as_completed(futures):
+                try:
+                    status = future.result()
+                except Exception as exc:  # noqa: BLE001 - the worker died (e.g. OOM); record it, keep going
+                    status = error_status(f"worker crashed: {type(exc).__name__}: {exc}")
+                yield futures[future], status
+        except BaseException:  # includes the caller stopping early (GeneratorExit)
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
 
 
 def run_preprocess(
     dataset: str,
     raw_dir: str | Path,
-    metadata_csv: str | Path,
+    metadata_csv: str | Path | None,
     out_dir: str | Path,
     *,
     classes: tuple[str, ...] | None = None,
+    diagnosis_column: str = "diagnosis",
     workers: int = 2,
     progress: bool = True,
     config: T1LinearConfig = T1LinearConfig(),
+    executor: ScanExecutor | None = None,
 ) -> Path:
-    """Build the `dataset` manifest ("adni" / "oasis" / "ppmi") and preprocess it into `out_dir`.
+    """Build the `dataset` manifest ("adni" / "oasis" / "ppmi" / "bids") and preprocess it into `out_dir`.
 
     Re-running on the same folders resumes: scans finished by an earlier run (same participant, session and
-    source file) are kept. Returns the path of `out_dir/manifest.tsv`.
+    source file) are kept. Returns the path of `out_dir/manifest.tsv`. `executor`: see preprocess_manifest.
     """
     out_dir = Path(out_dir).absolute()
-    rows = build_manifest(dataset, raw_dir, metadata_csv, classes=classes)
+    rows = build_manifest(dataset, raw_dir, metadata_csv, classes=classes, diagnosis_column=diagnosis_column)
     manifest_path = out_dir / MANIFEST_NAME
     if manifest_path.exists():
         rows = carry_over_finished(rows, read_manifest(manifest_path))
-    preprocess_manifest(rows, out_dir, workers=workers, progress=progress, config=config)
+    preprocess_manifest(rows, out_dir, workers=workers, progress=progress, config=config, executor=executor)
     return manifest_path
 
 

@@ -13,6 +13,7 @@ fewer than three non-singleton axes, or a constant image is rejected with a reas
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,10 +36,15 @@ class ScanError(ValueError):
 
 @dataclass(frozen=True)
 class Volume:
-    """A 3D image: `array` float32 [X, Y, Z], `affine` float64 [4, 4] voxel index -> RAS+ mm."""
+    """A 3D image: `array` float32 [X, Y, Z], `affine` float64 [4, 4] voxel index -> RAS+ mm.
+
+    `native` (carried through the preprocessing steps) describes the scan as loaded from its file:
+    {"affine": voxel -> RAS mm of the file's own voxel grid, "shape"} and, after registration,
+    "mni_to_native_world": the 4x4 RAS mm -> RAS mm map from template space back to the scan's world."""
 
     array: np.ndarray
     affine: np.ndarray
+    native: dict | None = None
 
     @property
     def spacing(self) -> tuple[float, float, float]:
@@ -78,12 +84,38 @@ def is_nifti_or_analyze(path: Path) -> bool:
     return name.endswith(NIFTI_SUFFIXES) or name.endswith(ANALYZE_SUFFIXES)
 
 
+def available_memory_bytes() -> int:
+    """Physical memory not in use now (Linux /proc/meminfo MemAvailable; total RAM elsewhere)."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def refuse_oversized(shape: tuple[int, ...], name: str, available: int | None = None) -> None:
+    """ScanError when a header claims more voxels than memory holds (checked before anything is allocated)."""
+    needed = 4 * int(np.prod([max(int(n), 1) for n in shape], dtype=object))  # float32 copy of the image
+    available = available_memory_bytes() if available is None else available
+    if needed > available:
+        raise ScanError(f"header of {name} claims {' x '.join(str(int(n)) for n in shape)} voxels "
+                        f"({needed / 2**30:.1f} GiB as float32), more than the {available / 2**30:.1f} GiB of "
+                        f"free memory: a corrupt header or not a single T1 scan")
+
+
 def _load_with_nibabel(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """Read a NIfTI or Analyze (.hdr/.img) file; returns (float32 array, affine)."""
     if path.stat().st_size == 0:
         raise ScanError(f"unreadable file: {path.name} is empty (0 bytes)")
     try:
         image = nib.load(str(path))
+    except Exception as exc:
+        raise ScanError(f"unreadable file: {path.name}: {type(exc).__name__}: {exc}") from exc
+    refuse_oversized(image.shape, path.name)
+    try:
         array = np.asarray(image.dataobj, dtype=np.float32)
     except Exception as exc:  # nibabel, gzip, zlib and EOF errors all mean the same thing to the user
         raise ScanError(f"unreadable file: {path.name}: {type(exc).__name__}: {exc}") from exc
@@ -100,6 +132,12 @@ def _load_dicom_series(folder: Path) -> tuple[np.ndarray, np.ndarray]:
         raise ScanError(f"unreadable file: no DICOM series found in {folder.name}")
     files_per_series = [sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), sid) for sid in series_ids]
     files = max(files_per_series, key=len)
+    listed = {Path(name).name for series in files_per_series for name in series}
+    dicom_files = sorted(p.name for p in folder.iterdir() if p.name.lower().endswith(DICOM_SUFFIX))
+    unreadable = [name for name in dicom_files if name not in listed]  # GDCM skips files it cannot parse
+    if unreadable:
+        raise ScanError(f"unreadable file: DICOM series in {folder.name}: file {unreadable[0]} "
+                        f"({dicom_files.index(unreadable[0]) + 1} of {len(dicom_files)}) is truncated or not DICOM")
     if len(series_ids) > 1:
         log.warning(
             "%s holds %d DICOM series; using the largest (%d files)", folder.name, len(series_ids), len(files)
@@ -109,11 +147,23 @@ def _load_dicom_series(folder: Path) -> tuple[np.ndarray, np.ndarray]:
     try:
         image = reader.Execute()
     except RuntimeError as exc:
-        raise ScanError(f"unreadable file: DICOM series in {folder.name}: {exc}".splitlines()[0]) from exc
+        raise ScanError(f"unreadable file: DICOM series in {folder.name}: {_broken_dicom_file(files)}") from exc
     if image.GetDimension() == 3 and image.GetSize()[2] == 1:
         raise ScanError(f"wrong dimensionality: DICOM series in {folder.name} has a single slice (2D)")
     volume = sitk_to_volume(image)
     return volume.array, volume.affine
+
+
+def _broken_dicom_file(files: list[str]) -> str:
+    """Which file of a series that failed to read is broken (ITK's own message is not for users)."""
+    for position, name in enumerate(files, start=1):
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(name)
+        try:
+            reader.Execute()
+        except RuntimeError:
+            return f"file {position} of {len(files)} ({Path(name).name}) is truncated or not DICOM"
+    return f"its {len(files)} files do not form one volume (mixed sizes or orientations)"
 
 
 def validated_array(array: np.ndarray, source_name: str) -> np.ndarray:
@@ -152,4 +202,5 @@ def load_volume(path: str | Path) -> Volume:
         array, affine = _load_with_nibabel(path)
     else:
         raise ScanError(f"unsupported file type: {path.name} (expected .nii, .nii.gz, .hdr/.img or DICOM)")
-    return Volume(validated_array(array, path.name), affine)
+    array = validated_array(array, path.name)
+    return Volume(array, affine, {"affine": np.asarray(affine, dtype=float), "shape": tuple(array.shape)})

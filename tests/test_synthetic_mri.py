@@ -1,0 +1,72 @@
+"""The synthetic MRI focus task (datasets.synthetic_mri): ground truth, and where its class can be read."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from adafocus.datasets.mri.slices import plane_frame, volume_to_clip
+from adafocus.datasets.synthetic_mri import LesionFocusTask, LesionTaskConfig, paint_sphere
+
+
+@pytest.fixture(scope="module")
+def task():
+    return LesionFocusTask(LesionTaskConfig(spacing_mm=3.0, lesion_radius_mm=9.0))
+
+
+@pytest.fixture(scope="module")
+def subjects(task):
+    return [task.subject(i) for i in range(4)]
+
+
+def test_paint_sphere_stays_inside_its_box_and_stripes_follow_the_label():
+    array = np.zeros((20, 20, 20), dtype=np.float32)
+    mask = paint_sphere(array, np.array([10.0, 9.0, 11.0]), 3.0, mean=5.0, amplitude=1.0, label=1)
+    xs, ys, zs = np.nonzero(mask)
+    assert (xs.min(), xs.max(), ys.min(), ys.max(), zs.min(), zs.max()) == (7, 13, 6, 12, 8, 14)
+    assert set(np.unique(array[mask])) == {4.0, 6.0} and not array[~mask].any()
+    assert array[10, 9, 10] != array[10, 9, 11] and array[10, 8, 11] == array[10, 9, 11]  # changes along Z only
+
+
+def test_ground_truth_box_and_slices_cover_the_lesion(subjects):
+    assert [s.label for s in subjects] == [0, 1, 0, 1]
+    for s in subjects:
+        low, high = s.lesion_box_voxels
+        assert np.all(low < s.lesion_centre_voxel) and np.all(s.lesion_centre_voxel < high)
+        centre = np.round(s.lesion_centre_voxel).astype(int)
+        assert centre[0] in s.affected_slices and len(s.affected_slices) <= 8
+        # the lesion is the brightest thing in its sagittal plane, the distractor darker than white matter
+        plane = s.volume.array[centre[0]]
+        assert s.volume.array[tuple(centre)] > np.percentile(plane, 99) * 0.95 or \
+            s.volume.array[tuple(np.round(s.lesion_centre_voxel + [0, 1, 1]).astype(int))] > np.percentile(plane, 99) * 0.95
+
+
+def test_location_varies_between_subjects_and_distractor_is_elsewhere(subjects):
+    centres = np.stack([s.lesion_centre_voxel for s in subjects])
+    assert np.ptp(centres, axis=0).max() > 4  # voxels: the selection has to follow the lesion
+    for s in subjects:
+        assert np.linalg.norm(s.lesion_centre_voxel - s.distractor_centre_voxel) > 6
+
+
+def test_class_reads_at_native_resolution_and_averages_away_at_glance_resolution(subjects):
+    for s in subjects:
+        x, y, z = np.round(s.lesion_centre_voxel).astype(int)
+        frame = torch.from_numpy(np.ascontiguousarray(plane_frame(s.volume.array, "sagittal", x)))
+        rows, cols = frame.shape
+        r, c = rows - 1 - z, y  # display rows run superior -> inferior, columns posterior -> anterior
+        native = frame[r - 1:r + 2, c - 1:c + 2]
+        row_steps = (native[1:] - native[:-1]).abs().mean()
+        col_steps = (native[:, 1:] - native[:, :-1]).abs().mean()
+        # label 0 changes along Y (columns), label 1 along Z (rows)
+        assert (col_steps > 5 * row_steps) if s.label == 0 else (row_steps > 5 * col_steps)
+        # a 2 x 2 glance pixel inside the lesion is the stripes' mean, whichever the class
+        glance_pixel = F.avg_pool2d(frame[None, None, r - r % 2:r - r % 2 + 2, c - c % 2:c - c % 2 + 2], 2)
+        assert abs(float(glance_pixel) - float(native.max() + native.min()) / 2) < 0.01 * float(native.mean())
+
+
+def test_subjects_become_clips(task, subjects):
+    clip, info = volume_to_clip(subjects[0].volume.array, subjects[0].volume.spacing, num_slices=8, context=1,
+                                size=32)
+    assert clip.shape == (8, 3, 32, 32) and len(info.slice_indices) == 8
+    assert task.subject(1).label == subjects[1].label and np.array_equal(
+        task.subject(1).lesion_centre_voxel, subjects[1].lesion_centre_voxel)
