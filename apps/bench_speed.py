@@ -438,7 +438,7 @@ def default_sweep(config: ModelConfig) -> dict[str, list[int]]:
 
 
 def run_bench_speed(preset: str, *, device: str, batch: int, scaling: bool, repeats: int,
-                    optimize: bool = True, engine: str = "auto", precision: str = "fp32", warmup: int = 2,
+                    optimize: bool = True, engine: str = "auto", precision: str = "fp32", warmup: int = 1,
                     measure_memory: bool = True, profile: bool = True) -> dict:
     config = get_preset(preset).model
     dev = resolve_device(device)

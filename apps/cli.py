@@ -439,9 +439,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device(p)
     p.set_defaults(func=cmd_cv)
     p = sub.add_parser("app", help="the review app (Streamlit) for flagged scans and videos, on 127.0.0.1")
-    p.add_argument("--scans", default=None, metavar="DIR", help="an `adafocus cv` output folder (and its cache)")
+    p.add_argument("--scans", default=None, metavar="DIR",
+                   help="an `adafocus cv` output folder and/or `adafocus score` outputs of an MRI model")
     p.add_argument("--videos", default=None, metavar="DIR", help="a folder with `adafocus score` outputs and videos")
-    p.add_argument("--model", default=None, metavar="CKPT", help="checkpoint for scoring new scans (budget page)")
+    p.add_argument("--model", default=None, metavar="RUN",
+                   help="run folder (or RUN/best.pt) for scoring new scans (budget page)")
     p.add_argument("--port", type=int, default=8501)
     p.add_argument("--max-upload-mb", type=float, default=100.0, help="largest scan upload accepted (default 100)")
     _add_engine(p)

@@ -90,9 +90,9 @@ def cached_window(path: str, preset: str) -> tuple[float, float]:
     return window(path, rr.file_fingerprint(path), preset)
 
 
-def cached_plane_png(path: str, plane: str, index: int, window: tuple[float, float], boxes: tuple,
+def cached_plane_image(path: str, plane: str, index: int, window: tuple[float, float], boxes: tuple,
                      crosshair: tuple[int, int] | None) -> bytes:
-    """One rendered plane (window, boxes, crosshair, orientation labels) as PNG bytes, cached."""
+    """One rendered plane (window, boxes, crosshair, orientation labels) as JPEG bytes, cached."""
     @_cached("cache_data", max_entries=4096)
     def render(path, fingerprint, plane, index, window, boxes, crosshair):
         from adafocus.datasets.mri.slices import plane_frame
@@ -102,7 +102,7 @@ def cached_plane_png(path: str, plane: str, index: int, window: tuple[float, flo
         frame = rr.to_uint8(np.ascontiguousarray(plane_frame(volume, plane, index)), *window)
         image = rr.render_plane(frame, boxes=[list(b) for b in boxes], crosshair=crosshair,
                                 labels=rr.orientation_labels(plane), pixel_mm=(spacing[row_axis], spacing[col_axis]))
-        return rr.png_bytes(image)
+        return rr.jpeg_bytes(image)
 
     return render(path, rr.file_fingerprint(path), plane, int(index), tuple(window), boxes, crosshair)
 
@@ -216,23 +216,33 @@ def show_queue(st, queue, kind: str):
               for item, name, pred, risk, flag, dec in zip(queue["item_id"], queue["name"], queue["prediction"],
                                                            queue["risk"], queue["needs_review"], queue["decision"])}
     items = list(labels)
-    key = f"{kind}_open"
-    if st.session_state.get(key) not in labels:
-        st.session_state.pop(key, None)
+    current_key = f"{kind}_current"  # the open item lives outside the picker, so relabelled options keep it
+    if st.session_state.get(current_key) not in labels:
+        st.session_state[current_key] = items[0]
+    current = st.session_state[current_key]
     picker, back, forward = st.columns([6, 1, 1], vertical_alignment="bottom")
-    item = picker.selectbox(f"Open {kind}", items, format_func=labels.get, key=key)
+    picker_key = f"{kind}_open::{current}"
+    picker.selectbox(f"Open {kind}", items, index=items.index(current), format_func=labels.get, key=picker_key,
+                     on_change=pick_item, args=(current_key, picker_key))
     back.button("Previous", key=f"{kind}_prev", shortcut=SHORTCUTS["previous"], on_click=move_to,
-                args=(key, items, -1), width="stretch")
+                args=(current_key, items, -1), width="stretch")
     forward.button("Next", key=f"{kind}_next", shortcut=SHORTCUTS["next"], on_click=move_to,
-                   args=(key, items, 1), width="stretch")
-    return queue[queue["item_id"] == item].iloc[0]
+                   args=(current_key, items, 1), width="stretch")
+    return queue[queue["item_id"] == current].iloc[0]
 
 
-def move_to(key: str, items: list[str], step: int) -> None:
+def pick_item(current_key: str, picker_key: str) -> None:
+    """Selectbox callback: open the item picked."""
+    import streamlit as st
+
+    st.session_state[current_key] = st.session_state[picker_key]
+
+
+def move_to(current_key: str, items: list[str], step: int) -> None:
     """Button callback: open the neighbouring item of the queue."""
     import streamlit as st
 
-    st.session_state[key] = rl.neighbour_item(items, st.session_state.get(key), step)
+    st.session_state[current_key] = rl.neighbour_item(items, st.session_state.get(current_key), step)
 
 
 def decision_form(st, store: ra.AuditLog, kind: str, item_id: str, run_id: str) -> None:
@@ -289,7 +299,10 @@ def queue_page(st, folders, roots, threshold, kind: str) -> None:
         st.info(page["no_folder"])
         return
     store = _store(folder)
-    queue = rl.flag_and_sort(cached_queue(kind, str(folder)), threshold, store.latest(kind),
+    queue = cached_queue(kind, str(folder))
+    if kind == "scan":
+        queue = with_class_names(queue, roots)
+    queue = rl.flag_and_sort(queue, threshold, store.latest(kind),
                              use_fitted=bool(st.session_state.get("use_fitted", True)))
     if queue.empty:
         st.warning(page["empty"])
@@ -310,6 +323,35 @@ def queue_page(st, folders, roots, threshold, kind: str) -> None:
     else:
         video_view(st, row, roots, folder)
     decision_form(st, store, kind, row["item_id"], run_id)
+
+
+def fold_class_names(fold_dir: str, roots) -> dict[int, str]:
+    """Class names of a cv fold (rl.scan_class_names), cached per fold."""
+    @_cached("cache_data", max_entries=64)
+    def names(fold_dir: str, roots: tuple[str, ...]) -> dict[int, str]:
+        paths = [Path(r) for r in roots]
+        experiment = experiment_of(Path(fold_dir), paths)
+        _, _, rows = manifest_entry(experiment, "", "", paths)
+        return rl.scan_class_names(fold_dir, experiment, rows)
+
+    try:
+        return names(fold_dir, tuple(str(r) for r in roots))
+    except (rl.UnsafePathError, OSError, ValueError, KeyError):
+        return {}
+
+
+def with_class_names(queue, roots):
+    """cv rows' numeric prediction and label -> class names (score outputs carry names already)."""
+    if "fold_dir" not in queue.columns:
+        return queue
+    queue = queue.copy()
+    for fold in queue["fold_dir"].dropna().unique():
+        names = fold_class_names(str(fold), roots)
+        rows = queue["fold_dir"] == fold
+        for column in ("prediction", "label"):
+            queue.loc[rows, column] = [names.get(int(v), str(v)) if str(v).strip().isdigit() else v
+                                       for v in queue.loc[rows, column]]
+    return queue
 
 
 def item_run_id(row, folders) -> str:
@@ -568,14 +610,14 @@ def scan_view(st, row, roots, store: ra.AuditLog) -> None:
     if names:
         st.caption("Classes: " + ", ".join(f"{k} = {v}" for k, v in sorted(names.items())))
     window, cursor = scan_controls(st, scan, row["item_id"])
-    pngs = {plane: plane_png(scan, plane, cursor, window) for plane in PLANE_ORDER}
+    images = {plane: plane_image(scan, plane, cursor, window) for plane in PLANE_ORDER}
     top = st.columns(2)
     bottom = st.columns(2)
     for column, plane in zip([*top, bottom[0]], PLANE_ORDER):
         index = cursor[rr.plane_axes(plane)[0]]
         crossed = sum(rr.box_on_plane(r["corners"], plane, index, scan["shape"]) is not None for r in scan["regions"])
-        column.image(pngs[plane], caption=f"{plane} {index}" + (f" · focus box ×{crossed}" if crossed else ""),
-                     width="stretch", output_format="PNG")
+        column.image(images[plane], caption=f"{plane} {index}" + (f" · focus box ×{crossed}" if crossed else ""),
+                     width="stretch", output_format="JPEG")
     with bottom[1]:
         regions = region_table(scan["regions"], scan["affine"])
         st.markdown("**Focus regions** (yellow; MNI millimetres from the preprocessed scan's affine)")
@@ -583,7 +625,7 @@ def scan_view(st, row, roots, store: ra.AuditLog) -> None:
             st.dataframe(regions, hide_index=True)
         else:
             st.info("The model exited after the glance: no focus region.")
-        report_button(st, row, scan, pngs, regions, store)
+        report_button(st, row, scan, images, regions, store)
     native_view(st, scan)
 
 
@@ -616,26 +658,28 @@ def scan_controls(st, scan: dict, item_id: str):
     return window, cursor
 
 
-def plane_png(scan: dict, plane: str, cursor, window) -> bytes:
+def plane_image(scan: dict, plane: str, cursor, window) -> bytes:
     index = cursor[rr.plane_axes(plane)[0]]
     boxes = tuple(tuple(b) for r in scan["regions"]
                   if (b := rr.box_on_plane(r["corners"], plane, index, scan["shape"])) is not None)
-    return cached_plane_png(scan["path"], plane, index, window, boxes,
+    return cached_plane_image(scan["path"], plane, index, window, boxes,
                             rr.crosshair_on_plane(cursor, plane, scan["shape"]))
 
 
-def report_button(st, row, scan: dict, pngs: dict[str, bytes], regions: list[dict], store: ra.AuditLog) -> None:
+def report_button(st, row, scan: dict, images: dict[str, bytes], regions: list[dict], store: ra.AuditLog) -> None:
     """A download button with the one-page HTML report of this scan (decision included)."""
-    history = store.history("scan", row["item_id"])
     facts = {"scan": row["name"], "prediction": class_label(scan["class_names"], row["prediction"]),
              "confidence": f"{row['confidence']:.2f}", "exit taken": int(row["exit"]),
              "GMACs": f"{row['gmacs']:.4g}", "needs review": "yes" if row["needs_review"] else "no",
              "model run": scan["run_id"]}
-    html = rr.scan_report_html(f"Scan {row['name']}", facts, regions, history[-1] if history else None,
-                               [(plane, png) for plane, png in pngs.items()])
+    def report() -> str:  # built when the button is pressed, with the decision current then
+        history = store.history("scan", row["item_id"])
+        return rr.scan_report_html(f"Scan {row['name']}", facts, regions, history[-1] if history else None,
+                                   list(images.items()))
+
     safe = row["item_id"].replace("/", "_")
-    st.download_button("Download the scan report (HTML)", html, file_name=f"scan_report_{safe}.html",
-                       mime="text/html", key="scan_report")
+    st.download_button("Download the scan report (HTML)", report, file_name=f"scan_report_{safe}.html",
+                       mime="text/html", key="scan_report", on_click="ignore")
 
 
 def canonical_corners(raw: Path, corners) -> list[list[float]]:
@@ -670,7 +714,7 @@ def native_view(st, scan: dict) -> None:
     else:
         st.markdown("**Native (raw) scan** (no native mapping recorded for this scan: middle slices)")
     for column, plane in zip(st.columns(3), PLANE_ORDER):
-        column.image(plane_png(native, plane, cursor, window), width="stretch", output_format="PNG",
+        column.image(plane_image(native, plane, cursor, window), width="stretch", output_format="JPEG",
                      caption=f"native {plane} {cursor[rr.plane_axes(plane)[0]]}")
 
 
@@ -835,7 +879,7 @@ def focus_frames(st, path: Path, selected: list[dict], start_key: str) -> None:
     for i, (cell, item) in enumerate(zip(cells, selected)):
         column = columns[i % 2]
         column.image(cell, caption=f"frame {item['frame']} · {item['time_s']:.2f} s", width="stretch",
-                     output_format="PNG")
+                     output_format="JPEG")
         if column.button(f"▶ {item['time_s']:.2f} s", key=f"jump_{i}"):
             st.session_state[start_key] = int(item["time_s"])
             st.rerun()
@@ -847,7 +891,7 @@ def cached_focus_frames(path: str, frames_and_boxes: tuple) -> list[bytes]:
         from adafocus.datasets.video import decode_frames
 
         frames = decode_frames(path, [f for f, _ in frames_and_boxes])
-        return [rr.png_bytes(_framed(frame, box)) for frame, (_, box) in zip(frames, frames_and_boxes)]
+        return [rr.jpeg_bytes(_framed(frame, box)) for frame, (_, box) in zip(frames, frames_and_boxes)]
 
     return render(path, rr.file_fingerprint(path), frames_and_boxes)
 

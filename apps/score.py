@@ -527,14 +527,22 @@ def _try_contact_sheet(folder: Path, record: dict[str, Any], info: ClipInfo) -> 
     return str(target)
 
 
+def output_paths(out: str | Path, details: str | Path | None = None) -> tuple[Path, Path]:
+    """--out DIR -> (DIR/scores.csv, DIR/details.jsonl); --out FILE.csv keeps the older file form."""
+    out = Path(out)
+    if out.suffix == ".csv":
+        return out, Path(details) if details else out.with_name("details.jsonl")
+    return out / "scores.csv", Path(details) if details else out / "details.jsonl"
+
+
 def score_command(args) -> int:
     """`adafocus score` (see apps/cli.py for the arguments): score, print the summary, return the exit code."""
     if args.workers < 0 or args.batch_size < 1:
         raise ValueError(f"need --workers >= 0 and --batch-size >= 1, got {args.workers} and {args.batch_size}")
-    from adafocus.apps.score_scans import output_paths, score_scans
-
     ray_address = getattr(args, "ray", None)  # --ray: apps/score_ray.py (preprocessing / decoding + model on Ray)
     if load_run(args.model, device="cpu").card.domain == "mri":
+        from adafocus.apps.score_scans import score_scans  # imports SimpleITK: only for scans
+
         executor = None
         if ray_address is not None:
             from adafocus.apps.score_ray import ray_scan_executor

@@ -37,6 +37,7 @@ from adafocus.apps.score import (
     ScoreSummary,
     csv_columns,
     finish_summary,
+    output_paths,
     prepare_outputs,
 )
 from adafocus.core.geometry import focus_locations
@@ -239,14 +240,6 @@ def _score_batch(run: LoadedRun, batch: list[ScanInput], prepared: dict, spec: C
         rows.append(row)
         records.append(record)
     return rows, records
-
-
-def output_paths(out: str | Path, details: str | Path | None = None) -> tuple[Path, Path]:
-    """--out DIR -> (DIR/scores.csv, DIR/details.jsonl); --out FILE.csv keeps the older file form."""
-    out = Path(out)
-    if out.suffix == ".csv":
-        return out, Path(details) if details else out.with_name("details.jsonl")
-    return out / "scores.csv", Path(details) if details else out / "details.jsonl"
 
 
 def score_scans(inputs: Sequence[str], model: str | Path, out: str | Path, *, details: str | Path | None = None,

@@ -49,6 +49,7 @@ from adafocus.core.sampling import (
     select_frames,
     uniform_frames,
 )
+from adafocus.core.x3d import share_pretrained_head
 from torch import Tensor, nn
 
 
@@ -131,6 +132,11 @@ class UniAdaFocus(nn.Module):
                 hidden=c.classifier_hidden, dropout=c.dropout, feature_reuse=c.feature_reuse)
         self.glance_head = make_head(glance_dim, c.num_classes, dropout=c.fc_dropout, hidden=c.head_hidden)
         self.local_head = make_head(local_dim, c.num_classes, dropout=c.fc_dropout, hidden=c.head_hidden)
+        if c.classifier == "tsn" and c.head_hidden:  # X3D: start both heads from the pretrained file's head
+            for spec, heads in ((c.glance_pretrained, (self.classifier.glance_head, self.glance_head)),
+                                (c.local_pretrained, (self.classifier.local_head, self.local_head))):
+                if spec:
+                    share_pretrained_head(spec, *heads)
         self.register_buffer("pixel_mean", torch.tensor(c.normalize_mean).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(c.normalize_std).view(1, -1, 1, 1), persistent=False)
         self._exit_costs: list[float] | None = None
@@ -176,7 +182,7 @@ class UniAdaFocus(nn.Module):
         """Frames ``[M, C, H, W]`` in [0, 1] -> encoder input (grey frames are repeated to the model's channels)."""
         if frames.shape[1] == 1 and self.pixel_mean.shape[1] > 1:
             frames = frames.expand(-1, self.pixel_mean.shape[1], -1, -1)
-        return (frames - self.pixel_mean) / self.pixel_std
+        return (frames - self.pixel_mean).div_(self.pixel_std)  # in place: one copy of the frames, not two
 
     def _check_clip(self, clip: Tensor) -> None:
         c = self.config

@@ -141,6 +141,27 @@ class X3DBackbone(Backbone):
         return adapted
 
 
+def share_pretrained_head(spec: str, *heads: nn.Sequential) -> bool:
+    """The authors' ``share_head_params``: copy a SlowFast X3D file's head (``lin_5``, a 1x1x1 conv, as the
+    first Linear; ``projection`` as the last when the class count matches) into each X3D-layout head
+    (Linear-ReLU-Dropout-Linear). False when ``spec`` is not such a file (e.g. "imagenet")."""
+    from adafocus.core.weights import resolve_state_dict
+
+    try:
+        state = resolve_state_dict(spec)
+    except WeightsError:
+        return False
+    if "head.lin_5.weight" not in state:
+        return False
+    with torch.no_grad():
+        for head in heads:
+            head[0].weight.copy_(state["head.lin_5.weight"].flatten(1))
+            if tuple(state["head.projection.weight"].shape) == tuple(head[3].weight.shape):
+                head[3].weight.copy_(state["head.projection.weight"])
+                head[3].bias.copy_(state["head.projection.bias"])
+    return True
+
+
 def _x3d(name: str, depth_factor: float, num_frames: int, in_chans: int) -> Backbone:
     backbone = X3DBackbone(X3DBody(depth_factor, num_frames, in_chans), name=name, feature_dim=CONV5_WIDTH,
                            stride=32)

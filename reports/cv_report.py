@@ -113,8 +113,8 @@ def triage_lines(predictions: list[dict]) -> list[str]:
             ("Each fold's \"needs review\" threshold (normalised entropy) is fitted on its validation split for a "
              "target error rate among the unflagged scans (see review_threshold.json in each fold)."), "",
             "| | scans | model wrong |", "|---|---|---|",
-            f"| flagged \"needs review\" | {t['flagged']} of {t['items']} ({_fmt(t['flagged_share'])}) | "
-            f"{_fmt(t['error_flagged'])} |",
+            (f"| flagged \"needs review\" | {t['flagged']} of {t['items']} ({_fmt(t['flagged_share'])}) | "
+             f"{_fmt(t['error_flagged'])} |"),
             f"| not flagged | {t['items'] - t['flagged']} | {_fmt(t['error_unflagged'])} |"]
 
 

@@ -101,7 +101,7 @@ def fit_review_threshold(uncertainty: np.ndarray, errors: np.ndarray | None = No
     if flag_share is not None:
         if not 0.0 <= flag_share <= 1.0:
             raise ValueError(f"flag_share must be in [0, 1], got {flag_share}")
-        flagged = int(round(flag_share * scores.size))
+        flagged = round(flag_share * scores.size)
     else:
         wrong = np.asarray(errors, dtype=float)[order]
         if wrong.shape != scores.shape:

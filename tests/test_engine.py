@@ -26,6 +26,16 @@ def config():
     return dataclasses.replace(get_preset("cpu-synthetic").model, num_focus=4)
 
 
+@pytest.fixture(scope="module")
+def exported(config, tmp_path_factory):
+    """(plain model, the same weights on the engine, the cache it was exported to), shared by the tests
+    that do not need a fresh cache."""
+    cache_dir = tmp_path_factory.mktemp("engine-cache")
+    plain, engined, used = _pair(config, cache_dir)
+    assert used == "openvino"
+    return plain, engined, cache_dir
+
+
 def _pair(config, cache_dir, **kwargs):
     torch.manual_seed(0)
     plain = UniAdaFocus(config).eval()
@@ -61,12 +71,11 @@ def _assert_same_result(got, expected):
     assert torch.equal(got.gmacs, expected.gmacs)
 
 
-def test_engine_inference_equals_torch_with_and_without_exits(config, tmp_path):
-    plain, engined, used = _pair(config, tmp_path)
-    assert used == "openvino"
+def test_engine_inference_equals_torch_with_and_without_exits(config, exported):
+    plain, engined, _ = exported
     assert isinstance(engined.glance_encoder.body, EngineBody) and isinstance(engined.local_encoder.body, EngineBody)
     assert engine_summary(engined) == "glance: openvino fp32, local: openvino fp32, spatial policy: openvino fp32"
-    clip = torch.rand(24, config.num_candidates, 3, config.frame_size, config.frame_size,
+    clip = torch.rand(16, config.num_candidates, 3, config.frame_size, config.frame_size,
                       generator=torch.Generator().manual_seed(1))
     with torch.inference_mode():
         policy = _spread_policy(plain, clip)
@@ -106,31 +115,33 @@ def test_an_export_that_disagrees_with_torch_is_rejected(config, tmp_path, monke
     assert not list(tmp_path.rglob("*.xml"))  # the rejected export is not cached
 
 
-def test_second_load_reuses_the_cached_export(config, tmp_path, monkeypatch):
+def test_second_load_reuses_the_cached_export(config, exported, monkeypatch):
     import openvino
 
-    _pair(config, tmp_path)
-    exported = sorted(p.parent.name for p in tmp_path.rglob("body.xml"))
-    assert len(exported) == 3  # one IR per encoder and one for the spatial policy, keyed by their weights
+    cache_dir = exported[2]
+    before = sorted(p.parent.name for p in cache_dir.rglob("body.xml"))
+    assert len(before) == 3  # one IR per encoder and one for the spatial policy, keyed by their weights
 
     def must_not_convert(*args, **kwargs):
         raise AssertionError("the cached export should have been used")
 
     monkeypatch.setattr(openvino, "convert_model", must_not_convert)
-    plain, engined, _ = _pair(config, tmp_path)
+    plain, engined, _ = _pair(config, cache_dir)
     assert engine_summary(engined) == "glance: openvino fp32, local: openvino fp32, spatial policy: openvino fp32"
-    assert sorted(p.parent.name for p in tmp_path.rglob("body.xml")) == exported
+    assert sorted(p.parent.name for p in cache_dir.rglob("body.xml")) == before
     clip = torch.rand(4, config.num_candidates, 3, config.frame_size, config.frame_size)
     with torch.inference_mode():
         _assert_same_result(engined.infer(clip), plain.infer(clip))
 
 
-def test_changed_weights_get_their_own_export(config, tmp_path):
-    _pair(config, tmp_path)
+def test_changed_weights_get_their_own_export(config, exported):
+    cache_dir = exported[2]
+    before = len(list(cache_dir.rglob("body.xml")))
     torch.manual_seed(1)
     other = UniAdaFocus(config).eval()
-    prepare_for_inference(other, engine="openvino", cache_dir=tmp_path)
-    assert len(list(tmp_path.rglob("body.xml"))) == 6
+    other.glance_encoder.load_state_dict(exported[0].glance_encoder.state_dict())  # only the rest changes
+    prepare_for_inference(other, engine="openvino", cache_dir=cache_dir)
+    assert len(list(cache_dir.rglob("body.xml"))) == before + 2
 
 
 def test_engine_options_resolve_per_device(monkeypatch):

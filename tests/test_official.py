@@ -177,3 +177,21 @@ def test_x3d_backbones_load_slowfast_kinetics_files(tmp_path):
         ours = backbone(video.transpose(1, 2).flatten(0, 1))             # [B*T, 432, 2, 2]
         expected = ref.ref_x3d(r.state, "", video).transpose(1, 2).flatten(0, 1)
     torch.testing.assert_close(ours, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_x3d_preset_starts_its_heads_from_the_slowfast_head(tmp_path):
+    """The authors' share_head_params: lin_5 and (same class count) projection into both X3D-layout heads."""
+    from adafocus.core.config import get_preset
+    from adafocus.core.model import UniAdaFocus
+    r = ref.RandomState(6)
+    ref.add_slowfast_x3d(r, "", "s", num_classes=400)
+    torch.save({"model_state": r.state}, tmp_path / "x3d_s.pyth")
+    frames = {"num_glance": 4, "num_focus": 4, "num_candidates": 12, "glance_backbone_kwargs": {"num_frames": 4},
+              "local_backbone_kwargs": {"num_frames": 4}, "local_pretrained": None}
+    for classes in (400, 7):
+        model = UniAdaFocus(get_preset("x3d-p128-16x32", glance_pretrained=str(tmp_path / "x3d_s.pyth"),
+                                       num_classes=classes, **frames).model)
+        for head in (model.classifier.glance_head, model.glance_head):
+            assert torch.equal(head[0].weight, r.state["head.lin_5.weight"].flatten(1))
+            assert torch.equal(head[3].weight, r.state["head.projection.weight"]) == (classes == 400)
+        assert not torch.equal(model.classifier.local_head[0].weight, r.state["head.lin_5.weight"].flatten(1))

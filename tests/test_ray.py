@@ -14,7 +14,6 @@ import pytest
 import torch
 
 pytestmark = pytest.mark.cluster
-ray = pytest.importorskip("ray")
 
 import nibabel as nib
 from adafocus.apps.cli import main as cli_main
@@ -36,6 +35,7 @@ TIMING = ("decode_ms", "model_ms")
 @pytest.fixture(scope="module", autouse=True)
 def local_ray():
     """One local Ray instance (2 CPUs, 127.0.0.1, no dashboard) for the module; `--ray` joins it."""
+    ray = pytest.importorskip("ray")  # imported here: the default suite collects this file without Ray
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
     ray.init(**ray_init_kwargs(None, num_cpus=2))
     yield

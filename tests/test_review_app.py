@@ -54,6 +54,11 @@ def run_app(view: str = "Scans") -> AppTest:
     return at
 
 
+def picker(at: AppTest, kind: str):
+    """The queue's item picker (its key follows the open item)."""
+    return next(s for s in at.selectbox if s.label == f"Open {kind}")
+
+
 def nifti_bytes(array: np.ndarray, *, descrip: bytes = b"", compress: bool = True) -> bytes:
     image = nib.Nifti1Image(array.astype(np.float32), np.eye(4))
     image.header["descrip"] = descrip
@@ -322,9 +327,9 @@ def test_scan_report_is_one_self_contained_page():
     page = rr.scan_report_html("Scan P1 <ses>", {"prediction": "AD", "confidence": "0.91"},
                                [{"region": 1, "MNI centre (mm)": "(-28, -20, -14)"}],
                                {"decision": "confirm", "reviewer": "Dr Ada", "created_at": "2026", "note": ""},
-                               [("axial", b"\x89PNG fake")])
+                               [("axial", b"\xff\xd8 fake jpeg")])
     assert "Scan P1 &lt;ses&gt;" in page and "(-28, -20, -14)" in page and "Dr Ada" in page
-    assert "data:image/png;base64," in page and "src='http" not in page
+    assert "data:image/jpeg;base64," in page and "src='http" not in page
 
 
 # ---------------------------------------------------------------------------------------------- AppTest
@@ -341,13 +346,13 @@ def test_app_asks_the_reviewer_name_once():
 
 def test_app_queue_is_sorted_and_filters_apply(app_env):
     at = run_app()
-    options = at.selectbox(key="scan_open").options
+    options = picker(at, "scan").options
     assert [o.removeprefix("⚑ ").split()[0] for o in options] == [p for p, _, _ in sorted(SCANS, key=lambda s: -s[1])]
     at.checkbox(key="scan_flagged").check().run()
-    flagged = at.selectbox(key="scan_open").options
+    flagged = picker(at, "scan").options
     assert flagged and all(o.startswith("⚑") for o in flagged) and len(flagged) < len(options)
     at.slider(key="scan_min_risk").set_value(0.5).run()
-    assert [o.split()[1] for o in at.selectbox(key="scan_open").options] == ["P000"]
+    assert [o.split()[1] for o in picker(at, "scan").options] == ["P000"]
 
 
 def test_app_shows_triage_on_the_queue(app_env):
@@ -379,7 +384,7 @@ def test_app_window_change_changes_the_rendered_plane(app_env):
 def test_app_saves_a_decision_with_the_reviewer_and_the_queue_shows_it(app_env):
     at = run_app()
     item = "P000/ses-M000"  # a flagged one
-    at.selectbox(key="scan_open").set_value(item).run()
+    picker(at, "scan").set_value(item).run()
     assert at.metric[1].value == "0.62"
     at.text_area(key="scan_note").input("motion artefact").run()
     at.button(key="scan_decide_dismiss").click().run()
@@ -393,7 +398,7 @@ def test_app_saves_a_decision_with_the_reviewer_and_the_queue_shows_it(app_env):
     history = ra.AuditLog(app_env["scans"] / ra.AUDIT_FILE).history("scan", item)
     assert [(h["decision"], h["previous_decision"]) for h in history] == [("dismiss", ""), ("confirm", "dismiss")]
     at.selectbox(key="scan_state").set_value("not reviewed").run()
-    assert len(at.selectbox(key="scan_open").options) == len(SCANS) - 1
+    assert len(picker(at, "scan").options) == len(SCANS) - 1
     at.radio(key="view").set_value("Decisions").run()
     export = at.get("download_button")
     assert export and not at.exception
@@ -401,13 +406,13 @@ def test_app_saves_a_decision_with_the_reviewer_and_the_queue_shows_it(app_env):
 
 def test_app_next_and_previous_walk_the_queue_with_shortcuts(app_env):
     at = run_app()
-    order = at.selectbox(key="scan_open").options
+    order = picker(at, "scan").options
     assert at.button(key="scan_next").proto.shortcut.upper() == "J"
     assert at.button(key="scan_decide_confirm").proto.shortcut.upper() == "A"
     at.button(key="scan_next").click().run()
-    assert at.selectbox(key="scan_open").value == "P000/ses-M000" and order[1].split()[1] == "P000"
+    assert picker(at, "scan").value == "P000/ses-M000" and order[1].split()[1] == "P000"
     at.button(key="scan_prev").click().run()
-    assert at.selectbox(key="scan_open").value == "P002/ses-M000"
+    assert picker(at, "scan").value == "P002/ses-M000"
 
 
 def test_app_decides_a_page_of_videos_at_once(app_env):
@@ -424,11 +429,11 @@ def test_app_decides_a_page_of_videos_at_once(app_env):
 
 def test_app_video_view_timeline_frames_and_jumps(app_env):
     at = run_app("Videos")
-    assert at.selectbox(key="video_open").value == "brawl.mp4"
+    assert picker(at, "video").value == "brawl.mp4"
     assert [b.label for b in at.button if b.label.startswith("▶")] == ["▶ 0.40 s"]
     assert len(at.get("vega_lite_chart")) == 1  # the temporal policy's timeline
     assert at.get("video")[0].proto.start_time == 0
-    at.selectbox(key="video_open").set_value("fight.mp4").run()
+    picker(at, "video").set_value("fight.mp4").run()
     assert [b.label for b in at.button if b.label.startswith("▶")] == ["▶ 0.40 s", "▶ 1.60 s"]
     assert len(at.image) == 2  # one large framed cell per selected frame
     next(b for b in at.button if b.label == "▶ 1.60 s").click().run()

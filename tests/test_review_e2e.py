@@ -116,34 +116,48 @@ def plane_image(page, plane: str):
         has_not_text="native").locator("img").first
 
 
-def wait_settled(page) -> None:
-    """Until the script run finished and every image on the page has loaded."""
-    page.wait_for_function("() => { const s = document.querySelector('[data-testid=\"stStatusWidget\"]');"
-                           " const imgs = [...document.querySelectorAll('[data-testid=\"stImage\"] img')];"
-                           " return (!s || !s.innerText.includes('Running')) && imgs.length > 0"
-                           " && imgs.every(i => i.complete && i.naturalWidth > 0); }")
+ARM_RUN_WATCH = """() => { const app = document.querySelector('[data-testid="stApp"]'); window.__ran = false;
+  if (window.__watch) window.__watch.disconnect();
+  window.__watch = new MutationObserver(() => { window.__ran = true; });  // any change: a run started
+  window.__watch.observe(app, {attributes: true, attributeFilter: ['data-test-script-state']}); }"""
+RUN_DONE = """() => window.__ran && document.querySelector('[data-testid="stApp"]')
+  .getAttribute('data-test-script-state') === 'notRunning'"""
+IMAGES_LOADED = """() => [...document.querySelectorAll('[data-testid="stImage"] img')]
+  .every(i => i.complete && i.naturalWidth > 0)"""
 
 
-def open_flagged(page, kind: str) -> None:
-    page.get_by_text("Needs review only").first.click()
-    wait_settled(page)
-
-
-def timed_next(page, kind: str) -> float:
-    """Seconds from pressing Next until the next item's title is shown and its images have loaded."""
-    title = page.locator("h3").filter(has_text=f"{kind.capitalize()} ").first.inner_text()
+def act(page, action) -> float:
+    """Do `action` (a click) and wait until the script run it started has finished and every image on the
+    page has loaded; returns the seconds that took (what the user waits for the next page)."""
+    page.evaluate(ARM_RUN_WATCH)
     started = time.perf_counter()
-    page.get_by_role("button", name="Next").click()
-    page.wait_for_function("t => { const h = [...document.querySelectorAll('h3')].find(e =>"
-                           " e.innerText.startsWith(t.split(' ')[0] + ' ')); return h && h.innerText !== t; }",
-                           arg=title)
-    wait_settled(page)
+    action()
+    page.wait_for_function(RUN_DONE)
+    page.wait_for_function(IMAGES_LOADED)
     return time.perf_counter() - started
+
+
+def open_flagged(page) -> None:
+    act(page, page.get_by_text("Needs review only").first.click)
+
+
+def timed_walk(page, kind: str, steps: int = 4) -> list[float]:
+    """Seconds from pressing Next (then Previous) until the neighbouring item is shown with all its images,
+    for up to `steps` Next presses along the filtered queue and one Previous."""
+    shown = int(page.get_by_text(f"{kind}s shown").first.inner_text().split()[0])
+    assert shown >= 2, f"the demo slice should flag at least two {kind}s"
+    seconds = []
+    for button in ["Next"] * min(steps, shown - 1) + ["Previous"]:
+        title = page.locator("h3").filter(has_text=f"{kind.capitalize()} ").first.inner_text()
+        seconds.append(act(page, page.get_by_role("button", name=button).click))
+        now = page.locator("h3").filter(has_text=f"{kind.capitalize()} ").first.inner_text()
+        assert now != title, (button, len(seconds), shown, page.get_by_text(f"{kind}s shown").first.inner_text())
+    return seconds
 
 
 def review_scan(page, shots: list[Path]) -> list[float]:
     page.get_by_text("Scan ", exact=False).first.wait_for()
-    open_flagged(page, "scan")
+    open_flagged(page)
     page.get_by_text("Needs review:").first.wait_for()
     prediction = page.locator("[data-testid='stMetricValue']").first.inner_text()
     assert prediction in ("CN", "AD")  # class names, not "class 1"
@@ -157,21 +171,19 @@ def review_scan(page, shots: list[Path]) -> list[float]:
     window = page.locator("[data-testid='stSelectbox']").filter(has_text="Window").locator("input").first
     window.click()
     window.fill("full")  # the combobox filters its options by the text typed
-    page.get_by_role("option", name="full range").click()
-    wait_settled(page)
-    page.wait_for_timeout(300)
+    act(page, page.get_by_role("option", name="full range").click)
     after = rgb(plane_image(page, "sagittal").screenshot())
     assert before.shape == after.shape and np.abs(before - after).mean() > 2.0  # window/level changed the pixels
-    page.get_by_role("button", name="Confirm").click()
+    act(page, page.get_by_role("button", name="Confirm").click)
     page.get_by_text(f"Saved decision: confirm by {REVIEWER}").wait_for()
     save_screenshot(page, "scan_view.png", shots)
-    return [timed_next(page, "scan") for _ in range(4)]
+    return timed_walk(page, "scan")
 
 
 def review_video(page, shots: list[Path]) -> list[float]:
-    page.get_by_role("radiogroup").first.get_by_text("Videos", exact=True).click()
+    act(page, page.get_by_role("radiogroup").first.get_by_text("Videos", exact=True).click)
     page.get_by_text("Video ", exact=False).first.wait_for()
-    open_flagged(page, "video")
+    open_flagged(page)
     page.get_by_text("Needs review:").first.wait_for()
     prediction = page.locator("[data-testid='stMetricValue']").first.inner_text()
     assert prediction in ("NonViolence", "Violence")
@@ -183,14 +195,14 @@ def review_video(page, shots: list[Path]) -> list[float]:
     frames = page.locator("[data-testid='stImage'] img")
     assert frames.count() >= 1 and all(yellow_pixels(frames.nth(i).screenshot()) > 20 for i in range(frames.count()))
     assert frames.first.bounding_box()["width"] >= 480
-    page.get_by_role("button", name="Dismiss").click()
+    act(page, page.get_by_role("button", name="Dismiss").click)
     page.get_by_text(f"Saved decision: dismiss by {REVIEWER}").wait_for()
     save_screenshot(page, "video_view.png", shots)
-    return [timed_next(page, "video") for _ in range(3)]
+    return timed_walk(page, "video")
 
 
 def exported_audit(page) -> list[dict]:
-    page.get_by_role("radiogroup").first.get_by_text("Decisions", exact=True).click()
+    act(page, page.get_by_role("radiogroup").first.get_by_text("Decisions", exact=True).click)
     page.get_by_text("Audit log").first.wait_for()
     rows = []
     for kind in ("scan", "video"):
@@ -216,8 +228,7 @@ def test_review_app_on_demo_outputs_in_chromium(app_url, tmp_path):
             page.set_default_timeout(30_000)
             page.goto(url)
             page.get_by_label("Your name (stored with every decision you make)").fill(REVIEWER)
-            page.get_by_role("button", name="Start reviewing").click()
-            wait_settled(page)
+            act(page, page.get_by_role("button", name="Start reviewing").click)
             assert page.get_by_text("Deploy", exact=True).count() == 0  # viewer toolbar: no Deploy menu
             scan_times = review_scan(page, shots)
             video_times = review_video(page, shots)

@@ -52,7 +52,7 @@ def test_class_reads_at_native_resolution_and_averages_away_at_glance_resolution
     for s in subjects:
         x, y, z = np.round(s.lesion_centre_voxel).astype(int)
         frame = torch.from_numpy(np.ascontiguousarray(plane_frame(s.volume.array, "sagittal", x)))
-        rows, cols = frame.shape
+        rows = frame.shape[0]
         r, c = rows - 1 - z, y  # display rows run superior -> inferior, columns posterior -> anterior
         native = frame[r - 1:r + 2, c - 1:c + 2]
         row_steps = (native[1:] - native[:-1]).abs().mean()

@@ -55,3 +55,31 @@ def test_cv_report_triage_section_counts_baseline_sessions():
     assert "| flagged \"needs review\" | 1 of 3 (0.333) | 1.000 |" in text
     assert "| not flagged | 2 | 0.000 |" in text
     assert triage_lines([{"baseline": "1", "prediction": "1", "label": "0"}]) == []
+
+
+def test_cv_folds_fit_the_threshold_on_validation_and_flag_test_scans_with_it(tmp_path):
+    import json
+    import sys
+    from pathlib import Path
+
+    import torch
+    from adafocus.apps.cv import REVIEW_MAX_ERROR, run_cv
+    from adafocus.reports.tables import read_tsv
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from _cv_fixtures import tiny_preset, write_preprocessed_cohort
+
+    torch.manual_seed(0)
+    manifest = write_preprocessed_cohort(tmp_path / "cache", n_participants=8, repeats=1)
+    run_cv(manifest, tmp_path / "cv", preset=tiny_preset(epochs=1), folds=2, progress=False, log=lambda m: None)
+    for fold in range(2):
+        saved = json.loads((tmp_path / "cv" / f"fold-{fold}" / "review_threshold.json").read_text(encoding="utf-8"))
+        assert saved["target"] == {"max_error_unflagged": REVIEW_MAX_ERROR}
+        validation = saved["validation"]
+        assert validation["items"] > 0
+        assert validation["flagged"] == validation["items"] or validation["error_unflagged"] <= REVIEW_MAX_ERROR
+        threshold = math.inf if saved["threshold"] is None else saved["threshold"]
+        for row in read_tsv(tmp_path / "cv" / f"fold-{fold}" / "predictions.tsv"):
+            if abs(float(row["uncertainty"]) - threshold) > 1e-5:  # the table rounds to 6 decimals
+                assert int(row["needs_review"]) == (float(row["uncertainty"]) > threshold)
+    assert "## Triage" in (tmp_path / "cv" / "report.md").read_text(encoding="utf-8")
