@@ -95,7 +95,8 @@ def _synthetic(run: LoadedRun) -> tuple[Dataset, Callable, dict]:
     if run.card.domain != "synthetic" and not (run.card.derived and run.card.calibration is None):
         raise CalibrationDataError(f"{run.checkpoint} is a {run.card.domain} model; the synthetic task cannot "
                                    f"calibrate it (drop --data synthetic)")
-    return synthetic_splits(run.preset)["calibration"], collate, {"source": "synthetic", "subset": "calibration"}
+    return synthetic_splits(run.preset)["calibration"], collate, {"source": "synthetic", "subset": "calibration",
+                                                                  "own": run.card.domain == "synthetic"}
 
 
 def missing_data_message(run: LoadedRun, where: str | None, what: str) -> str:

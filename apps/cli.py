@@ -154,7 +154,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
         print("== mri: OASIS-1-layout cohort -> preprocess -> 5-fold cross-validation -> report -> train -> "
               "adafocus score on raw scans")
-        run_mri_demo(out / "mri", device=args.device)
+        run_mri_demo(out / "mri", device=args.device, epochs=args.epochs)
         where.append(f"mri    {out / 'mri' / 'cv' / 'report.md'}  (+ report.html, metrics.tsv, per-fold predictions); "
                      f"new scans scored: {out / 'mri' / 'scored' / 'scores.csv'}")
     print("\nDemo finished. Results:")

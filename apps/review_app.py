@@ -206,7 +206,7 @@ def queue_filters(st, queue, kind: str):
 def show_queue(st, queue, kind: str):
     """The queue table, the item picker and previous / next; returns the chosen row or None."""
     shown = queue[["name", "prediction", "risk", "confidence", "needs_review", "exit", "gmacs", "decision"]]
-    with st.expander(f"Queue table ({len(queue)} {kind}s)", expanded=False):
+    if st.toggle(f"Show the queue table ({len(queue)} {kind}s)", key=f"{kind}_table"):
         st.dataframe(shown.rename(columns={"needs_review": "needs review"}), hide_index=True, width="stretch")
     st.caption(f"{len(queue)} {kind}s shown, {int(queue['needs_review'].sum())} need review, "
                f"{int((queue['decision'] != '').sum())} reviewed")
@@ -672,11 +672,10 @@ def report_button(st, row, scan: dict, images: dict[str, bytes], regions: list[d
              "confidence": f"{row['confidence']:.2f}", "exit taken": int(row["exit"]),
              "GMACs": f"{row['gmacs']:.4g}", "needs review": "yes" if row["needs_review"] else "no",
              "model run": scan["run_id"]}
-    def report() -> str:  # built when the button is pressed, with the decision current then
-        history = store.history("scan", row["item_id"])
-        return rr.scan_report_html(f"Scan {row['name']}", facts, regions, history[-1] if history else None,
-                                   list(images.items()))
-
+    history = store.history("scan", row["item_id"])
+    # built eagerly: a deferred (callable) download button made the next click after a decision get lost
+    report = rr.scan_report_html(f"Scan {row['name']}", facts, regions, history[-1] if history else None,
+                                 list(images.items()))
     safe = row["item_id"].replace("/", "_")
     st.download_button("Download the scan report (HTML)", report, file_name=f"scan_report_{safe}.html",
                        mime="text/html", key="scan_report", on_click="ignore")

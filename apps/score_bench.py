@@ -195,6 +195,7 @@ def _bench_ray_command(args) -> int:
         paths = collect_inputs(args.inputs) if args.inputs else sample_video_links(scratch / "videos", args.videos)
         checkpoint = args.model or untrained_checkpoint(args.preset, RunFolder(scratch / "run").best)
         result = bench_ray_against_local(paths, checkpoint, scratch, workers=args.workers,
-                                         batch_size=args.batch_size, device=args.device, address=args.ray)
+                                         batch_size=args.batch_size, device=args.device, address=args.ray,
+                                         engine=args.engine, precision=args.precision)
     print(json.dumps(result, indent=2) if args.json else format_ray_bench(result))
     return 0

@@ -297,12 +297,13 @@ def ray_scan_executor(address: str | None, num_cpus: int | None = None):
 
 
 def bench_ray_against_local(paths: Sequence[str], checkpoint: str | Path, scratch: Path, *, workers: int,
-                            batch_size: int, device: str, address: str | None) -> dict[str, Any]:
+                            batch_size: int, device: str, address: str | None, engine: str = "auto",
+                            precision: str = "fp32") -> dict[str, Any]:
     """Score `paths` with the local path, then with Ray (into separate CSVs); files/s of each whole scoring
     call (model loading included), Ray's start-up time apart, and whether both wrote the same rows."""
     from adafocus.apps.score import read_rows, score_videos
 
-    quiet = {"progress": False, "log": lambda _: None}
+    quiet = {"progress": False, "log": lambda _: None, "engine": engine, "precision": precision}
     local = score_videos(paths, checkpoint, scratch / "local.csv", device=device, workers=workers,
                          batch_size=batch_size, **quiet)
     started = time.perf_counter()
