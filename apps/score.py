@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 from adafocus.apps.calibrate import exit_policy_for_budget
-from adafocus.core.engine import prepare_for_inference
+from adafocus.core.engine import engine_with_workers, prepare_for_inference
 from adafocus.core.exits import ExitPolicy
 from adafocus.core.geometry import focus_locations
 from adafocus.core.io import atomic_write, atomic_write_text
@@ -385,6 +385,7 @@ def score_videos(inputs: Sequence[str], checkpoint: str | Path, out_csv: str | P
     started = time.perf_counter()
     dev = resolve_device(device)
     paths = collect_inputs(inputs)
+    engine = engine_with_workers(engine, dev, precision, workers)
     model, class_names, policy = load_scoring_model(checkpoint, dev, budget, engine=engine, precision=precision)
     final, thumb_dir, done = prepare_outputs(out_csv, details, thumbnails, csv_columns(class_names))
     todo = [p for p in paths if p not in done]

@@ -22,7 +22,7 @@ from adafocus.apps.score import (
 )
 from adafocus.core.checkpoint import save_checkpoint
 from adafocus.core.config import get_preset
-from adafocus.core.engine import prepare_for_inference, resolve_engine
+from adafocus.core.engine import engine_with_workers, prepare_for_inference, resolve_engine
 from adafocus.core.model import UniAdaFocus
 from adafocus.core.run import RunFolder
 from adafocus.core.train import cuda_autocast, load_model, resolve_device
@@ -85,6 +85,7 @@ def bench_score(inputs: Sequence[str] = (), *, checkpoint: str | Path | None = N
         paths = collect_inputs(inputs) if inputs else sample_video_links(scratch / "videos", videos)
         if checkpoint is None:
             checkpoint = untrained_checkpoint(preset, RunFolder(scratch / "run").best)
+        engine = engine_with_workers(engine, resolve_device(device), precision, workers)  # as score_videos does
         summary = score_videos(paths, checkpoint, scratch / "scores.csv", device=device, workers=workers,
                                batch_size=batch_size, progress=False, log=lambda _: None, engine=engine,
                                precision=precision)

@@ -163,7 +163,7 @@ class EngineBody(nn.Module):
         if _counting_flops():
             return self.torch_body(x)
         compiled = self.compiled(tuple(x.shape[1:]), torch.get_num_threads())
-        output = compiled(x.detach().float().contiguous().numpy())[0]
+        output = compiled(x.detach().float().contiguous().numpy(), share_inputs=False, share_outputs=False)[0]
         return torch.from_numpy(output)
 
     def extra_repr(self) -> str:
@@ -281,3 +281,15 @@ def prepare_from_environment(model: nn.Module) -> str:
     (default auto / fp32): how processes started by a command (the Streamlit review app) get its ``--engine``."""
     return prepare_for_inference(model, engine=os.environ.get(ENV_ENGINE) or "auto",
                                  precision=os.environ.get(ENV_PRECISION) or "fp32")
+
+
+def engine_with_workers(engine: str, device: torch.device | str, precision: str, workers: int) -> str:
+    """The engine for scoring, which decodes in ``workers`` DataLoader processes. A process that had run
+    OpenVINO crashed (segmentation fault, OpenVINO 2026.4 with torch 2.13, no Python traceback) once worker
+    or child processes came and went, so until that is understood scoring's ``auto`` is torch (+ AMP on
+    CUDA) and ``openvino`` is refused with decoding workers; ``--engine openvino --workers 0`` runs it."""
+    chosen = resolve_engine(engine, device, precision)
+    if chosen != "openvino" or engine == "auto" or workers == 0:
+        return "torch" if engine == "auto" else chosen
+    raise EngineError("--engine openvino cannot run with decoding worker processes yet (a known crash); "
+                      "add --workers 0")

@@ -168,3 +168,13 @@ def test_torch_engine_is_the_plain_optimisation(config, tmp_path):
     assert prepare_for_inference(model, engine="torch", cache_dir=tmp_path) == "torch"
     assert engine_summary(model) == "glance: torch, local: torch, spatial policy: torch" and model.local_encoder.channels_last
     assert not any(tmp_path.iterdir())
+
+
+def test_scoring_keeps_torch_under_auto_and_refuses_openvino_with_workers():
+    from adafocus.core.engine import engine_with_workers
+
+    assert engine_with_workers("auto", "cpu", "fp32", 2) == "torch"
+    assert engine_with_workers("auto", "cpu", "fp32", 0) == "torch"
+    assert engine_with_workers("openvino", "cpu", "fp32", 0) == "openvino"
+    with pytest.raises(EngineError, match="--workers 0"):
+        engine_with_workers("openvino", "cpu", "fp32", 2)

@@ -26,6 +26,7 @@ import pytest
 from _review_fixtures import write_demo_scans, write_demo_videos
 from adafocus.apps import review_app
 from adafocus.apps import review_audit as ra
+from adafocus.apps import review_logic as rl
 
 pytestmark = pytest.mark.browser
 
@@ -95,13 +96,15 @@ def yellow_pixels(png: bytes) -> int:
     return int(((image[..., 0] > 200) & (image[..., 1] > 170) & (image[..., 2] < 90)).sum())
 
 
-def save_screenshot(page, name: str, folders: list[Path], height: int = 2000, scale: float = 0.6) -> None:
+def save_screenshot(page, name: str, folders: list[Path], height: int = 2700, scale: float = 0.55) -> None:
     """The whole view (a viewport tall enough that nothing scrolls), shrunk and palette-quantised so the
     PNG stays small for the README; the viewport is restored afterwards."""
     from PIL import Image
 
     size = page.viewport_size
     page.set_viewport_size({"width": size["width"], "height": height})
+    page.evaluate("() => document.querySelectorAll('[data-testid=\"stMain\"], section.main, "
+                  "[data-testid=\"stAppViewContainer\"]').forEach(e => e.scrollTo(0, 0))")
     page.wait_for_timeout(700)  # let the layout settle at the new size
     image = Image.open(io.BytesIO(page.screenshot())).convert("RGB")
     page.set_viewport_size(size)
@@ -136,8 +139,15 @@ def act(page, action) -> float:
     """Do `action` (a click) and wait until the script run it started has finished and every image on the
     page has loaded; returns the seconds from the click until the page was complete (the last run's end
     or the last image's arrival, whichever came later)."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
     page.evaluate(ARM_RUN_WATCH)
     action()
+    try:
+        page.wait_for_function("() => window.__ran", timeout=3000)
+    except PlaywrightTimeout:  # a click right after a screenshot's viewport change can land mid-layout: once more
+        page.evaluate(ARM_RUN_WATCH)
+        action()
     page.wait_for_function(RUN_DONE)
     page.wait_for_function(IMAGES_LOADED)
     return float(page.evaluate(SHOWN_AFTER_S))
@@ -147,22 +157,18 @@ def open_flagged(page) -> None:
     act(page, page.get_by_text("Needs review only").first.click)
 
 
-def queue_order(page, kind: str) -> list[str]:
-    """Item names in the picker's order (the filtered queue)."""
-    picker = page.locator("[data-testid='stSelectbox']").filter(has_text=f"Open {kind}").first
-    picker.get_by_role("button", name="Open").click()  # the chevron lists every option without editing
-    page.get_by_role("option").first.wait_for()
-    names = [o.removeprefix("⚑ ").split(" · ")[0] for o in page.get_by_role("option").all_inner_texts()]
-    page.keyboard.press("Escape")
-    page.get_by_role("option").first.wait_for(state="detached")
-    return names
+def queue_order(folder: Path, kind: str) -> list[str]:
+    """Names of the flagged items in the app's queue order (the same library calls the app makes)."""
+    queue = rl.scan_queue(folder) if kind == "scan" else rl.video_queue(folder)
+    queue = rl.flag_and_sort(queue, rl.DEFAULT_REVIEW_ENTROPY)
+    return queue[queue["needs_review"]]["name"].tolist()
 
 
-def timed_walk(page, kind: str, steps: int = 4) -> list[float]:
+def timed_walk(page, kind: str, folder: Path, steps: int = 4) -> list[float]:
     """Seconds from pressing Next / Previous until the neighbouring item is shown with all its images:
     up to `steps` presses along the filtered queue away from the nearer end, and one back."""
     heading = page.locator("h3").filter(has_text=f"{kind.capitalize()} ").first
-    order = queue_order(page, kind)
+    order = queue_order(folder, kind)
     assert len(order) >= 2, f"the demo slice should flag at least two {kind}s"
     position = order.index(heading.inner_text().split(" ", 1)[1])
     forward = min(steps, len(order) - 1 - position)
@@ -175,7 +181,7 @@ def timed_walk(page, kind: str, steps: int = 4) -> list[float]:
     return seconds
 
 
-def review_scan(page, shots: list[Path]) -> list[float]:
+def review_scan(page, shots: list[Path], folder: Path) -> list[float]:
     page.get_by_text("Scan ", exact=False).first.wait_for()
     open_flagged(page)
     page.get_by_text("Needs review:").first.wait_for()
@@ -194,13 +200,14 @@ def review_scan(page, shots: list[Path]) -> list[float]:
     act(page, page.get_by_role("option", name="full range").click)
     after = rgb(plane_image(page, "sagittal").screenshot())
     assert before.shape == after.shape and np.abs(before - after).mean() > 2.0  # window/level changed the pixels
+    seconds = timed_walk(page, "scan", folder)
     act(page, page.get_by_role("button", name="Confirm").click)
     page.get_by_text(f"Saved decision: confirm by {REVIEWER}").wait_for()
     save_screenshot(page, "scan_view.png", shots)
-    return timed_walk(page, "scan")
+    return seconds
 
 
-def review_video(page, shots: list[Path]) -> list[float]:
+def review_video(page, shots: list[Path], folder: Path) -> list[float]:
     act(page, page.get_by_role("radiogroup").first.get_by_text("Videos", exact=True).click)
     page.get_by_text("Video ", exact=False).first.wait_for()
     open_flagged(page)
@@ -215,10 +222,11 @@ def review_video(page, shots: list[Path]) -> list[float]:
     frames = page.locator("[data-testid='stImage'] img")
     assert frames.count() >= 1 and all(yellow_pixels(frames.nth(i).screenshot()) > 20 for i in range(frames.count()))
     assert frames.first.bounding_box()["width"] >= 480
+    seconds = timed_walk(page, "video", folder)
     act(page, page.get_by_role("button", name="Dismiss").click)
     page.get_by_text(f"Saved decision: dismiss by {REVIEWER}").wait_for()
     save_screenshot(page, "video_view.png", shots)
-    return timed_walk(page, "video")
+    return seconds
 
 
 def exported_audit(page) -> list[dict]:
@@ -250,8 +258,8 @@ def test_review_app_on_demo_outputs_in_chromium(app_url, tmp_path):
             page.get_by_label("Your name (stored with every decision you make)").fill(REVIEWER)
             act(page, page.get_by_role("button", name="Start reviewing").click)
             assert page.get_by_text("Deploy", exact=True).count() == 0  # viewer toolbar: no Deploy menu
-            scan_times = review_scan(page, shots)
-            video_times = review_video(page, shots)
+            scan_times = review_scan(page, shots, outputs["scans"])
+            video_times = review_video(page, shots, outputs["videos"])
             audit = exported_audit(page)
         finally:
             browser.close()
