@@ -24,11 +24,18 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(BIN)/adafocus demo --out $(DEMO_OUT)
 
+# Tests that run OpenVINO go in a pytest process of their own: a process that has run OpenVINO was killed by
+# SIGSEGV once forked children (DataLoader workers) came and went (adafocus.core.engine.engine_with_workers),
+# and the rest of the suite forks such children.
+ENGINE_TESTS := tests/test_engine.py tests/test_bench_speed.py
+
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q $(addprefix --ignore=,$(ENGINE_TESTS))
+	$(BIN)/python -m pytest -q $(ENGINE_TESTS)
 
 test-slow: $(STAMP)
-	$(BIN)/python -m pytest -q -m slow
+	$(BIN)/python -m pytest -q -m slow $(addprefix --ignore=,$(ENGINE_TESTS))
+	$(BIN)/python -m pytest -q -m slow $(ENGINE_TESTS)
 
 # The review app in a real browser: needs Debian's chromium on PATH (apt-get install chromium), never
 # `playwright install`.

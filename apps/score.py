@@ -98,10 +98,11 @@ class ScoreInputs(Dataset):
     "note": str, "decode_ms": float}.
     """
 
-    def __init__(self, paths: Sequence[str], num_frames: int, size: int):
+    def __init__(self, paths: Sequence[str], num_frames: int, size: int, eval_crop: float = 1.0):
         self.paths = list(paths)
         self.num_frames = num_frames
         self.size = size
+        self.eval_crop = eval_crop  # the model card's view: 1.0 = full short side, 224/256 for the authors' models
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -112,7 +113,7 @@ class ScoreInputs(Dataset):
         started = time.perf_counter()
         try:
             _refuse_oversized(path, self.num_frames)
-            clip, info = load_clip(path, self.num_frames, self.size, train=False)
+            clip, info = load_clip(path, self.num_frames, self.size, train=False, eval_crop=self.eval_crop)
             item.update(clip=clip, info=info.to_dict(), note=_clip_note(info, self.num_frames))
         except VideoDecodeError as error:
             item["error"] = error.reason
@@ -386,14 +387,15 @@ def score_videos(inputs: Sequence[str], checkpoint: str | Path, out_csv: str | P
     dev = resolve_device(device)
     paths = collect_inputs(inputs)
     engine = engine_with_workers(engine, dev, precision, workers)
-    model, class_names, policy = load_scoring_model(checkpoint, dev, budget, engine=engine, precision=precision)
+    model, class_names, policy, eval_crop = load_scoring_model(checkpoint, dev, budget, engine=engine,
+                                                               precision=precision)
     final, thumb_dir, done = prepare_outputs(out_csv, details, thumbnails, csv_columns(class_names))
     todo = [p for p in paths if p not in done]
     summary = ScoreSummary(files=len(paths), skipped=len(paths) - len(todo))
     if summary.skipped:
         log(f"skipping {summary.skipped} of {len(paths)} files already in {final.csv}")
     c = model.config
-    loader = DataLoader(ScoreInputs(todo, c.num_candidates, c.frame_size), batch_size=batch_size,
+    loader = DataLoader(ScoreInputs(todo, c.num_candidates, c.frame_size, eval_crop), batch_size=batch_size,
                         num_workers=workers, collate_fn=collate_scored, pin_memory=dev.type == "cuda")
     bar = None
     if progress and todo:
@@ -416,16 +418,17 @@ def score_videos(inputs: Sequence[str], checkpoint: str | Path, out_csv: str | P
 
 def load_scoring_model(checkpoint: str | Path, device: torch.device, budget: float | None, *,
                        engine: str = "auto", precision: str = "fp32"
-                       ) -> tuple[UniAdaFocus, list[str], ExitPolicy | None]:
+                       ) -> tuple[UniAdaFocus, list[str], ExitPolicy | None, float]:
     """(model ready for inference on `device` with `engine` (adafocus.core.engine), class names, exit policy
-    for `budget` or None). `checkpoint` is a run folder or its best.pt / last.pt (RunFolder.locate)."""
+    for `budget` or None, the card's evaluation crop). `checkpoint` is a run folder or its best.pt / last.pt
+    (RunFolder.locate)."""
     run = load_run(checkpoint, device=str(device))
     if run.card.domain == "mri":
         raise ValueError(f"{run.checkpoint} is an MRI model: score scans with it (NIfTI, DICOM, BIDS, a manifest)")
     model, class_names = run.model, run.card.class_names
     policy = None if budget is None else exit_policy_for_budget(run.folder, budget, model)
     prepare_for_inference(model, engine=engine, precision=precision)
-    return model, class_names, policy
+    return model, class_names, policy, float(run.card.input.get("eval_crop", 1.0))
 
 
 def prepare_outputs(out_csv: str | Path, details: str | Path | None, thumbnails: str | Path | None,

@@ -125,9 +125,10 @@ def model_actor_resources(cluster: dict[str, float], device: str) -> dict[str, A
 # Scoring: decode tasks -> model actors -> rows back to the driver
 
 
-def decode_batch(batch: dict[str, np.ndarray], num_frames: int, size: int) -> dict[str, np.ndarray]:
+def decode_batch(batch: dict[str, np.ndarray], num_frames: int, size: int,
+                 eval_crop: float = 1.0) -> dict[str, np.ndarray]:
     """Ray task: paths -> pickled `ScoreInputs` items (clip, clip record or the reason it failed)."""
-    items = ScoreInputs(list(batch["path"]), num_frames, size)
+    items = ScoreInputs(list(batch["path"]), num_frames, size, eval_crop)
     return {"path": batch["path"], "item": np.array([pickle.dumps(items[i]) for i in range(len(items))],
                                                     dtype=object)}
 
@@ -140,7 +141,7 @@ class ModelScorer:
         self.device = resolve_device(device)
         self.threads = threads
         with cpu_threads(self.device, threads):
-            self.model, self.class_names, self.policy = load_scoring_model(
+            self.model, self.class_names, self.policy, _ = load_scoring_model(
                 checkpoint, self.device, budget, engine=engine, precision=precision)
         self.thumb_dir = None if thumbnails is None else Path(thumbnails)
 
@@ -155,7 +156,8 @@ class ModelScorer:
 
 
 def scoring_dataset(paths: Sequence[str], *, checkpoint: str, budget: float | None, thumbnails: str | None,
-                    num_frames: int, size: int, batch_size: int, device: str, engine: str = "auto",
+                    num_frames: int, size: int, batch_size: int, device: str, eval_crop: float = 1.0,
+                    engine: str = "auto",
                     precision: str = "fp32", scorer: type = ModelScorer):
     """The lazy Ray Data pipeline for `paths` (executed when its batches are iterated)."""
     import ray
@@ -166,7 +168,7 @@ def scoring_dataset(paths: Sequence[str], *, checkpoint: str, budget: float | No
     blocks = max(1, -(-len(paths) // batch_size))
     with bounded_retries():
         return (ray.data.from_items([{"path": p} for p in paths], override_num_blocks=blocks)
-                .map_batches(decode_batch, fn_kwargs={"num_frames": num_frames, "size": size},
+                .map_batches(decode_batch, fn_kwargs={"num_frames": num_frames, "size": size, "eval_crop": eval_crop},
                              batch_size=batch_size, num_cpus=1, max_retries=MAX_RETRIES)
                 .map_batches(scorer, fn_constructor_kwargs={
                                  "checkpoint": checkpoint, "budget": budget, "device": placement["device"],
@@ -204,7 +206,7 @@ def score_on_ray(inputs: Sequence[str], checkpoint: str | Path, out_csv: str | P
     started = time.perf_counter()
     paths = collect_inputs(inputs)
     # loaded once here too: a bad checkpoint or budget fails in one line before any cluster work starts
-    model, class_names, _ = load_scoring_model(checkpoint, torch.device("cpu"), budget, engine="torch")
+    model, class_names, _, eval_crop = load_scoring_model(checkpoint, torch.device("cpu"), budget, engine="torch")
     num_frames, size = model.config.num_candidates, model.config.frame_size
     del model
     final, thumb_dir, done = prepare_outputs(out_csv, details, thumbnails, csv_columns(class_names))
@@ -217,7 +219,7 @@ def score_on_ray(inputs: Sequence[str], checkpoint: str | Path, out_csv: str | P
             dataset = scoring_dataset(todo, checkpoint=str(Path(checkpoint).absolute()), budget=budget,
                                       thumbnails=None if thumb_dir is None else str(thumb_dir.absolute()),
                                       num_frames=num_frames, size=size, batch_size=batch_size, device=device,
-                                      engine=engine, precision=precision, scorer=scorer)
+                                      eval_crop=eval_crop, engine=engine, precision=precision, scorer=scorer)
             loop_started = time.perf_counter()
             written = write_streamed_rows(dataset.iter_batches(batch_size=None, batch_format="numpy"), final,
                                           set(done), summary, progress=progress, total=len(todo))

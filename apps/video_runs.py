@@ -156,8 +156,9 @@ def video_calibration_set(run: LoadedRun, data: str | None) -> tuple[Dataset, ob
         raise CalibrationDataError(missing_data_message(run, where, f"{len(record.get('ids', []))} val videos")
                                    if where else f"{run.checkpoint}'s card does not record its data folder; "
                                    "pass --data with the folder it was trained on")
-    if not run.folder.split.is_file():
+    if record and not run.folder.split.is_file():
         raise CalibrationDataError(f"{run.folder.split} is missing: cannot tell which videos were held out")
+    # A run with no calibration record (imported from the authors' files) draws its split of `data` now.
     spec = run.card.input
     try:
         videos = load_video_data(where, num_frames=spec["num_candidates"], size=spec["frame_size"],

@@ -64,8 +64,8 @@ def fit_thresholds(scores: Tensor, proportions: Tensor) -> Tensor:
 
     scores [N, K] (larger = more confident), proportions [K] (non-negative, normalised here).
     Greedy, exit by exit: among the samples not yet assigned, the most confident at exit k are taken;
-    threshold_k lies halfway between the last one taken and the best one left (the last one taken's score
-    when none is left; +inf when none is taken); threshold_{K-1} = -inf.
+    threshold_k lies halfway between the last one taken and the best one left (-inf when none is left:
+    everyone left exits at k; +inf when none is taken); threshold_{K-1} = -inf.
     How many are taken uses a running target: after exit k, floor(N * (p_0 + ... + p_k)) samples have
     been taken in total, so each exit's count is within one sample of N * p_k and rounding never
     accumulates onto the last exit. Returns [K] in scores' dtype. With tied scores at a threshold,
@@ -94,7 +94,8 @@ def fit_thresholds(scores: Tensor, proportions: Tensor) -> Tensor:
         # Halfway to the best sample left, not on the last one taken: an input scored a hair differently
         # (another batch size, a re-run of registration) then still takes the exit its calibration twin took.
         left = candidates[order[take:take + 1]]
-        thresholds[k] = scores[chosen[-1], k] if len(left) == 0 else 0.5 * (scores[chosen[-1], k] + scores[left[0], k])
+        # When every sample left is taken here, everyone left exits here, unseen inputs included.
+        thresholds[k] = -math.inf if len(left) == 0 else 0.5 * (scores[chosen[-1], k] + scores[left[0], k])
         unassigned[chosen] = False
         taken_so_far += take
     return thresholds

@@ -229,3 +229,12 @@ def test_budget_curve_traces_cost_and_accuracy_upward():
     )
     for in_sample, out_of_sample in zip(curve, held_out):
         assert out_of_sample.mean_cost == pytest.approx(in_sample.mean_cost, rel=0.1)
+
+
+def test_an_exit_that_takes_everyone_left_takes_unseen_inputs_too():
+    """Proportions that send every calibration sample out at exit 0 send a less confident unseen input there too."""
+    scores = torch.tensor([[0.9, 0.5, 0.1], [0.7, 0.2, 0.3], [0.8, 0.6, 0.4]])
+    thresholds = fit_thresholds(scores, torch.tensor([1.0, 0.0, 0.0]))
+    assert thresholds[0] == -math.inf and torch.isinf(thresholds[1]) and thresholds[1] > 0
+    halfway = fit_thresholds(scores, torch.tensor([1.0, 1.0, 1.0]))
+    assert halfway[0] == pytest.approx(0.85)   # one of three taken (0.9); halfway to the best one left (0.8)

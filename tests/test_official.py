@@ -154,6 +154,10 @@ def test_imported_model_scores_videos_and_fine_tunes_with_a_new_head(tmp_path, v
     header, rows = read_rows(out)
     assert [c for c in header if c.startswith("p_")] == ["p_a", "p_b", "p_c", "p_d", "p_e"]
     assert len(rows) == 6 and {r["label"] for r in rows} <= set("abcde")
+    # an imported run has no calibration split of its own: --data draws one from the user's videos
+    assert main(["calibrate", "--model", str(tmp_path / "imported"), "--budget", "4", "--data", str(video_tree),
+                 "--workers", "0", "--batch-size", "6", "--device", "cpu"]) == 0
+    assert (tmp_path / "imported" / "split.json").is_file()
     tuned = tmp_path / "tuned"
     assert main(["train", "--init", str(tmp_path / "imported"), "--data", str(video_tree), "--out", str(tuned),
                  "--epochs", "1", "--batch-size", "4", "--workers", "0", "--quiet", "--device", "cpu"]) == 0

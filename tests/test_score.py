@@ -339,3 +339,16 @@ def test_bench_score_file_counts_are_validated(bad, capsys):
     with pytest.raises(SystemExit):
         main(["bench", "score", "--files", bad])
     assert "--files" in capsys.readouterr().err
+
+
+def test_score_inputs_cut_the_view_the_model_card_names(tmp_path):
+    """Imported authors' models record resize-256 / centre-crop-224; scoring decodes that view, not the full side."""
+    from adafocus.apps.score import ScoreInputs
+    from adafocus.datasets.video import load_clip
+
+    ramp = np.broadcast_to(np.linspace(0, 255, 64, dtype=np.uint8)[None, None, :, None], (6, 48, 64, 3)).copy()
+    path = str(_write_frames(tmp_path / "ramp.mp4", ramp))
+    full, cropped = ScoreInputs([path], 4, 16)[0]["clip"], ScoreInputs([path], 4, 16, eval_crop=224 / 256)[0]["clip"]
+    expected, _ = load_clip(path, 4, 16, train=False, eval_crop=224 / 256)
+    assert torch.equal(cropped, expected)
+    assert (cropped[..., 0].mean() - full[..., 0].mean()).abs() > 0.005   # a narrower window of the ramp
