@@ -6,6 +6,7 @@ import logging
 
 import pytest
 import torch
+from _policy_fixtures import spread_policy
 from adafocus.core import engine as engine_module
 from adafocus.core.config import get_preset
 from adafocus.core.engine import (
@@ -15,7 +16,6 @@ from adafocus.core.engine import (
     prepare_for_inference,
     resolve_engine,
 )
-from adafocus.core.exits import ExitPolicy, exit_scores
 from adafocus.core.model import UniAdaFocus
 
 pytest.importorskip("openvino")
@@ -45,20 +45,6 @@ def _pair(config, cache_dir, **kwargs):
     return plain, engined, used
 
 
-def _spread_policy(model: UniAdaFocus, clip: torch.Tensor) -> ExitPolicy:
-    """Thresholds half-way between neighbouring scores: a quarter of the clips leave at each early exit and
-    none sits on a threshold."""
-    logits = model.infer(clip).logits
-    thresholds = []
-    for k in range(logits.shape[1] - 1):
-        ranked = exit_scores(logits[:, k], "entropy").sort(descending=True).values
-        cut = clip.shape[0] // 4
-        thresholds.append(float((ranked[cut - 1] + ranked[cut]) / 2))
-    thresholds.append(float("-inf"))
-    return ExitPolicy(criterion="entropy", thresholds=thresholds, exit_costs=model.exit_costs(), q=1.0, budget=0.0,
-                      calibration_cost=0.0)
-
-
 def _assert_same_result(got, expected):
     finite = expected.logits.isfinite()
     assert torch.equal(got.logits.isnan(), expected.logits.isnan())
@@ -78,7 +64,7 @@ def test_engine_inference_equals_torch_with_and_without_exits(config, exported):
     clip = torch.rand(16, config.num_candidates, 3, config.frame_size, config.frame_size,
                       generator=torch.Generator().manual_seed(1))
     with torch.inference_mode():
-        policy = _spread_policy(plain, clip)
+        policy = spread_policy(plain, clip)
         expected, got = plain.infer(clip, policy), engined.infer(clip, policy)
         _assert_same_result(engined.infer(clip), plain.infer(clip))
     assert len(set(expected.exit_index.tolist())) >= 3  # exits happen at several steps

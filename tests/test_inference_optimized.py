@@ -4,9 +4,9 @@ import dataclasses
 
 import pytest
 import torch
+from _policy_fixtures import spread_policy
 from adafocus.core.backbones import CPU_MICRO_BATCH, chunk_sizes, cpu_micro_batch, create_backbone
 from adafocus.core.config import get_preset
-from adafocus.core.exits import ExitPolicy, exit_scores
 from adafocus.core.model import UniAdaFocus, focus_lookahead
 
 
@@ -51,20 +51,6 @@ def test_micro_batched_backbone_equals_one_call():
     assert torch.allclose(chunked, whole, atol=1e-5)
 
 
-def _spread_policy(model: UniAdaFocus, clip: torch.Tensor) -> ExitPolicy:
-    """Thresholds half-way between neighbouring scores, so a quarter of the clips leave at each early exit
-    and no clip sits on a threshold (where rounding could move it)."""
-    logits = model.infer(clip).logits
-    thresholds = []
-    for k in range(logits.shape[1] - 1):
-        ranked = exit_scores(logits[:, k], "entropy").sort(descending=True).values
-        cut = clip.shape[0] // 4
-        thresholds.append(float((ranked[cut - 1] + ranked[cut]) / 2))
-    thresholds.append(float("-inf"))
-    return ExitPolicy(criterion="entropy", thresholds=thresholds, exit_costs=model.exit_costs(), q=1.0, budget=0.0,
-                      calibration_cost=0.0)
-
-
 @pytest.mark.parametrize("micro_batch", [CPU_MICRO_BATCH, 96])  # 96: every remaining patch in one call
 def test_optimised_early_exit_inference_matches_the_plain_model(micro_batch):
     torch.manual_seed(0)
@@ -77,7 +63,7 @@ def test_optimised_early_exit_inference_matches_the_plain_model(micro_batch):
     optimised.local_encoder.micro_batch = micro_batch
     clip = torch.rand(24, 8, 3, 64, 64)
     with torch.inference_mode():
-        policy = _spread_policy(plain, clip)
+        policy = spread_policy(plain, clip)
         expected, got = plain.infer(clip, policy), optimised.infer(clip, policy)
         no_exit_expected, no_exit_got = plain.infer(clip), optimised.infer(clip)
     assert len(set(expected.exit_index.tolist())) >= 3  # the lookahead path is exercised with exits inside it

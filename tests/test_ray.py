@@ -27,6 +27,7 @@ from adafocus.datasets.mri.preprocess import T1LinearConfig, preprocess_manifest
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _mri_fixtures import write_nifti
+from _policy_fixtures import untrained_video_run
 from _video_fixtures import write_audio_only, write_counter_video
 
 TIMING = ("decode_ms", "model_ms")
@@ -44,12 +45,7 @@ def local_ray():
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("model")
-    preset = get_preset("cpu-video")
-    save_checkpoint(folder / "best.pt", config=preset.to_dict(), model_state=UniAdaFocus(preset.model).state_dict())
-    (folder / "classes.json").write_text(json.dumps(["NonViolence", "Violence"]), encoding="utf-8")
-    return folder / "best.pt"
+    return untrained_video_run(tmp_path_factory.mktemp("model"))
 
 
 def _mixed_folder(folder: Path, good: int) -> list[str]:

@@ -25,6 +25,7 @@ from adafocus.core.config import get_preset
 from adafocus.core.model import UniAdaFocus
 
 sys.path.insert(0, str(Path(__file__).parent))
+from _policy_fixtures import untrained_video_run
 from _video_fixtures import write_audio_only, write_counter_video
 
 REPO = Path(__file__).resolve().parents[1]
@@ -33,13 +34,7 @@ PYTHON = sys.executable
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
-    """An untrained cpu-video model (2 classes, 8 frames of 64 px, 3 focus steps) with class names."""
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("model")
-    preset = get_preset("cpu-video")
-    save_checkpoint(folder / "best.pt", config=preset.to_dict(), model_state=UniAdaFocus(preset.model).state_dict())
-    (folder / "classes.json").write_text(json.dumps(["NonViolence", "Violence"]), encoding="utf-8")
-    return folder / "best.pt"
+    return untrained_video_run(tmp_path_factory.mktemp("model"))
 
 
 def _write_frames(path: Path, frames: np.ndarray, *, codec: str = "libx264", pix_fmt: str = "yuv420p",

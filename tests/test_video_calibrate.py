@@ -3,7 +3,6 @@ the data moved and takes --data; scoring the held-out clips at that budget costs
 from __future__ import annotations
 
 import csv
-import dataclasses
 import json
 import shutil
 import sys
@@ -15,21 +14,17 @@ import torch
 from adafocus.apps.cli import main
 from adafocus.apps.video_runs import train_on_videos
 from adafocus.core.checkpoint import load_checkpoint
-from adafocus.core.config import get_preset
 from adafocus.core.run import RunFolder, load_run
 
 sys.path.insert(0, str(Path(__file__).parent))
+from _policy_fixtures import tiny_video_preset
 from _video_fixtures import write_counter_video
 
 pytestmark = pytest.mark.slow
 
 
 def _tiny_preset():
-    preset = get_preset("cpu-video")
-    preset.train = dataclasses.replace(preset.train, epochs=1, batch_size=8, workers=0)
-    preset.model = dataclasses.replace(preset.model, num_candidates=4, num_glance=4, num_focus=2, frame_size=32,
-                                       glance_size=16, min_patch_side=16, max_patch_side=32, patch_size=16)
-    return preset
+    return tiny_video_preset(batch_size=8)
 
 
 def test_video_run_calibrates_on_its_own_split_and_scoring_meets_the_budget(tmp_path, capsys):

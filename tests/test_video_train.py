@@ -2,7 +2,6 @@
 (calibration for budgets included), resume; and (slow) the moderation demo against the generator's truth."""
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -13,9 +12,9 @@ from adafocus.apps.cli import main as cli_main
 from adafocus.apps.score import read_rows, score_videos
 from adafocus.apps.video_runs import detect_video_data, load_video_data, train_on_videos
 from adafocus.core.checkpoint import load_checkpoint
-from adafocus.core.config import get_preset
 
 sys.path.insert(0, str(Path(__file__).parent))
+from _policy_fixtures import tiny_video_preset
 from _video_fixtures import write_counter_video
 
 
@@ -91,11 +90,7 @@ def test_diving48_keeps_official_test_and_honours_frame_ranges(tmp_path):
 
 
 def _tiny_preset():
-    preset = get_preset("cpu-video")
-    preset.train = dataclasses.replace(preset.train, epochs=1, batch_size=4, workers=0)
-    preset.model = dataclasses.replace(preset.model, num_candidates=4, num_glance=4, num_focus=2, frame_size=32,
-                                       glance_size=16, min_patch_side=16, max_patch_side=32, patch_size=16)
-    return preset
+    return tiny_video_preset(batch_size=4)
 
 
 def test_train_on_class_folders_writes_a_complete_run_and_resumes(tmp_path):
