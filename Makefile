@@ -34,8 +34,8 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q $(ENGINE_TESTS)
 
 test-slow: $(STAMP)
-	$(BIN)/python -m pytest -q -m slow $(addprefix --ignore=,$(ENGINE_TESTS))
-	$(BIN)/python -m pytest -q -m slow $(ENGINE_TESTS)
+	$(BIN)/python -m pytest -q -m slow --timeout=1800 $(addprefix --ignore=,$(ENGINE_TESTS))
+	$(BIN)/python -m pytest -q -m slow --timeout=1800 $(ENGINE_TESTS)
 
 # The review app in a real browser: needs Debian's chromium on PATH (apt-get install chromium), never
 # `playwright install`.
