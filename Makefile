@@ -24,18 +24,13 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(BIN)/adafocus demo --out $(DEMO_OUT)
 
-# Tests that run OpenVINO go in a pytest process of their own: a process that has run OpenVINO was killed by
-# SIGSEGV once forked children (DataLoader workers) came and went (adafocus.core.engine.engine_with_workers),
-# and the rest of the suite forks such children.
-ENGINE_TESTS := tests/test_engine.py tests/test_bench_speed.py
-
+# One pytest process: OpenVINO and forked DataLoader workers live together since the engine keeps the thread's
+# signal stack (adafocus.core.engine.keep_signal_stack; tests/test_engine.py checks it).
 test: $(STAMP)
-	$(BIN)/python -m pytest -q $(addprefix --ignore=,$(ENGINE_TESTS))
-	$(BIN)/python -m pytest -q $(ENGINE_TESTS)
+	$(BIN)/python -m pytest -q
 
 test-slow: $(STAMP)
-	$(BIN)/python -m pytest -q -m slow --timeout=1800 $(addprefix --ignore=,$(ENGINE_TESTS))
-	$(BIN)/python -m pytest -q -m slow --timeout=1800 $(ENGINE_TESTS)
+	$(BIN)/python -m pytest -q -m slow --timeout=1800
 
 # The review app in a real browser: needs Debian's chromium on PATH (apt-get install chromium), never
 # `playwright install`.

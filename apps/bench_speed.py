@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from adafocus.core.backbones import create_backbone
 from adafocus.core.baseline import StaticBaseline
 from adafocus.core.config import ModelConfig, get_preset
-from adafocus.core.engine import prepare_for_inference, resolve_engine
+from adafocus.core.engine import prediction_agreement, prepare_for_inference, resolve_engine
 from adafocus.core.exits import ExitPolicy, exit_scores, solve_budget
 from adafocus.core.flops import count_gmacs
 from adafocus.core.model import UniAdaFocus
@@ -179,15 +179,18 @@ def offline_weights(config: ModelConfig) -> ModelConfig:
     return dataclasses.replace(config, glance_pretrained=glance, local_pretrained=None)
 
 
-def prepare(module, *, engine: str, precision: str, optimize: bool) -> str:
+def prepare(module, *, engine: str, precision: str, optimize: bool, calibration: torch.Tensor | None = None) -> str:
     """Ready ``module`` for timing with ``engine`` (see adafocus.core.engine); ``optimize=False`` keeps the
-    plain torch modules (no batch-norm folding, no channels-last) and needs the torch engine."""
+    plain torch modules (no batch-norm folding, no channels-last) and needs the torch engine. ``int8``
+    calibrates on ``calibration`` clips, else on benchmark clips of another seed than the timed ones."""
     if not optimize:
         if resolve_engine(engine, module.pixel_mean.device, precision) != "torch":
             raise ValueError("--no-optimize measures plain torch modules; use it with --engine torch")
         module.eval()
         return "torch"
-    return prepare_for_inference(module, engine=engine, precision=precision)
+    if precision == "int8" and calibration is None:
+        calibration = benchmark_clips(16, module.config, module.pixel_mean.device, seed=1)
+    return prepare_for_inference(module, engine=engine, precision=precision, calibration=calibration)
 
 
 def _variants(model: UniAdaFocus, baseline: StaticBaseline, clip: torch.Tensor,
@@ -207,7 +210,8 @@ def bench_speed(model_config: ModelConfig, *, device: str = "auto", batch: int =
                 engine: str = "torch", precision: str = "fp32") -> list[dict]:
     """Rows of {name, engine, gmacs, videos_per_s, peak_mb, theoretical_ratio, practical_ratio, efficiency};
     with an engine other than torch also {torch_videos_per_s, speedup}: the same variant with torch fp32,
-    timed in the same turns."""
+    timed in the same turns; with a precision other than fp32 also {agreement}: the Uni-AdaFocus rows'
+    predictions and exits against torch fp32 on the timed clips (``prediction_agreement``)."""
     dev = resolve_device(device)
     torch.manual_seed(seed)
     cfg = offline_weights(model_config)
@@ -226,7 +230,8 @@ def bench_speed(model_config: ModelConfig, *, device: str = "auto", batch: int =
     clip = benchmark_clips(batch, cfg, dev, seed)
 
     with torch.inference_mode(), cuda_autocast(dev, amp):
-        policies = budget_policies(model, clip, budget_fractions)
+        # exit thresholds fitted on torch fp32 when it runs beside, as a deployed model's are
+        policies = budget_policies(model if reference is None else reference[0], clip, budget_fractions)
         variants = _variants(model, baseline, clip, policies)
         calls = [run for _, run, _ in variants]
         if reference is not None:
@@ -244,6 +249,8 @@ def bench_speed(model_config: ModelConfig, *, device: str = "auto", batch: int =
             if reference is not None:
                 row["torch_videos_per_s"] = batch / seconds[len(variants) + i]
                 row["speedup"] = row["videos_per_s"] / row["torch_videos_per_s"]
+            if reference is not None and precision != "fp32" and i > 0:
+                row["agreement"] = prediction_agreement(reference[0], model, clip, policies.get(fraction))
             rows.append(row)
     base = rows[0]
     for row in rows:

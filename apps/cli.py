@@ -28,8 +28,9 @@ def _add_engine(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--engine", default="auto", choices=["auto", "torch", "openvino"],
                         help="inference engine: auto = openvino on the CPU, torch with AMP on CUDA "
                              "(see README, Performance)")
-    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
-                        help="openvino precision; bf16 only on CPUs with native bf16 (AVX512-BF16 / AMX)")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "int8"],
+                        help="openvino precision; bf16 only on CPUs with native bf16 (AVX512-BF16 / AMX); int8: "
+                             "post-training quantization (nncf) calibrated on the data, agreement printed")
 
 
 def _add_ray(parser: argparse.ArgumentParser, what: str) -> None:
@@ -150,13 +151,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
         run_video_demo(out / "video", epochs=args.epochs, device=args.device)
         where.append(f"video  {out / 'video'}  (scores.csv, details.jsonl, contact sheets, video_demo.json)")
     if "mri" in parts:
-        from adafocus.apps.mri_demo import run_mri_demo
+        from adafocus.apps.mri_demo import mri_summary_lines, run_mri_demo
 
         print("== mri: OASIS-1-layout cohort -> preprocess -> 5-fold cross-validation -> report -> train -> "
               "adafocus score on raw scans")
-        run_mri_demo(out / "mri", device=args.device, epochs=args.epochs)
+        mri = run_mri_demo(out / "mri", device=args.device, epochs=args.epochs, seed=args.seed)
         where.append(f"mri    {out / 'mri' / 'cv' / 'report.md'}  (+ report.html, metrics.tsv, per-fold predictions); "
                      f"new scans scored: {out / 'mri' / 'scored' / 'scores.csv'}")
+        where += [f"mri    {line}" for line in mri_summary_lines(mri)]
     print("\nDemo finished. Results:")
     for line in where:
         print("  " + line)
@@ -189,6 +191,7 @@ def cmd_bench_speed(args: argparse.Namespace) -> int:
         format_speed_table,
         run_bench_speed,
     )
+    from adafocus.core.engine import format_agreement
 
     result = run_bench_speed(args.preset, device=args.device, batch=args.batch, scaling=args.scaling,
                              repeats=args.repeats, optimize=not args.no_optimize, engine=args.engine,
@@ -200,6 +203,9 @@ def cmd_bench_speed(args: argparse.Namespace) -> int:
           f"batch {args.batch}, engine {result['engine']} {result['precision']}; ratios against the static "
           "baseline, measured in this run")
     print(format_speed_table(result["rows"]))
+    for row in result["rows"]:
+        if "agreement" in row:
+            print(f"{result['precision']} vs torch fp32, {row['name']}: {format_agreement(row['agreement'])}")
     print("\nwhere the time goes: each encoder alone")
     print(format_encoder_table(result["encoders"]))
     if "profile" in result:
@@ -265,6 +271,8 @@ def cmd_app(args: argparse.Namespace) -> int:
     from adafocus.core.train import resolve_device
 
     resolve_engine(args.engine, resolve_device("auto"), args.precision)  # a bad choice fails here, in one line
+    if args.precision == "int8":
+        raise ValueError("--precision int8 calibrates on the files being scored; the app runs fp32 (or bf16)")
     env[ENV_ENGINE], env[ENV_PRECISION] = args.engine, args.precision
     command = [sys.executable, "-m", "streamlit", "run", review_app.__file__, *review_app.STREAMLIT_FLAGS,
                "--server.port", str(args.port), "--server.maxUploadSize", str(max(1, round(args.max_upload_mb)))]
@@ -286,6 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="demo_out", help="output folder (default: demo_out)")
     p.add_argument("--parts", default=",".join(DEMO_PARTS), help=f"comma-separated subset of {','.join(DEMO_PARTS)}")
     p.add_argument("--epochs", type=int, default=None, help="override every part's epochs (smoke runs)")
+    p.add_argument("--seed", type=int, default=0, help="split and training seed of the MRI part (default 0)")
     _add_device(p)
     p.set_defaults(func=cmd_demo)
 

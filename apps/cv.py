@@ -177,7 +177,7 @@ def run_fold(fold: Fold, rows: Sequence[ManifestRow], preset: Preset, spec: Clip
     atomic_write_text(run_dir / "metrics.tsv", tsv_text(
         ("metric", "value"), [{"metric": k, "value": f"{v:.6g}"} for k, v in metrics.items()]))
     log(f"fold {fold.index}: balanced accuracy {metrics['balanced_accuracy']:.3f}, AUC {metrics['auc']:.3f}")
-    return metrics
+    return {k: float(f"{v:.6g}") for k, v in metrics.items()}  # as a resumed run reads them from metrics.tsv
 
 
 def fit_fold_review_threshold(model: UniAdaFocus, val_set: MRISliceDataset, exit_policy: ExitPolicy | None,

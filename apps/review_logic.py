@@ -18,7 +18,6 @@ import csv
 import gzip
 import io
 import json
-import math
 import os
 import tempfile
 from collections.abc import Iterable, Sequence
@@ -28,6 +27,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pandas as pd
+from adafocus.reports import metrics
 
 DEFAULT_MAX_UPLOAD_MB = 100
 DEFAULT_REVIEW_ENTROPY = 0.8
@@ -69,13 +69,12 @@ def resolve_inside(path: str | os.PathLike, roots: Sequence[str | os.PathLike], 
 
 # ---------------------------------------------------------------------------------------------- queues
 def normalised_entropy(probabilities: Sequence[float] | np.ndarray) -> float:
-    """Entropy of a probability vector divided by log(C): 0 = certain, 1 = uniform."""
+    """Entropy of one probability vector divided by log(C): 0 = certain, 1 = uniform (reports.metrics,
+    after renormalising; a single class is certain)."""
     p = np.clip(np.asarray(probabilities, dtype=np.float64), 0.0, 1.0)
     if p.size < 2:
         return 0.0
-    p = p / p.sum()
-    nonzero = p[p > 0]
-    return float(-(nonzero * np.log(nonzero)).sum() / math.log(p.size))
+    return float(metrics.normalised_entropy(p / p.sum()))
 
 
 def find_prediction_files(scans_dir: str | Path) -> list[Path]:

@@ -15,6 +15,7 @@ decoding in Ray tasks, the model in an actor pool, rows written by this process 
 """
 from __future__ import annotations
 
+import copy
 import csv
 import glob
 import hashlib
@@ -33,7 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 from adafocus.apps.calibrate import exit_policy_for_budget
-from adafocus.core.engine import engine_with_workers, prepare_for_inference
+from adafocus.core.engine import EngineError, format_agreement, prediction_agreement, prepare_for_inference
 from adafocus.core.exits import ExitPolicy
 from adafocus.core.geometry import focus_locations
 from adafocus.core.io import atomic_write, atomic_write_text
@@ -386,9 +387,9 @@ def score_videos(inputs: Sequence[str], checkpoint: str | Path, out_csv: str | P
     started = time.perf_counter()
     dev = resolve_device(device)
     paths = collect_inputs(inputs)
-    engine = engine_with_workers(engine, dev, precision, workers)
     model, class_names, policy, eval_crop = load_scoring_model(checkpoint, dev, budget, engine=engine,
-                                                               precision=precision)
+                                                               precision=precision, calibration_paths=paths[:batch_size],
+                                                               log=log)
     final, thumb_dir, done = prepare_outputs(out_csv, details, thumbnails, csv_columns(class_names))
     todo = [p for p in paths if p not in done]
     summary = ScoreSummary(files=len(paths), skipped=len(paths) - len(todo))
@@ -417,18 +418,40 @@ def score_videos(inputs: Sequence[str], checkpoint: str | Path, out_csv: str | P
 
 
 def load_scoring_model(checkpoint: str | Path, device: torch.device, budget: float | None, *,
-                       engine: str = "auto", precision: str = "fp32"
+                       engine: str = "auto", precision: str = "fp32", calibration_paths: Sequence[str] = (),
+                       log: Callable[[str], None] = print
                        ) -> tuple[UniAdaFocus, list[str], ExitPolicy | None, float]:
     """(model ready for inference on `device` with `engine` (adafocus.core.engine), class names, exit policy
     for `budget` or None, the card's evaluation crop). `checkpoint` is a run folder or its best.pt / last.pt
-    (RunFolder.locate)."""
+    (RunFolder.locate). ``precision="int8"`` calibrates on the readable ones of `calibration_paths` (the
+    first files to be scored) and logs its agreement with torch fp32 on them."""
     run = load_run(checkpoint, device=str(device))
     if run.card.domain == "mri":
         raise ValueError(f"{run.checkpoint} is an MRI model: score scans with it (NIfTI, DICOM, BIDS, a manifest)")
     model, class_names = run.model, run.card.class_names
     policy = None if budget is None else exit_policy_for_budget(run.folder, budget, model)
-    prepare_for_inference(model, engine=engine, precision=precision)
-    return model, class_names, policy, float(run.card.input.get("eval_crop", 1.0))
+    eval_crop = float(run.card.input.get("eval_crop", 1.0))
+    prepare_scoring_engine(model, engine, precision, calibration_paths, eval_crop, policy, log)
+    return model, class_names, policy, eval_crop
+
+
+def prepare_scoring_engine(model: UniAdaFocus, engine: str, precision: str, calibration_paths: Sequence[str],
+                           eval_crop: float, policy: ExitPolicy | None, log: Callable[[str], None]) -> None:
+    """``prepare_for_inference``; for int8 calibrated on the decodable clips among `calibration_paths`, with
+    one line of agreement (top-1 and exit decisions under `policy`) against torch fp32 on those clips."""
+    if precision != "int8":
+        prepare_for_inference(model, engine=engine, precision=precision)
+        return
+    c = model.config
+    inputs = ScoreInputs(list(calibration_paths), c.num_candidates, c.frame_size, eval_crop)
+    clips = collate_scored([inputs[i] for i in range(len(inputs))])["clips"]
+    if clips is None:
+        raise EngineError("--precision int8 calibrates on the first videos, and none of them could be decoded")
+    clips = clips.to(model.pixel_mean.device)
+    reference = copy.deepcopy(model)
+    reference.optimize_for_inference()
+    prepare_for_inference(model, engine=engine, precision=precision, calibration=clips)
+    log(f"int8 vs torch fp32 on the first videos: {format_agreement(prediction_agreement(reference, model, clips, policy))}")
 
 
 def prepare_outputs(out_csv: str | Path, details: str | Path | None, thumbnails: str | Path | None,
@@ -554,7 +577,8 @@ def score_command(args) -> int:
             executor = ray_scan_executor(ray_address)
         summary = score_scans(args.inputs, args.model, args.out, details=args.details, budget=args.budget,
                               cache=args.cache, device=args.device, workers=args.workers,
-                              batch_size=args.batch_size, progress=not args.quiet, executor=executor)
+                              batch_size=args.batch_size, progress=not args.quiet, executor=executor,
+                              engine=getattr(args, "engine", "auto"), precision=getattr(args, "precision", "fp32"))
     else:
         out_csv, details = output_paths(args.out, args.details) if Path(args.out).suffix != ".csv" \
             else (Path(args.out), args.details)

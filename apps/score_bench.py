@@ -22,7 +22,7 @@ from adafocus.apps.score import (
 )
 from adafocus.core.checkpoint import save_checkpoint
 from adafocus.core.config import get_preset
-from adafocus.core.engine import engine_with_workers, prepare_for_inference, resolve_engine
+from adafocus.core.engine import prepare_for_inference, resolve_engine
 from adafocus.core.model import UniAdaFocus
 from adafocus.core.run import RunFolder
 from adafocus.core.train import cuda_autocast, load_model, resolve_device
@@ -56,7 +56,6 @@ def model_only_rate(checkpoint: str | Path, paths: Sequence[str], *, batch_size:
     """Videos/s of `model.infer` alone on one batch of already decoded clips (after a warm-up pass), with
     `threads` CPU threads on the CPU (as while scoring) and the engine `score_videos` uses."""
     model, _ = load_model(checkpoint, device=device)
-    prepare_for_inference(model, engine=engine, precision=precision)  # as `score_videos` runs it
     dev = resolve_device(device)
     c = model.config
     inputs = ScoreInputs(list(paths[:batch_size]), c.num_candidates, c.frame_size)
@@ -64,6 +63,8 @@ def model_only_rate(checkpoint: str | Path, paths: Sequence[str], *, batch_size:
     if clips is None:
         raise ValueError("none of the first videos could be decoded; cannot time the model")
     clips = clips.to(dev)
+    # as `score_videos` runs it (int8: calibrated on the first videos, as there)
+    prepare_for_inference(model, engine=engine, precision=precision, calibration=clips if precision == "int8" else None)
     with cpu_threads(dev, threads), torch.inference_mode(), cuda_autocast(dev):
         model.infer(clips)
         runs, started = 0, time.perf_counter()
@@ -85,7 +86,6 @@ def bench_score(inputs: Sequence[str] = (), *, checkpoint: str | Path | None = N
         paths = collect_inputs(inputs) if inputs else sample_video_links(scratch / "videos", videos)
         if checkpoint is None:
             checkpoint = untrained_checkpoint(preset, RunFolder(scratch / "run").best)
-        engine = engine_with_workers(engine, resolve_device(device), precision, workers)  # as score_videos does
         summary = score_videos(paths, checkpoint, scratch / "scores.csv", device=device, workers=workers,
                                batch_size=batch_size, progress=False, log=lambda _: None, engine=engine,
                                precision=precision)

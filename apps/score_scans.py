@@ -40,6 +40,7 @@ from adafocus.apps.score import (
     output_paths,
     prepare_outputs,
 )
+from adafocus.core.engine import EngineError, prepare_for_inference
 from adafocus.core.geometry import focus_locations
 from adafocus.core.io import atomic_write_json
 from adafocus.core.run import LoadedRun, load_run
@@ -245,15 +246,20 @@ def _score_batch(run: LoadedRun, batch: list[ScanInput], prepared: dict, spec: C
 def score_scans(inputs: Sequence[str], model: str | Path, out: str | Path, *, details: str | Path | None = None,
                 budget: float | None = None, cache: str | Path | None = None, device: str = "auto",
                 workers: int = 2, batch_size: int = 8, progress: bool = True,
-                log: Callable[[str], None] = print, executor: ScanExecutor | None = None) -> ScoreSummary:
+                log: Callable[[str], None] = print, executor: ScanExecutor | None = None,
+                engine: str = "auto", precision: str = "fp32") -> ScoreSummary:
     """Preprocess (cached) and score scans with an MRI run folder; see the module docstring for outputs.
-    `executor` runs the preprocessing (datasets/mri/preprocess.py; `score --ray` passes Ray's)."""
+    `executor` runs the preprocessing (datasets/mri/preprocess.py; `score --ray` passes Ray's); `engine` and
+    `precision` as for videos (adafocus.core.engine; int8 is for videos only so far)."""
     started = time.perf_counter()
     dev = resolve_device(device)
     run = load_run(model, device=str(dev))
     if run.card.domain != "mri":
         raise ValueError(f"{run.checkpoint} is a {run.card.domain} model; it scores videos, not scans")
     policy = None if budget is None else exit_policy_for_budget(run.folder, budget, run.model)
+    if precision == "int8":
+        raise EngineError("--precision int8 scores videos; scans run fp32 (or bf16 where the CPU has it)")
+    prepare_for_inference(run.model, engine=engine, precision=precision)
     scans = collect_scan_inputs(inputs)
     out_csv, out_details = output_paths(out, details)
     final, _, done = prepare_outputs(out_csv, out_details, None, csv_columns(run.card.class_names))

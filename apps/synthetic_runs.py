@@ -115,15 +115,30 @@ def random_exit_baseline(model: UniAdaFocus, dataset: SyntheticFocusDataset, exi
     return random_exit_accuracy(torch.cat(logits), torch.cat(labels), exit_index)
 
 
-def compare_policies(model: UniAdaFocus, dataset: SyntheticFocusDataset) -> dict[str, dict]:
-    """Learned policies against the baselines, all with the same trained weights and patch budget."""
-    variants = {
-        "learned": model,
-        "random_patches": with_policies(model, patch_policy="random"),
-        "centre_patches": with_policies(model, patch_policy="center"),
-        "uniform_frames": with_policies(model, frame_policy="uniform"),
-    }
+BASELINE_POLICIES = {"random_patches": {"patch_policy": "random"}, "centre_patches": {"patch_policy": "center"},
+                     "uniform_frames": {"frame_policy": "uniform"}}
+
+
+def compare_policies(model: UniAdaFocus, dataset: SyntheticFocusDataset,
+                     baselines: dict[str, dict] = BASELINE_POLICIES) -> dict[str, dict]:
+    """Learned policies against the baselines (name -> ``with_policies`` arguments), all with the same trained
+    weights and patch budget."""
+    variants = {"learned": model, **{name: with_policies(model, **policies) for name, policies in baselines.items()}}
     return {name: evaluate_focus(variant, dataset) for name, variant in variants.items()}
+
+
+@torch.no_grad()
+def chosen_focus(model: UniAdaFocus, dataset, *, batch_size: int = 100, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Per sample, where the model looked (no early exit): ``frame_indices`` [N, T'] (candidate frames) and
+    ``boxes`` [N, T', 4] (frame fractions)."""
+    torch.manual_seed(seed)  # random baselines draw positions
+    model.eval()
+    frames, boxes = [], []
+    for batch in DataLoader(dataset, batch_size=batch_size, collate_fn=collate):
+        result = model.infer(batch["clip"])
+        frames.append(result.frame_indices)
+        boxes.append(result.boxes)
+    return {"frame_indices": torch.cat(frames), "boxes": torch.cat(boxes)}
 
 
 def run_demo(out_dir: Path, *, epochs: int | None = None, device: str = "auto", preset_name: str = "cpu-synthetic",

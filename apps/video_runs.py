@@ -55,6 +55,10 @@ class VideoData:
     test: Dataset
 
 
+# Memory for whole decoded videos per training set (train, val), kept by the data loading worker.
+DECODE_CACHE_BYTES = 2 << 30
+
+
 def _diving48_root(path: Path) -> Path | None:
     """The Diving48 root for an annotation file or a folder holding (annotations/) Diving48 JSON files."""
     if path.is_file():
@@ -209,6 +213,8 @@ def train_on_videos(data: str | Path, preset: Preset, out_dir: str | Path, *, de
         c.num_classes = len(videos.class_names)
     _check_classes_unchanged(run, videos.class_names)
     run.write_classes(videos.class_names)
+    for epoch_set in (videos.train, videos.val):  # read every epoch: decode each video once
+        epoch_set.keep_decoded(DECODE_CACHE_BYTES)
     log(f"{videos.kind} data at {videos.root}: {len(videos.train)} train, {len(videos.val)} val, "
         f"{len(videos.test)} test videos; classes {videos.class_names}")
     summary = train(preset, videos.train, videos.val, out_dir, device=device, resume=resume,

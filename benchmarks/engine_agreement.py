@@ -3,11 +3,13 @@ decisions change at the benchmark's budgets (the measurement `--precision bf16` 
 
     python benchmarks/engine_agreement.py                       # openvino fp32 vs torch fp32
     python benchmarks/engine_agreement.py --precision bf16      # on a CPU with native bf16 only
+    python benchmarks/engine_agreement.py --precision int8      # nncf post-training quantization
 
 On the pretrained-glance benchmark of `adafocus bench speed` (the paper's MobileNetV2 + ResNet-50, ImageNet
 glance weights when installed, ``--clips`` benchmark clips); with ``--model RUN`` (a synthetic run, e.g. the
 demo's) also on that run's held-out synthetic test split. Exit thresholds are fitted on the torch fp32 logits
-and applied to both, as a deployed model's thresholds would be.
+and applied to both, as a deployed model's thresholds would be. int8 calibrates on other clips than it is
+measured on: benchmark clips of another seed, and the synthetic run's calibration split.
 """
 from __future__ import annotations
 
@@ -48,33 +50,40 @@ def agreement(reference: UniAdaFocus, engine: UniAdaFocus, clips: torch.Tensor,
     return result
 
 
-def engine_copy(model: UniAdaFocus, precision: str) -> UniAdaFocus:
+def engine_copy(model: UniAdaFocus, precision: str, calibration: torch.Tensor) -> UniAdaFocus:
     engine = copy.deepcopy(model)
-    prepare_for_inference(engine, engine="openvino", precision=precision)
+    prepare_for_inference(engine, engine="openvino", precision=precision,
+                          calibration=calibration if precision == "int8" else None)
     return engine
+
+
+def split_clips(dataset, count: int | None = None) -> torch.Tensor:
+    return torch.stack([dataset[i]["clip"] for i in range(min(len(dataset), count or len(dataset)))])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "int8"])
     parser.add_argument("--clips", type=int, default=32, help="benchmark clips (paper model)")
     parser.add_argument("--model", default=None, metavar="RUN", help="also a synthetic run on its test split")
     args = parser.parse_args()
     torch.manual_seed(0)
     config = offline_weights(get_preset("paper-mbv2-r50").model)
     reference = UniAdaFocus(config).eval()
-    engine = engine_copy(reference, args.precision)
+    cpu = torch.device("cpu")
+    engine = engine_copy(reference, args.precision, benchmark_clips(16, config, cpu, seed=1))
     reference.optimize_for_inference()
     report = {"precision": args.precision, "glance_weights": config.glance_pretrained or "random",
-              "benchmark": agreement(reference, engine, benchmark_clips(args.clips, config, torch.device("cpu")))}
+              "benchmark": agreement(reference, engine, benchmark_clips(args.clips, config, cpu))}
     if args.model:
         from adafocus.apps.synthetic_runs import synthetic_splits
         from adafocus.core.run import load_run
 
         run = load_run(args.model, device="cpu")
-        test = synthetic_splits(run.preset)["test"]
-        clips = torch.stack([test[i]["clip"] for i in range(len(test))])
-        report["held_out"] = agreement(run.model.eval(), engine_copy(run.model, args.precision), clips)
+        splits = synthetic_splits(run.preset)
+        calibration = split_clips(splits["calibration"], 32)
+        report["held_out"] = agreement(run.model.eval(), engine_copy(run.model, args.precision, calibration),
+                                       split_clips(splits["test"]))
     print(json.dumps(report, indent=2))
 
 

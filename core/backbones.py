@@ -199,17 +199,29 @@ def _torchvision_models():
     return torchvision.models
 
 
+_MOBILENET_V2_BLOCKS = 19
+_MOBILENET_V2_DOWNSAMPLING_BLOCKS = (0, 2, 4, 7, 14)  # the stride-2 blocks of `.features`
+
+
 @register_backbone("mobilenet_v2")
-def mobilenet_v2() -> Backbone:
-    """torchvision MobileNetV2 (width 1.0) `.features`: D=1280, stride 32."""
+def mobilenet_v2(blocks: int = _MOBILENET_V2_BLOCKS) -> Backbone:
+    """torchvision MobileNetV2 (width 1.0) `.features`: D=1280, stride 32.
+
+    blocks < 19 keeps only the first `blocks` modules of `.features` (their ImageNet weights still load),
+    for small inputs: e.g. 7 blocks give D=32 at stride 8, 14 blocks D=96 at stride 16."""
+    if not 1 <= blocks <= _MOBILENET_V2_BLOCKS:
+        raise ValueError(f"mobilenet_v2 has {_MOBILENET_V2_BLOCKS} feature blocks; blocks={blocks}")
     model = _torchvision_models().mobilenet_v2()
+    body = model.features[:blocks]
+    with torch.no_grad():
+        feature_dim = model.last_channel if blocks == _MOBILENET_V2_BLOCKS else int(body(torch.zeros(1, 3, 32, 32)).shape[1])
     return Backbone(
-        model.features,
+        body,
         name="mobilenet_v2",
-        feature_dim=model.last_channel,
-        stride=32,
+        feature_dim=feature_dim,
+        stride=2 ** sum(block < blocks for block in _MOBILENET_V2_DOWNSAMPLING_BLOCKS),
         checkpoint_prefix="features.",
-        head_prefixes=("classifier.",),
+        head_prefixes=("classifier.", *(f"features.{i}." for i in range(blocks, _MOBILENET_V2_BLOCKS))),
         imagenet_weights=MOBILENET_V2_IMAGENET,
     )
 

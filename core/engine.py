@@ -13,29 +13,39 @@ encoder's ``body`` is swapped for an ``EngineBody`` that takes and returns torch
 - A fresh export is checked against torch on an example batch; any failure (unsupported op, conversion
   error, a mismatch) keeps the torch body and logs one line.
 - ``fp32`` is the default; ``bf16`` is offered only where the CPU has native bf16 support (OpenVINO reports
-  "BF16" in its CPU capabilities), never emulated.
+  "BF16" in its CPU capabilities), never emulated; ``int8`` quantizes the two encoders with nncf's
+  post-training quantization, calibrated on clips of the data being scored, and is offered with its measured
+  agreement with torch fp32 (``prediction_agreement``: top-1 and exit decisions).
+- Every model is compiled by one process-wide ``openvino.Core`` under ``keep_signal_stack``: OpenVINO's CPU
+  plugin otherwise leaves the thread's alternate signal stack in freed memory, and the process died with
+  SIGSEGV when a DataLoader worker exited (see ``keep_signal_stack``).
 - ``auto`` is OpenVINO on the CPU (when it is installed) and torch with AMP on CUDA. Training never uses it.
 
 OpenVINO is imported lazily: ``adafocus.core`` imports without it.
 """
 from __future__ import annotations
 
+import ctypes
+import functools
 import hashlib
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import warnings
+from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
 
 import torch
 from torch import nn
 
 ENGINES = ("auto", "torch", "openvino")
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "bf16", "int8")
 FORMAT_VERSION = 1
 FP32_TOLERANCE = 1e-4  # largest |engine - torch| relative to the largest |torch| output accepted at export
-_OV_PRECISION = {"fp32": "f32", "bf16": "bf16"}
+CALIBRATION_IMAGES = 128  # int8: encoder inputs (frames, patches) spread over the calibration clips
+_OV_PRECISION = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}  # int8: the quantized ops run int8, the rest f32
 
 log = logging.getLogger("adafocus.engine")
 
@@ -52,13 +62,62 @@ def openvino_available() -> bool:
     return True
 
 
+def nncf_available() -> bool:
+    try:
+        import nncf  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def bf16_supported() -> bool:
     """Whether this CPU runs bf16 natively (AVX512-BF16 / AMX), as OpenVINO reports it."""
     if not openvino_available():
         return False
+    return "BF16" in cpu_core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
+class _SignalStack(ctypes.Structure):  # stack_t of <signal.h>
+    _fields_ = [("ss_sp", ctypes.c_void_p), ("ss_flags", ctypes.c_int), ("ss_size", ctypes.c_size_t)]
+
+
+@contextmanager
+def keep_signal_stack():
+    """Give the calling thread back its alternate signal stack after the block.
+
+    OpenVINO's CPU plugin (2026.4) installs an alternate signal stack of its own on the thread that loads it
+    and, when it is destroyed, puts back the one it replaced; plugins destroyed in another order than they were
+    created leave the thread's alternate stack in freed memory. The next signal handled on that stack
+    (SIGCHLD, which torch's DataLoader catches when a worker process exits, and Python installs its handlers
+    with SA_ONSTACK) then kills the process with a kernel-sent SIGSEGV inside ``waitpid``. With the thread's
+    own stack restored, no signal is ever delivered onto the plugin's."""
+    libc = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
+    saved = _SignalStack()
+    if libc is None or libc.sigaltstack(None, ctypes.byref(saved)) != 0:
+        yield
+        return
+    try:
+        yield
+    finally:
+        libc.sigaltstack(ctypes.byref(saved), None)
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_core():
+    """The process's one ``openvino.Core``, its CPU plugin loaded under ``keep_signal_stack`` and kept
+    for the life of the process (one plugin, one set of threads, however many models are compiled)."""
     import openvino as ov
 
-    return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    core = ov.Core()
+    with keep_signal_stack():
+        core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    return core
+
+
+def compile_for_cpu(model, config: dict):
+    """``cpu_core().compile_model(model, "CPU", config)``, leaving the thread's signal stack as it was."""
+    with keep_signal_stack():
+        return cpu_core().compile_model(model, "CPU", config)
 
 
 def resolve_engine(engine: str, device: torch.device | str, precision: str = "fp32") -> str:
@@ -75,6 +134,11 @@ def resolve_engine(engine: str, device: torch.device | str, precision: str = "fp
             raise EngineError(f"the openvino engine runs on the CPU, not on {device}; use --engine torch or auto")
         if not openvino_available():
             raise EngineError("the openvino engine needs the openvino package (pip install openvino)")
+    if precision == "int8":
+        if engine != "openvino":
+            raise EngineError("--precision int8 is offered with the openvino engine on a CPU")
+        if not nncf_available():
+            raise EngineError("--precision int8 needs the nncf package (pip install nncf)")
     if precision == "bf16":
         if engine != "openvino":
             raise EngineError("--precision bf16 is offered with the openvino engine on a CPU "
@@ -115,14 +179,23 @@ def export_ir(body: nn.Module, example: torch.Tensor, cache_dir: Path) -> tuple[
     target = Path(cache_dir) / weights_key(body, example.shape[1]) / "body.xml"
     if target.exists():
         return target, False
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the tracer's notes on a body it converts correctly
+        converted = ov.convert_model(body.eval(), example_input=example,
+                                     input=[ov.PartialShape([-1, example.shape[1], *[-1] * (example.dim() - 2)])])
+    _save_atomically(converted, target)
+    return target, True
+
+
+def _save_atomically(model, target: Path) -> None:
+    """Save an OpenVINO model as ``target`` (``<folder>/body.xml`` + ``.bin``): written to a temporary folder
+    and renamed into place, so a crash never leaves a half-written cache entry."""
+    import openvino as ov
+
     target.parent.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".export-", dir=target.parent.parent))
     try:
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the tracer's notes on a body it converts correctly
-            converted = ov.convert_model(body.eval(), example_input=example,
-                                         input=[ov.PartialShape([-1, example.shape[1], *[-1] * (example.dim() - 2)])])
-        ov.save_model(converted, staging / "body.xml", compress_to_fp16=False)
+        ov.save_model(model, staging / target.name, compress_to_fp16=False)
         try:
             staging.rename(target.parent)
         except OSError:  # another process exported the same weights meanwhile
@@ -130,6 +203,28 @@ def export_ir(body: nn.Module, example: torch.Tensor, cache_dir: Path) -> tuple[
                 raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def quantize_ir(ir_path: Path, samples: list[torch.Tensor]) -> tuple[Path, bool]:
+    """(path of the INT8 version of the fp32 IR at ``ir_path``, whether it was quantized now): nncf's
+    post-training quantization, calibrated on ``CALIBRATION_IMAGES`` of ``samples`` (the body's inputs on
+    calibration clips), evenly spread. Cached beside the fp32 IR, keyed by those inputs."""
+    images = torch.cat([sample.detach().float() for sample in samples])
+    images = images[torch.linspace(0, len(images) - 1, min(len(images), CALIBRATION_IMAGES)).round().long()]
+    digest = hashlib.sha256(images.contiguous().numpy().tobytes())
+    target = ir_path.parent.with_name(f"{ir_path.parent.name}-int8-{digest.hexdigest()[:16]}") / "body.xml"
+    if target.exists():
+        return target, False
+    import nncf
+
+    logging.getLogger("nncf").setLevel(logging.ERROR)
+    # one image per item: nncf keeps every layer's output of an item while it collects statistics
+    with warnings.catch_warnings(), redirect_stdout(sys.stderr):  # nncf's progress bars: off a --json stdout
+        warnings.simplefilter("ignore")
+        quantized = nncf.quantize(cpu_core().read_model(ir_path),
+                                  nncf.Dataset([image[None].contiguous().numpy() for image in images]),
+                                  subset_size=len(images), fast_bias_correction=True)
+    _save_atomically(quantized, target)
     return target, True
 
 
@@ -151,10 +246,9 @@ class EngineBody(nn.Module):
         if key not in self._compiled:
             import openvino as ov
 
-            core = ov.Core()
-            model = core.read_model(self.ir_path)
+            model = cpu_core().read_model(self.ir_path)
             model.reshape({model.input(0): ov.PartialShape([-1, *input_shape])})
-            self._compiled[key] = core.compile_model(model, "CPU", {
+            self._compiled[key] = compile_for_cpu(model, {
                 "INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY",
                 "INFERENCE_PRECISION_HINT": _OV_PRECISION[self.precision]})
         return self._compiled[key]
@@ -185,11 +279,16 @@ def relative_error(output: torch.Tensor, reference: torch.Tensor) -> float:
 
 
 def engine_body(body: nn.Module, example: torch.Tensor, *, cache_dir: Path, precision: str = "fp32",
-                name: str = "encoder") -> nn.Module:
+                name: str = "encoder", calibration: list[torch.Tensor] | None = None) -> nn.Module:
     """An ``EngineBody`` for ``body`` (exported now, or read from the cache), or ``body`` itself when export
-    fails or the exported model disagrees with torch on ``example`` (one warning line either way)."""
+    fails or the exported model disagrees with torch on ``example`` (one warning line either way).
+    ``precision="int8"`` quantizes the export on ``calibration`` (the body's inputs); its agreement is
+    measured on whole predictions (``prediction_agreement``), not per body."""
     try:
         ir_path, fresh = export_ir(body, example, cache_dir)
+        if precision == "int8":
+            ir_path, _ = quantize_ir(ir_path, calibration)
+            return EngineBody(ir_path, body, precision)
         engine = EngineBody(ir_path, body, precision)
         if fresh:
             with torch.no_grad():
@@ -217,11 +316,13 @@ def _exportable(encoder: nn.Module) -> bool:
 
 
 def prepare_for_inference(model: nn.Module, *, engine: str = "auto", precision: str = "fp32",
-                          cache_dir: Path | str | None = None) -> str:
+                          cache_dir: Path | str | None = None, calibration: torch.Tensor | None = None) -> str:
     """Make ``model`` (UniAdaFocus or StaticBaseline, already on its device, weights loaded) ready for
     inference with ``engine`` and return the engine it runs: "torch" (batch norms folded, channels-last, see
     ``optimize_for_inference``) or "openvino" (both frame encoders exported; an encoder whose export fails
-    stays in torch, optimised, with one warning line). Raises EngineError for an option this machine lacks."""
+    stays in torch, optimised, with one warning line). Raises EngineError for an option this machine lacks.
+    ``precision="int8"`` needs ``calibration`` clips (a few batches of the data to be scored): the encoders
+    are quantized on their inputs from those clips; the spatial policy stays fp32."""
     from adafocus.core.backbones import cpu_micro_batch
 
     device = model.pixel_mean.device
@@ -229,18 +330,22 @@ def prepare_for_inference(model: nn.Module, *, engine: str = "auto", precision: 
     if chosen == "torch":
         model.optimize_for_inference()
         return chosen
+    if precision == "int8" and calibration is None:
+        raise EngineError("--precision int8 needs calibration clips")
     model.eval()
     if hasattr(model, "exit_costs"):
         model.exit_costs()  # counted (and kept) before the swap, on torch modules
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    _export_spatial_policy(model, cache_dir, precision)
+    samples = encoder_inputs(model, calibration) if precision == "int8" else {}
+    _export_spatial_policy(model, cache_dir, "fp32" if precision == "int8" else precision)
     config = model.config
     sizes = {"glance": config.glance_size or config.frame_size, "local": config.patch_size}
     for role, size in sizes.items():
         encoder = getattr(model, f"{role}_encoder")
         if _exportable(encoder):
             encoder.body = engine_body(encoder.body, _encoder_input(encoder, size), cache_dir=cache_dir,
-                                       precision=precision, name=f"{role} encoder {encoder.name}")
+                                       precision=precision, name=f"{role} encoder {encoder.name}",
+                                       calibration=samples.get(role))
         else:
             log.warning("the %s encoder %s mixes frames; it runs in torch", role, encoder.name)
         if isinstance(encoder.body, EngineBody):
@@ -248,6 +353,52 @@ def prepare_for_inference(model: nn.Module, *, engine: str = "auto", precision: 
         else:
             encoder.optimize_for_inference(cpu_micro_batch(device))
     return chosen
+
+
+def encoder_inputs(model: nn.Module, clips: torch.Tensor, batch: int = 16) -> dict[str, list[torch.Tensor]]:
+    """{"glance": [...], "local": [...]}: what each encoder's body receives while ``model`` (still in torch)
+    runs ``clips`` without exits, in batches of ``batch`` clips: the calibration set for quantization."""
+    seen: dict[str, list[torch.Tensor]] = {"glance": [], "local": []}
+    hooks = [getattr(model, f"{role}_encoder").body.register_forward_pre_hook(
+        lambda module, args, role=role: seen[role].append(args[0].detach().float().cpu().clone()))
+        for role in seen]
+    try:
+        with torch.inference_mode():
+            for part in clips.split(batch):
+                model.infer(part) if hasattr(model, "infer") else model(part)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return seen
+
+
+def prediction_agreement(reference: nn.Module, engine: nn.Module, clips: torch.Tensor, policy=None,
+                         batch: int = 16) -> dict:
+    """How far ``engine``'s predictions are from ``reference``'s (torch fp32) on ``clips`` under the exit
+    ``policy`` (None: everyone runs to the last exit): top-1 agreement of the predictions each sample exits
+    with and, with a policy, the share of samples whose exit changed and the largest change in exit step."""
+    def run(model):
+        results = [model.infer(part, policy) for part in clips.split(batch)]
+        exits = torch.cat([r.exit_index for r in results])
+        logits = torch.cat([r.logits for r in results])
+        return logits[torch.arange(len(exits)), exits].argmax(-1), exits
+
+    with torch.inference_mode():
+        (ref_top1, ref_exit), (eng_top1, eng_exit) = run(reference), run(engine)
+    agreement = {"clips": len(clips), "top1_agreement": float((ref_top1 == eng_top1).float().mean())}
+    if policy is not None:
+        agreement.update(exits_changed=float((ref_exit != eng_exit).float().mean()),
+                         largest_exit_change=int((ref_exit - eng_exit).abs().max()))
+    return agreement
+
+
+def format_agreement(agreement: dict) -> str:
+    """One line, e.g. "top-1 agreement 94% on 16 clips; exits changed for 6%, largest exit change 1 step"."""
+    line = f"top-1 agreement {agreement['top1_agreement']:.0%} on {agreement['clips']} clips"
+    if "exits_changed" in agreement:
+        line += (f"; exits changed for {agreement['exits_changed']:.0%}, "
+                 f"largest exit change {agreement['largest_exit_change']} steps")
+    return line
 
 
 def _export_spatial_policy(model: nn.Module, cache_dir: Path, precision: str) -> None:
@@ -282,14 +433,3 @@ def prepare_from_environment(model: nn.Module) -> str:
     return prepare_for_inference(model, engine=os.environ.get(ENV_ENGINE) or "auto",
                                  precision=os.environ.get(ENV_PRECISION) or "fp32")
 
-
-def engine_with_workers(engine: str, device: torch.device | str, precision: str, workers: int) -> str:
-    """The engine for scoring, which decodes in ``workers`` DataLoader processes. A process that had run
-    OpenVINO crashed (segmentation fault, OpenVINO 2026.4 with torch 2.13, no Python traceback) once worker
-    or child processes came and went, so until that is understood scoring's ``auto`` is torch (+ AMP on
-    CUDA) and ``openvino`` is refused with decoding workers; ``--engine openvino --workers 0`` runs it."""
-    chosen = resolve_engine(engine, device, precision)
-    if chosen != "openvino" or engine == "auto" or workers == 0:
-        return "torch" if engine == "auto" else chosen
-    raise EngineError("--engine openvino cannot run with decoding worker processes yet (a known crash); "
-                      "add --workers 0")

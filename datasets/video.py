@@ -608,6 +608,44 @@ class ClipTransform:
         return out.contiguous(), new_info
 
 
+class DecodedVideoCache:
+    """Whole decoded videos kept in memory, so that training epochs after the first decode nothing.
+
+    Fills up to `max_bytes` of uint8 source frames, first come first kept; a video that does not fit (or
+    that cannot be decoded whole) is decoded sparsely on every request, as without a cache. Each DataLoader
+    worker process holds its own cache, so it pays only with persistent workers (as `train` makes them).
+    """
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = int(max_bytes)
+        self.used_bytes = 0
+        self._metas: dict[str, VideoMeta] = {}
+        self._videos: dict[str, tuple[np.ndarray, list[int]] | None] = {}
+
+    def meta(self, path: Path) -> VideoMeta:
+        key = str(path)
+        if key not in self._metas:
+            self._metas[key] = probe_video(path)
+        return self._metas[key]
+
+    def frames(self, path: Path, meta: VideoMeta) -> tuple[np.ndarray, list[int]] | None:
+        """Every frame of the video [num_frames, H, W, 3] and each one's source index, or None."""
+        key = str(path)
+        if key not in self._videos:
+            height, width = meta.size
+            if self.used_bytes + meta.num_frames * height * width * 3 > self.max_bytes:
+                return None  # not remembered: a later request may find room only if nothing else was kept
+            stats = DecodeStats()
+            try:
+                frames = decode_frames(path, range(meta.num_frames), stats=stats)
+            except VideoDecodeError:
+                self._videos[key] = None  # a sparse decode may still get the sampled frames
+                return None
+            self._videos[key] = (frames, stats.positions)
+            self.used_bytes += frames.nbytes
+        return self._videos[key]
+
+
 def load_clip(
     path: str | Path,
     num_frames: int,
@@ -618,14 +656,15 @@ def load_clip(
     start: int | None = None,
     end: int | None = None,
     eval_crop: float = 1.0,
+    cache: DecodedVideoCache | None = None,
 ) -> tuple[Tensor, ClipInfo]:
     """Probe, TSN-sample `num_frames` frames from [start, end), decode them, and apply one ClipTransform
-    (`eval_crop`: see ClipTransform).
+    (`eval_crop`: see ClipTransform). With `cache`, the frames come from the whole video kept in memory.
 
     Returns (float [T, 3, size, size] in [0, 1], ClipInfo). Raises VideoDecodeError for unreadable files.
     """
     path = Path(path)
-    meta = probe_video(path)
+    meta = cache.meta(path) if cache is not None else probe_video(path)
     if not meta.has_video:
         raise VideoDecodeError(_no_video_reason(meta.has_audio), path)
     rng = rng if rng is not None else np.random.default_rng()  # one generator for frames and view
@@ -633,10 +672,14 @@ def load_clip(
         indices = segment_indices(meta.num_frames, num_frames, random=train, rng=rng, start=start, end=end)
     except ValueError as e:
         raise VideoDecodeError(str(e), path) from None
-    stats = DecodeStats()
-    frames = decode_frames(path, indices, stats=stats)
+    whole = cache.frames(path, meta) if cache is not None else None
+    if whole is not None:
+        frames, positions = whole[0][indices], [whole[1][i] for i in indices]
+    else:
+        stats = DecodeStats()
+        frames, positions = decode_frames(path, indices, stats=stats), stats.positions
     height, width = frames.shape[1:3]
-    info = ClipInfo(path=str(path), frame_indices=stats.positions, fps=meta.fps, num_frames=meta.num_frames,
+    info = ClipInfo(path=str(path), frame_indices=positions, fps=meta.fps, num_frames=meta.num_frames,
                     source_size=(height, width), view_box=(0.0, 0.0, float(width), float(height)),
                     output_size=(height, width))
     return ClipTransform(size, train=train, eval_crop=eval_crop)(frames, info, rng)

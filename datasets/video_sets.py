@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 
 import torch
 from adafocus.core.io import atomic_write_json
-from adafocus.datasets.video import VIDEO_EXTENSIONS, load_clip
+from adafocus.datasets.video import VIDEO_EXTENSIONS, DecodedVideoCache, load_clip
 from torch.utils.data import Dataset
 
 SPLIT_NAMES = ("train", "val", "test")
@@ -67,6 +67,12 @@ class VideoClipDataset(Dataset):
         self.num_frames = num_frames
         self.size = size
         self.train = train
+        self.cache: DecodedVideoCache | None = None
+
+    def keep_decoded(self, max_bytes: int) -> VideoClipDataset:
+        """Keep whole decoded videos in memory (up to `max_bytes`) for repeated epochs; returns self."""
+        self.cache = DecodedVideoCache(max_bytes)
+        return self
 
     @property
     def samples(self) -> list[tuple[str, int]]:
@@ -80,7 +86,7 @@ class VideoClipDataset(Dataset):
         """Load one clip. Raises VideoDecodeError (path + reason) when the video cannot be read."""
         item = self.items[index]
         clip, info = load_clip(item.path, self.num_frames, self.size, train=self.train,
-                               start=item.start, end=item.end)
+                               start=item.start, end=item.end, cache=self.cache)
         return {"clip": clip, "label": item.label, "info": info.to_dict()}
 
 

@@ -78,8 +78,9 @@ def bootstrap_ci(labels: np.ndarray, predictions: np.ndarray, probabilities: np.
 # ------------------------------------------------------------------------------------------------ triage
 def normalised_entropy(probabilities: np.ndarray) -> np.ndarray:
     """Uncertainty of each prediction, [N, C] class probabilities -> [N] entropy / ln C in [0, 1]."""
-    p = np.clip(np.asarray(probabilities, dtype=float), 1e-12, 1.0)
-    return -(p * np.log(p)).sum(axis=-1) / np.log(p.shape[-1])
+    p = np.clip(np.asarray(probabilities, dtype=float), 0.0, 1.0)
+    terms = p * np.log(np.where(p > 0, p, 1.0))  # 0 log 0 = 0, so a certain prediction scores exactly 0
+    return -terms.sum(axis=-1) / np.log(p.shape[-1])
 
 
 def fit_review_threshold(uncertainty: np.ndarray, errors: np.ndarray | None = None, *,
@@ -122,3 +123,14 @@ def triage_summary(uncertainty: np.ndarray, errors: np.ndarray, threshold: float
             "flagged_share": _ratio(int(flagged.sum()), flagged.size),
             "error_flagged": _ratio(int((wrong & flagged).sum()), int(flagged.sum())),
             "error_unflagged": _ratio(int((wrong & ~flagged).sum()), int((~flagged).sum()))}
+
+
+def follow_correlation(truth: np.ndarray, chosen: np.ndarray) -> float:
+    """Pearson correlation across samples between where the target was and where the model looked, both [N].
+    A choice that does not vary (the same place for everyone) follows nothing: 0, not NaN."""
+    truth, chosen = np.asarray(truth, dtype=float), np.asarray(chosen, dtype=float)
+    if truth.shape != chosen.shape or truth.ndim != 1:
+        raise ValueError(f"need two 1D arrays of one length, got {truth.shape} and {chosen.shape}")
+    if len(truth) < 2 or np.ptp(truth) == 0 or np.ptp(chosen) < 1e-9:
+        return 0.0
+    return float(np.corrcoef(truth, chosen)[0, 1])

@@ -109,6 +109,18 @@ def test_engine_variants_are_timed_side_by_side_with_torch(tmp_path, monkeypatch
                     optimize=False, engine="openvino")
 
 
+def test_int8_rows_carry_their_agreement_with_torch_fp32(tmp_path, monkeypatch):
+    pytest.importorskip("nncf")
+    monkeypatch.setenv("ADAFOCUS_ENGINE_CACHE", str(tmp_path))
+    rows = bench_speed(get_preset("cpu-synthetic").model, device="cpu", batch=4, warmup=1, repeats=1,
+                       budget_fractions=(0.5,), measure_memory=False, engine="openvino", precision="int8")
+    assert [r["engine"] for r in rows] == ["openvino int8"] * 3 and list(tmp_path.rglob("*-int8-*/body.xml"))
+    assert "agreement" not in rows[0]  # the static baseline has no exits to compare
+    no_exit, budget = rows[1]["agreement"], rows[2]["agreement"]
+    assert no_exit["clips"] == budget["clips"] == 4 and 0.0 <= no_exit["top1_agreement"] <= 1.0
+    assert "exits_changed" not in no_exit and 0 <= budget["largest_exit_change"] <= 4
+
+
 def test_profile_accounts_for_every_stage_of_one_call():
     import torch
     from adafocus.apps.bench_speed import PROFILE_STAGES, profile_infer

@@ -7,6 +7,7 @@ import pytest
 import torch
 from _cv_fixtures import tiny_preset, write_preprocessed_cohort
 from adafocus.apps.cv import predict_checkpoint, run_cv, usable_rows
+from adafocus.core.model import UniAdaFocus
 from adafocus.datasets.mri.dataset import ClipSpec
 from adafocus.datasets.splits import DataLeakageError, read_folds, read_training_participants
 from adafocus.reports.tables import read_tsv
@@ -20,7 +21,8 @@ def cv_run(tmp_path_factory):
     manifest = write_preprocessed_cohort(root / "cache", n_participants=12, repeats=2)
     out = root / "cv"
     preset = tiny_preset(epochs=2)
-    budget = 0.012  # between the glance-only and the last exit's cost of the tiny preset
+    costs = UniAdaFocus(preset.model).exit_costs()
+    budget = round(float(costs[0] + costs[-1]) / 2, 4)  # between the glance-only and the last exit's cost
     first = run_cv(manifest, out, preset=preset, folds=3, fold=1, budget=budget, progress=False, log=lambda m: None)
     result = run_cv(manifest, out, preset=tiny_preset(epochs=2), folds=3, budget=budget, progress=False,
                     log=lambda m: None)

@@ -3,6 +3,8 @@ exits, frames and boxes), fall back to torch with one warning line when export f
 checkpoint's encoders only once."""
 import dataclasses
 import logging
+import os
+import sys
 
 import pytest
 import torch
@@ -156,11 +158,108 @@ def test_torch_engine_is_the_plain_optimisation(config, tmp_path):
     assert not any(tmp_path.iterdir())
 
 
-def test_scoring_keeps_torch_under_auto_and_refuses_openvino_with_workers():
-    from adafocus.core.engine import engine_with_workers
+def _signal_stack() -> tuple[int, int, int]:
+    import ctypes
 
-    assert engine_with_workers("auto", "cpu", "fp32", 2) == "torch"
-    assert engine_with_workers("auto", "cpu", "fp32", 0) == "torch"
-    assert engine_with_workers("openvino", "cpu", "fp32", 0) == "openvino"
-    with pytest.raises(EngineError, match="--workers 0"):
-        engine_with_workers("openvino", "cpu", "fp32", 2)
+    stack = engine_module._SignalStack()
+    assert ctypes.CDLL(None).sigaltstack(None, ctypes.byref(stack)) == 0
+    return stack.ss_sp or 0, stack.ss_flags, stack.ss_size
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="sigaltstack via libc")
+def test_compiling_keeps_the_threads_signal_stack():
+    """OpenVINO's CPU plugin swaps in its own alternate signal stack when it loads (the cause of the crash
+    below); the engine's compiles must leave the thread's stack as it was."""
+    import numpy as np
+    import openvino as ov
+    import openvino.opset13 as ops
+
+    def tiny_model():
+        x = ops.parameter([-1, 4], np.float32)
+        return ov.Model([ops.relu(x)], [x])
+
+    before = _signal_stack()
+    bare = ov.Core().compile_model(tiny_model(), "CPU")  # a fresh plugin, without the guard
+    assert _signal_stack() != before  # the plugin's behaviour the guard exists for
+    del bare
+    with engine_module.keep_signal_stack():
+        guarded = ov.Core().compile_model(tiny_model(), "CPU")
+    assert _signal_stack() == before
+    compiled = engine_module.compile_for_cpu(tiny_model(), {"INFERENCE_NUM_THREADS": 1})
+    assert _signal_stack() == before
+    assert compiled(np.full((2, 4), -1.0, np.float32))[0].tolist() == [[0.0] * 4] * 2
+    del guarded, compiled
+
+
+ENGINE_THEN_WORKERS = """
+import gc, subprocess, sys, torch
+from torch.utils.data import DataLoader
+from adafocus.core.config import get_preset
+from adafocus.core.engine import prepare_for_inference
+from adafocus.core.model import UniAdaFocus
+
+config = get_preset("cpu-synthetic").model
+for round in range(3):
+    models = [UniAdaFocus(config).eval() for _ in range(2)]
+    for model in models:
+        assert prepare_for_inference(model, engine="openvino", cache_dir=sys.argv[1]) == "openvino"
+    with torch.inference_mode():
+        for model in models:
+            model.infer(torch.rand(2, config.num_candidates, 3, config.frame_size, config.frame_size))
+    del model
+    while models:
+        models.pop(0)  # dropped in the order they were compiled, the order that crashed
+    gc.collect()
+    for batch in DataLoader(list(range(8)), batch_size=2, num_workers=2):
+        pass
+    subprocess.run([sys.executable, "-c", "pass"], check=True)
+print("survived")
+"""
+
+
+def test_openvino_then_dataloader_workers_in_one_process(tmp_path):
+    """Scoring runs the engine in the process whose DataLoader workers decode videos. OpenVINO 2026.4 used to
+    leave that process's signal stack in freed memory, and it died with SIGSEGV when a worker exited. Run in
+    a child process so that a crash fails this test instead of ending the test session."""
+    import subprocess
+
+    done = subprocess.run([sys.executable, "-c", ENGINE_THEN_WORKERS, str(tmp_path)], capture_output=True,
+                          text=True, timeout=600, check=False, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, f"exit {done.returncode}: {done.stderr[-2000:]}"
+    assert done.stdout.strip() == "survived"
+
+
+def test_int8_quantizes_the_encoders_on_calibration_clips_and_reports_agreement(config, tmp_path, monkeypatch):
+    pytest.importorskip("nncf")
+    with pytest.raises(EngineError, match="openvino engine"):
+        resolve_engine("torch", "cpu", "int8")
+    calibration = torch.rand(8, config.num_candidates, 3, config.frame_size, config.frame_size,
+                             generator=torch.Generator().manual_seed(2))
+    with pytest.raises(EngineError, match="calibration"):
+        _pair(config, tmp_path, precision="int8")
+    plain, quantized, used = _pair(config, tmp_path, precision="int8", calibration=calibration)
+    assert used == "openvino"
+    assert engine_summary(quantized) == "glance: openvino int8, local: openvino int8, spatial policy: openvino fp32"
+    for encoder in (quantized.glance_encoder, quantized.local_encoder):
+        assert "FakeQuantize" in encoder.body.ir_path.read_text()  # nncf's int8 quantize/dequantize pairs
+    assert quantized.exit_costs() == plain.exit_costs()
+
+    clips = torch.rand(16, config.num_candidates, 3, config.frame_size, config.frame_size,
+                       generator=torch.Generator().manual_seed(3))
+    with torch.inference_mode():
+        policy = spread_policy(plain, clips)
+    same = engine_module.prediction_agreement(plain, plain, clips, policy)
+    assert same == {"clips": 16, "top1_agreement": 1.0, "exits_changed": 0.0, "largest_exit_change": 0}
+    measured = engine_module.prediction_agreement(plain, quantized, clips, policy)
+    assert measured["top1_agreement"] >= 0.75 and measured["exits_changed"] <= 0.5
+    line = engine_module.format_agreement(measured)
+    assert "\n" not in line and line.startswith("top-1 agreement") and "largest exit change" in line
+
+    import nncf
+
+    def must_not_quantize(*args, **kwargs):
+        raise AssertionError("the cached int8 export should have been used")
+
+    monkeypatch.setattr(nncf, "quantize", must_not_quantize)
+    _, again, _ = _pair(config, tmp_path, precision="int8", calibration=calibration)
+    assert engine_summary(again) == engine_summary(quantized)

@@ -174,3 +174,37 @@ def test_temporal_loss_survives_a_policy_whose_softmax_underflows():
                           boxes=torch.zeros(2, 2, 4), num_candidates=8)
     loss, terms = training_loss(out, torch.tensor([0, 1]), only("temporal"))
     assert torch.isfinite(loss) and terms["temporal"] > 0
+
+
+def _hot_cell_policy(map_size=(4, 5)):
+    """A soft-argmax policy whose cell score is channel 0 of the glance map, sharpened."""
+    from adafocus.core.policy import SpatialPolicy
+
+    policy = SpatialPolicy(3, map_size, 2, hidden=3, head="soft_argmax").eval()
+    with torch.no_grad():
+        for layer in policy.body:
+            if isinstance(layer, torch.nn.Conv3d):  # pass channel 0 through the trunk unchanged
+                layer.weight.zero_()
+                centre = tuple(k // 2 for k in layer.weight.shape[2:])
+                layer.weight[(0, 0, *centre)] = 1.0
+        policy.cell_score.weight.zero_()
+        policy.cell_score.weight[0, 0] = 40.0
+        policy.cell_score.bias.zero_()
+    return policy
+
+
+@pytest.mark.parametrize("row,col", [(0, 0), (1, 3), (3, 4), (2, 1)])
+def test_soft_argmax_policy_points_at_the_cell_that_scores_highest_wherever_it_is(row, col):
+    policy = _hot_cell_policy()
+    maps = torch.zeros(1, 2, 3, 4, 5)
+    maps[0, :, 0, row, col] = 1.0  # the same "object" feature in both frames, at one cell
+    position = policy(maps)[0, :, :2]
+    assert torch.allclose(position, torch.tensor([col / 4, row / 3]).expand(2, 2), atol=1e-3)
+
+
+def test_soft_argmax_policy_trains_and_needs_per_frame_boxes():
+    model = UniAdaFocus(tiny_config(spatial_head="soft_argmax"))
+    has_grad = grads_after(model, only("spatial"))
+    assert has_grad(model.spatial_policy) and not has_grad(model.glance_encoder)
+    with pytest.raises(ValueError, match="per_clip"):
+        UniAdaFocus(tiny_config(spatial_head="soft_argmax", spatial_per_clip=True))

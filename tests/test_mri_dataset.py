@@ -4,7 +4,13 @@ from __future__ import annotations
 import pytest
 import torch
 from _cv_fixtures import tiny_preset, write_preprocessed_cohort
-from adafocus.datasets.mri.dataset import ClipSpec, MRISliceDataset, augment_clip, collate_scans, is_usable
+from adafocus.datasets.mri.dataset import (
+    ClipAugmentation,
+    ClipSpec,
+    MRISliceDataset,
+    collate_scans,
+    is_usable,
+)
 from adafocus.datasets.mri.manifest import read_manifest
 
 
@@ -40,6 +46,23 @@ def test_unusable_rows_are_refused(tmp_path):
 def test_augmentation_keeps_range_and_changes_the_clip():
     torch.manual_seed(0)
     clip = torch.rand(4, 3, 16, 16)
-    augmented = augment_clip(clip, torch.Generator().manual_seed(1))
+    before = clip.clone()
+    augmented = ClipAugmentation()(clip)
     assert augmented.shape == clip.shape and not torch.equal(augmented, clip)
     assert float(augmented.min()) >= 0 and float(augmented.max()) <= 1
+    assert torch.equal(clip, before)  # the cached clip is never modified
+
+
+def test_augmentation_moves_within_the_slice_plane_only():
+    """Every candidate slice keeps its own anatomy: the affine never mixes slices, and all slices get the same
+    in-plane pose (a bright square moves the same way in each)."""
+    torch.manual_seed(3)
+    clip = torch.zeros(5, 3, 32, 32)
+    for t in range(5):
+        clip[t, :, 10:20, 12:22] = 0.2 + 0.15 * t  # one brightness per slice
+    shifted = ClipAugmentation(degrees=0.0, scale=0.0, translation_px=4.0, bias_coefficients=0.0, log_gamma=0.0,
+                               noise_std=0.0)(clip)
+    means = shifted.flatten(1).max(dim=1).values
+    assert torch.allclose(means, torch.tensor([0.2 + 0.15 * t for t in range(5)]), atol=0.02)
+    masks = shifted[:, 0] / means[:, None, None] > 0.5
+    assert all(torch.equal(masks[0], masks[t]) for t in range(1, 5))

@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from adafocus.datasets.mri.slices import plane_frame, volume_to_clip
-from adafocus.datasets.synthetic_mri import LesionFocusTask, LesionTaskConfig, paint_sphere
+from adafocus.datasets.mri.dataset import ClipSpec
+from adafocus.datasets.mri.slices import frame_box_to_voxels, plane_frame, volume_to_clip, voxel_box_to_frame
+from adafocus.datasets.synthetic_mri import LesionClipDataset, LesionFocusTask, LesionTaskConfig, paint_sphere
 
 
 @pytest.fixture(scope="module")
@@ -70,3 +71,33 @@ def test_subjects_become_clips(task, subjects):
     assert clip.shape == (8, 3, 32, 32) and len(info.slice_indices) == 8
     assert task.subject(1).label == subjects[1].label and np.array_equal(
         task.subject(1).lesion_centre_voxel, subjects[1].lesion_centre_voxel)
+
+
+def test_voxel_boxes_map_into_the_frame_and_back():
+    volume = np.zeros((30, 40, 24), dtype=np.float32)
+    _, info = volume_to_clip(volume, (2.0, 2.0, 2.0), num_slices=4, size=20)
+    corners = np.array([[11.5, 7.5, 3.5], [12.5, 15.5, 9.5]])  # X is the slice, Y columns, Z rows
+    box = voxel_box_to_frame(corners, info)
+    assert np.all(box[:2] < box[2:])
+    slice_position = info.slice_indices.index(12) if 12 in info.slice_indices else 0
+    back = frame_box_to_voxels(box, slice_position, info)
+    assert np.allclose(back[:, 1:], corners[:, 1:])
+
+
+def test_clip_truth_marks_the_frames_and_the_place_of_the_lesion():
+    task = LesionFocusTask(LesionTaskConfig(num_scans=2))
+    spec = ClipSpec(num_slices=16, size=104, context=1)
+    data = LesionClipDataset(task, 0, 4, spec)
+    assert len({int(task.subject(i).lesion_centre_voxel[0]) for i in range(4)}) > 1  # shared scans, own lesions
+    for item in (data[i] for i in range(len(data))):
+        affected = item["object_frames"]
+        assert 0 < int(affected.sum()) <= 5  # a 28 mm lesion cuts 3-5 of 16 candidates 3.6 slices apart
+        centre_x = int(item["lesion_centre"][0])
+        assert set(item["slice_indices"][affected].tolist()) <= set(range(centre_x - 8, centre_x + 9))
+        x0, y0, x1, y1 = item["object_boxes"][0].tolist()
+        assert x1 - x0 == pytest.approx(15) and y1 - y0 == pytest.approx(15)  # 2 (7 + 0.5) voxels, 1 px each
+        nearest = int(torch.argmin((item["slice_indices"] - item["lesion_centre"][0]).abs()))
+        frame = item["clip"][nearest, 1]
+        inside = frame[int(y0) + 4:int(y1) - 4, int(x0) + 4:int(x1) - 4]
+        brain = frame[frame > 0.1]
+        assert float(inside.mean()) > float(brain.quantile(0.95))  # the lesion is the bright blob of its slice

@@ -7,7 +7,14 @@ import torch
 from adafocus.core.checkpoint import load_checkpoint
 from adafocus.core.config import Preset, get_preset
 from adafocus.core.model import UniAdaFocus
-from adafocus.core.train import calibrate, cosine_lr, load_model, parameter_groups, train
+from adafocus.core.train import (
+    calibrate,
+    cosine_lr,
+    load_model,
+    parameter_groups,
+    recalibrate_batch_norm,
+    train,
+)
 from adafocus.datasets.synthetic import FocusTaskConfig, SyntheticFocusDataset, collate
 
 
@@ -104,3 +111,21 @@ def test_calibrate_writes_policy_for_budget(tmp_path):
     assert saved["budget"] == budget and len(saved["thresholds"]) == model.config.num_exits
     assert load_checkpoint(tmp_path / "calibration.pt")["logits"].shape == (40, model.config.num_exits, 4)
     assert not math.isnan(policy.q)
+
+
+def test_precise_batch_norm_replaces_lagging_running_statistics_with_the_data_mean():
+    class Normed(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.norm = torch.nn.BatchNorm1d(2)
+
+        def forward(self, clip, *, diversity=True):
+            return self.norm(clip)
+
+    model = Normed()
+    model.norm.running_mean.fill_(100.0)  # statistics that no longer fit the weights / data
+    data = [{"clip": torch.randn(16, 2) * 3 + torch.tensor([5.0, -2.0]), "label": torch.zeros(16)} for _ in range(8)]
+    recalibrate_batch_norm(model, data, torch.device("cpu"), batches=4)
+    expected = torch.cat([batch["clip"] for batch in data[:4]]).mean(0)
+    assert torch.allclose(model.norm.running_mean, expected, atol=1e-5)
+    assert model.norm.momentum == 0.1 and model.training

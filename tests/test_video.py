@@ -378,3 +378,26 @@ def test_long_clips_are_resized_in_parts_with_the_same_result_as_frame_by_frame(
     one_by_one = torch.cat([transform(frames[i:i + 1], _full_view_info(90, 160, 1))[0] for i in range(len(frames))])
     assert clip.shape == (len(frames), 3, 40, 40)
     assert torch.equal(clip, one_by_one)
+
+
+def test_decoded_video_cache_serves_the_same_clip_without_decoding_again(counter_mp4, monkeypatch):
+    cache = video_mod.DecodedVideoCache(max_bytes=1 << 30)
+    plain, plain_info = load_clip(counter_mp4, 6, 32, train=False)
+    first, first_info = load_clip(counter_mp4, 6, 32, train=False, cache=cache)
+    assert cache.used_bytes > 0
+    monkeypatch.setattr(video_mod, "decode_frames", lambda *a, **k: pytest.fail("decoded a cached video again"))
+    monkeypatch.setattr(video_mod, "probe_video", lambda *a, **k: pytest.fail("probed a cached video again"))
+    again, again_info = load_clip(counter_mp4, 6, 32, train=False, cache=cache)
+    assert torch.equal(plain, first) and torch.equal(first, again)
+    assert plain_info.frame_indices == first_info.frame_indices == again_info.frame_indices
+    # training draws from the cached video still vary between requests
+    rng = np.random.default_rng(0)
+    drawn = [load_clip(counter_mp4, 6, 32, train=True, rng=rng, cache=cache)[1].frame_indices for _ in range(4)]
+    assert len({tuple(d) for d in drawn}) > 1
+
+
+def test_decoded_video_cache_leaves_videos_that_do_not_fit_to_sparse_decoding(counter_mp4):
+    cache = video_mod.DecodedVideoCache(max_bytes=1000)  # smaller than one frame
+    clip, info = load_clip(counter_mp4, 4, 32, train=False, cache=cache)
+    assert cache.used_bytes == 0 and clip.shape == (4, 3, 32, 32)
+    assert info.frame_indices == load_clip(counter_mp4, 4, 32, train=False)[1].frame_indices

@@ -9,12 +9,14 @@ Each item is a dict:
     index           int, position in the dataset (look up `dataset.slice_info(index)` for the geometry)
 
 Clips are cut once per scan and cached in memory (a 2.5D clip of 16 slices at 64 x 64 is 0.8 MB), so
-the NIfTI is decoded once, not every epoch. Training augmentation works on the cached clip.
+the NIfTI is decoded once, not every epoch. Training augmentation (ClipAugmentation, TorchIO) works on the
+cached clip.
 """
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from functools import cached_property
 
 import nibabel as nib
 import numpy as np
@@ -68,36 +70,69 @@ def load_preprocessed(path) -> tuple[np.ndarray, tuple[float, float, float]]:
     return np.asarray(image.dataobj, dtype=np.float32), tuple(float(z) for z in image.header.get_zooms()[:3])
 
 
-def augment_clip(clip: Tensor, generator: torch.Generator | None = None, *, max_shift: int = 3,
-                 gamma_range: tuple[float, float] = (0.8, 1.25), noise_std: float = 0.02) -> Tensor:
-    """Mild training augmentation of a clip [T, C, H, W] in [0, 1]: one in-plane shift (zero filled) of up
-    to `max_shift` pixels, a gamma curve and Gaussian noise; the same shift and gamma for every frame."""
-    dy, dx = (int(v) for v in torch.randint(-max_shift, max_shift + 1, (2,), generator=generator))
-    shifted = torch.zeros_like(clip)
-    h, w = clip.shape[-2:]
-    shifted[..., max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = \
-        clip[..., max(-dy, 0):h + min(-dy, 0), max(-dx, 0):w + min(-dx, 0)]
-    low, high = np.log(gamma_range[0]), np.log(gamma_range[1])
-    gamma = float(torch.empty(1).uniform_(low, high, generator=generator).exp())
-    noise = torch.randn(clip.shape, generator=generator) * noise_std
-    return (shifted.clamp(0, 1) ** gamma + noise).clamp(0, 1)
+@dataclass(frozen=True)
+class ClipAugmentation:
+    """Training augmentation of a 2.5D clip with TorchIO: a small RandomAffine, RandomBiasField, RandomGamma
+    and RandomNoise, in that order, then clamped to [0, 1].
+
+    The clip [T, C, H, W] goes through TorchIO as one 3D image with the context slices as channels and
+    (rows, columns, candidate slices) as its spatial axes, so every slice of a scan gets the same in-plane
+    pose and the bias field varies smoothly across slices, as a scanner's does. The affine only rotates,
+    scales and shifts within the slice plane: the candidate slices stay the same anatomy.
+
+    No flips. A flip within a sagittal slice (face to the back, or upside down) is no anatomy at all. A
+    left-right mirror (reversing the slice order) is plausible anatomy, but it moves a finding to the other
+    hemisphere, and the slices the policy learns to pick are reported to the clinician by side; the
+    demo's atrophy is bilateral, so the mirror would only repeat what the other hemisphere already shows."""
+
+    degrees: float = 5.0           # in-plane rotation, +-
+    scale: float = 0.05            # in-plane scale in [1 - scale, 1 + scale]
+    translation_px: float = 3.0    # in-plane shift, +- frame pixels
+    bias_coefficients: float = 0.3  # RandomBiasField (log-field polynomial of order 3)
+    log_gamma: float = 0.2         # RandomGamma: gamma = exp(U(-log_gamma, log_gamma))
+    noise_std: float = 0.02        # RandomNoise: SD drawn from U(0, noise_std), intensities in [0, 1]
+
+    @cached_property
+    def transform(self):
+        import torchio as tio
+
+        s, d, t = self.scale, self.degrees, self.translation_px
+        # copy=False: __call__ hands TorchIO a fresh tensor, so the cached clip is never modified
+        return tio.Compose([
+            tio.RandomAffine(scales=(1 - s, 1 + s, 1 - s, 1 + s, 1, 1), degrees=(0, 0, 0, 0, -d, d),
+                             translation=(-t, t, -t, t, 0, 0), default_pad_value=0.0, copy=False),
+            tio.RandomBiasField(coefficients=self.bias_coefficients, order=3, copy=False),
+            tio.RandomGamma(log_gamma=(-self.log_gamma, self.log_gamma), copy=False),
+            tio.RandomNoise(std=(0.0, self.noise_std), copy=False),
+        ], copy=False)
+
+    def __call__(self, clip: Tensor) -> Tensor:
+        """clip [T, C, H, W] in [0, 1] -> an augmented clip of the same shape, in [0, 1]."""
+        image = clip.permute(1, 2, 3, 0).contiguous()  # [C, H, W, T]: TorchIO's [C, X, Y, Z]
+        augmented = self.transform(image.float())
+        return augmented.permute(3, 0, 1, 2).clamp(0, 1).contiguous()
 
 
 class MRISliceDataset(Dataset):
     """Clips of preprocessed scans (rows of a scan manifest; every row must be usable, see `is_usable`)."""
 
-    def __init__(self, rows: Sequence[ManifestRow], spec: ClipSpec, *, augment: bool = False):
+    def __init__(self, rows: Sequence[ManifestRow], spec: ClipSpec, *, augment: bool | ClipAugmentation = False):
         bad = [f"{r.participant_id} {r.session_id} ({r.status})" for r in rows if not is_usable(r)]
         if bad:
             raise ValueError(f"{len(bad)} manifest row(s) are not preprocessed scans: {', '.join(bad[:3])}; "
                              f"keep rows with status ok (datasets.mri.dataset.is_usable)")
         self.rows = list(rows)
         self.spec = spec
-        self.augment = augment
+        self.augment = ClipAugmentation() if augment is True else augment or None
         self._cache: dict[int, tuple[Tensor, SliceInfo]] = {}
 
     def __len__(self) -> int:
         return len(self.rows)
+
+    @property
+    def labels(self) -> list[int]:
+        """Each scan's label (for class-balanced sampling, core.train.balanced_sampler)."""
+        return [r.label for r in self.rows]
 
     def clip_and_info(self, index: int) -> tuple[Tensor, SliceInfo]:
         """The un-augmented clip [T, C, S, S] of scan `index` and where its frames came from (cached)."""
@@ -115,7 +150,7 @@ class MRISliceDataset(Dataset):
         clip, info = self.clip_and_info(index)
         row = self.rows[index]
         return {
-            "clip": augment_clip(clip) if self.augment else clip,
+            "clip": self.augment(clip) if self.augment is not None else clip,
             "label": row.label,
             "participant_id": row.participant_id,
             "session_id": row.session_id,

@@ -138,9 +138,10 @@ def volume_to_clip(
         pad = ((side - rows) // 2, (side - cols) // 2)
         canvas = (side, side)
         clip = F.pad(clip, (pad[1], side - cols - pad[1], pad[0], side - rows - pad[0]))
-        clip = F.interpolate(
-            clip, size=(size, size), mode="bilinear", align_corners=False, antialias=side > size
-        )
+        if side != size:  # at the same size bilinear is the identity
+            clip = F.interpolate(
+                clip, size=(size, size), mode="bilinear", align_corners=False, antialias=side > size
+            )
     info = SliceInfo(
         axis=axis,
         slice_indices=tuple(int(i) for i in indices),
@@ -180,3 +181,14 @@ def frame_box_to_voxels(
     corners[:, info.slice_axis] = (index - 0.5, index + 0.5)
     upper = np.asarray(info.volume_shape, dtype=float) - 0.5
     return np.clip(corners, -0.5, upper)
+
+
+def voxel_box_to_frame(corners: np.ndarray, info: SliceInfo) -> np.ndarray:
+    """The inverse of `frame_box_to_voxels` in the frame's plane: a voxel box [2, 3] (continuous voxel
+    coordinates, lower and upper corners) -> (x0, y0, x1, y1) in [0, 1] of the frame (not clipped)."""
+    corners = np.asarray(corners, dtype=float)
+    canvas_rows, canvas_cols = info.canvas_shape
+    n_rows = info.volume_shape[info.row_axis]
+    cols = (corners[:, info.col_axis] + 0.5 + info.pad[1]) / canvas_cols
+    rows = np.sort((n_rows - corners[:, info.row_axis] - 0.5 + info.pad[0]) / canvas_rows)
+    return np.array([cols.min(), rows[0], cols.max(), rows[1]])

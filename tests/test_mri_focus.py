@@ -1,0 +1,95 @@
+"""The MRI twin of test_learns_to_focus: cpu-mri trained on the synthetic lesion task (datasets.synthetic_mri),
+where the truth is known, must find the lesion's slices and place its boxes on the lesion, far better than
+random or central selections at the same cost, and must move its selection with the lesion from subject to
+subject. The training test is slow (minutes); the checks of the measuring tools are fast."""
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+from adafocus.apps.mri_focus import SELECTION_BASELINES, lesion_following, lesion_task_splits, slice_chance
+from adafocus.apps.synthetic_runs import compare_policies, with_policies
+from adafocus.core.config import get_preset
+from adafocus.core.model import UniAdaFocus
+from adafocus.core.train import load_model, train
+from adafocus.datasets.synthetic import collate
+from adafocus.datasets.synthetic_mri import LesionTaskConfig
+from adafocus.reports.metrics import follow_correlation
+
+# The proof trains cpu-mri (tiny_cnn backbones, as cpu-synthetic) with these documented overrides:
+# - native-resolution sizes: frames of 104 x 104 are the sagittal plane of the task's 2 mm grid (84 x 104 x 90)
+#   with no resampling, glanced at 52 (4 mm), 8 of the 16 candidate slices glanced, P = 24 patches cut from
+#   boxes of 24-36 pixels, so 1-voxel stripes reach the local encoder and average away in the glance;
+# - the soft-argmax spatial head: with the dense head no box held the lesion's centre after 2 epochs (0.00),
+#   with soft-argmax 0.27 after 1 and 0.36 after 2 (same data, /tmp runs noted in the report of issue 12);
+# - the temporal policy at the paper's 0.2 LR ratio (as cpu-video), batches of 8 and few epochs over many
+#   subjects instead of many epochs over a few; classes are balanced by construction (labels alternate);
+# - BatchNorm statistics recomputed before each validation (precise_bn_batches, see core.train).
+FOCUS_MODEL = {"frame_size": 104, "glance_size": 52, "num_glance": 8, "max_patch_side": 36,
+               "spatial_head": "soft_argmax"}
+FOCUS_TRAINING = {"epochs": 8, "batch_size": 8, "balance_classes": False, "precise_bn_batches": 25,
+                  "lr_multipliers": {"glance": 1.0, "spatial_policy": 1.0, "temporal_policy": 0.2,
+                                     "classifier": 1.0, "local": 1.0}}
+SPLITS = [("train", 1600), ("val", 100), ("test", 200)]
+FOLLOW_MIN = 0.7  # correlation between the lesion's position and the chosen slices / boxes
+
+
+def test_follow_correlation_is_zero_for_a_choice_that_never_moves():
+    truth = np.array([1.0, 5.0, 2.0, 8.0])
+    assert follow_correlation(truth, truth * 2 + 3) == pytest.approx(1.0)
+    assert follow_correlation(truth, np.full(4, 40.0)) == 0.0
+    assert follow_correlation(truth, -truth) == pytest.approx(-1.0)
+    with pytest.raises(ValueError):
+        follow_correlation(truth, truth[:3])
+
+
+def test_a_policy_that_looks_at_the_same_place_for_everyone_does_not_follow_the_lesion():
+    preset = get_preset("cpu-mri", **FOCUS_MODEL)
+    data = lesion_task_splits(preset, [("test", 6)], LesionTaskConfig(num_scans=2))["test"]
+    torch.manual_seed(0)
+    fixed = with_policies(UniAdaFocus(preset.model), **SELECTION_BASELINES["centre_selection"])
+    following = lesion_following(fixed, data)
+    assert following["slice_sets"] == 1 and following["slice_x"] == 0.0
+    assert following["follow"] < FOLLOW_MIN
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    preset = get_preset("cpu-mri", **FOCUS_MODEL)
+    preset.train = dataclasses.replace(preset.train, **FOCUS_TRAINING)
+    splits = lesion_task_splits(preset, SPLITS)
+    run_dir = tmp_path_factory.mktemp("mri_focus_run")
+    train(preset, splits["train"], splits["val"], run_dir, device="cpu", collate_fn=collate, progress=False)
+    model, _ = load_model(run_dir / "best.pt", device="cpu")
+    return model, splits["test"]
+
+
+@pytest.fixture(scope="module")
+def measured(trained):
+    model, test = trained
+    centre = with_policies(model, **SELECTION_BASELINES["centre_selection"])
+    numbers = {"policies": compare_policies(model, test, SELECTION_BASELINES), "slice_chance": slice_chance(test),
+               "following": {"learned": lesion_following(model, test),
+                             "centre_selection": lesion_following(centre, test)}}
+    print(json.dumps(numbers, indent=1))
+    return numbers
+
+
+@pytest.mark.slow
+def test_learned_slices_and_boxes_beat_random_and_centre_selection_at_equal_cost(measured):
+    policies, learned = measured["policies"], measured["policies"]["learned"]
+    # Same weights, same number of P x P patches: equal cost; only which slices and where the boxes go differ.
+    for name in ("random_selection", "centre_selection"):
+        assert policies[name]["mean_gmacs"] == pytest.approx(learned["mean_gmacs"], rel=1e-6)
+        assert learned["accuracy"] >= policies[name]["accuracy"] + 0.15
+    assert learned["object_frame_rate"] >= 2 * measured["slice_chance"]
+    assert measured["following"]["centre_selection"]["follow"] < FOLLOW_MIN  # the same place for everyone fails
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="not met yet (issue 12): boxes held the lesion centre on 0.64 of lesion "
+                   "slices and the box row followed the lesion's height with r = 0.38 (last run, see README)")
+def test_learned_boxes_hold_the_lesion_centre_and_follow_the_lesion(measured):
+    assert measured["policies"]["learned"]["centre_in_box"] >= 0.80
+    assert measured["following"]["learned"]["follow"] >= FOLLOW_MIN
