@@ -578,7 +578,7 @@ def score_command(args) -> int:
         summary = score_scans(args.inputs, args.model, args.out, details=args.details, budget=args.budget,
                               cache=args.cache, device=args.device, workers=args.workers,
                               batch_size=args.batch_size, progress=not args.quiet, executor=executor,
-                              engine=getattr(args, "engine", "auto"), precision=getattr(args, "precision", "fp32"))
+                              engine=args.engine, precision=args.precision)
     else:
         out_csv, details = output_paths(args.out, args.details) if Path(args.out).suffix != ".csv" \
             else (Path(args.out), args.details)
@@ -588,12 +588,12 @@ def score_command(args) -> int:
             summary = score_on_ray(args.inputs, args.model, out_csv, details=details, budget=args.budget,
                                    thumbnails=args.thumbnails, device=args.device, batch_size=args.batch_size,
                                    address=ray_address, progress=not args.quiet,
-                                   engine=getattr(args, "engine", "auto"), precision=getattr(args, "precision", "fp32"))
+                                   engine=args.engine, precision=args.precision)
         else:
             summary = score_videos(args.inputs, args.model, out_csv, details=details, budget=args.budget,
                                    thumbnails=args.thumbnails, device=args.device, workers=args.workers,
                                    batch_size=args.batch_size, progress=not args.quiet,
-                                   engine=getattr(args, "engine", "auto"), precision=getattr(args, "precision", "fp32"))
+                                   engine=args.engine, precision=args.precision)
     return print_summary(summary)
 
 
