@@ -1,7 +1,8 @@
 """Batch scoring of video files: files, folders or globs in, one CSV row per file out (`adafocus score`).
 
 Decoding runs in DataLoader workers while the model scores the previous batch; batches run on the GPU
-when there is one, with early exit at a compute budget. A file that cannot be read becomes a row with
+when there is one, with early exit at a compute budget. The first batches grow 1, 2, 4, ... up to the batch
+size (``ramp_up_batches``), so the model starts after one decoded file instead of a whole batch. A file that cannot be read becomes a row with
 status "error" and a short reason; nothing stops the run.
 
 Crash safety. scores.csv is the record of what is done. Each batch's rows are appended in one write,
@@ -351,6 +352,20 @@ class ScoreSummary:
                 f"of {self.files} files in {self.wall_s:.1f}s ({rate:.1f} files/s)")
 
 
+def ramp_up_batches(count: int, batch_size: int) -> list[list[int]]:
+    """Indices 0..count-1 in batches of 1, 2, 4, ... then ``batch_size``: the model waits for one decoded file
+    before its first batch instead of ``batch_size`` of them, and while it scores a batch the workers decode
+    the next, which is at most twice as large. The pipeline fills in about one file's decoding time."""
+    if count < 0 or batch_size < 1:
+        raise ValueError(f"need count >= 0 and batch_size >= 1, got {count} and {batch_size}")
+    batches, start, size = [], 0, 1
+    while start < count:
+        batches.append(list(range(start, min(start + size, count))))
+        start += size
+        size = min(2 * size, batch_size)
+    return batches
+
+
 def model_threads(workers: int) -> int:
     """CPU threads for the model while `workers` processes decode: the cores they leave free (at least
     one). Oversubscribed cores make PyTorch's CPU kernels many times slower, not a little."""
@@ -396,8 +411,9 @@ def score_videos(inputs: Sequence[str], checkpoint: str | Path, out_csv: str | P
     if summary.skipped:
         log(f"skipping {summary.skipped} of {len(paths)} files already in {final.csv}")
     c = model.config
-    loader = DataLoader(ScoreInputs(todo, c.num_candidates, c.frame_size, eval_crop), batch_size=batch_size,
-                        num_workers=workers, collate_fn=collate_scored, pin_memory=dev.type == "cuda")
+    loader = DataLoader(ScoreInputs(todo, c.num_candidates, c.frame_size, eval_crop),
+                        batch_sampler=ramp_up_batches(len(todo), batch_size), num_workers=workers,
+                        collate_fn=collate_scored, pin_memory=dev.type == "cuda")
     bar = None
     if progress and todo:
         from tqdm import tqdm

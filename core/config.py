@@ -304,7 +304,7 @@ def _cpu_mri() -> Preset:
     preset = _cpu_synthetic()
     preset.model = dataclasses.replace(
         preset.model, num_classes=2, num_candidates=16, num_glance=16, num_focus=4, patch_size=24,
-        min_patch_side=24, max_patch_side=48)
+        min_patch_side=24, max_patch_side=48, spatial_head="soft_argmax")
     preset.train = dataclasses.replace(preset.train, epochs=80, batch_size=4, lr=0.02, workers=0)
     return preset
 

@@ -32,6 +32,16 @@ def boxes_from_actions(actions: Tensor, *, min_side: float, max_side: float = 1.
     return torch.stack([x0, y0, x0 + width, y0 + height], dim=-1)
 
 
+def position_for_centre(centre: Tensor, side: Tensor) -> Tensor:
+    """The action position that centres a box of ``side`` on ``centre`` (fractions of the frame), the inverse
+    of ``boxes_from_actions``'s top-left = position * (1 - side); clamped to [0, 1], which keeps the box inside
+    the frame (a centre nearer the edge than side / 2 gets the box touching that edge). A full-frame box
+    (side 1) has one place: position 0.5."""
+    room = 1.0 - side
+    position = (centre - 0.5 * side) / room.clamp(min=1e-6)
+    return torch.where(room > 1e-6, position.clamp(0.0, 1.0), torch.full_like(position, 0.5))
+
+
 def scale_for_side(side: float, *, min_side: float, max_side: float) -> float:
     """The action scale that gives a box side of ``side`` (clamped to the reachable range)."""
     if max_side == min_side:

@@ -6,6 +6,7 @@ from adafocus.core.geometry import (
     boxes_to_source_pixels,
     crop_patches,
     interpolate_over_time,
+    position_for_centre,
     scale_for_side,
 )
 
@@ -67,6 +68,19 @@ def test_scale_for_side_inverts_side_mapping():
     box = boxes_from_actions(torch.tensor([0.5, 0.5, s, s]), min_side=96 / 224)
     assert (box[2] - box[0]).item() * 224 == pytest.approx(128)
     assert scale_for_side(0.01, min_side=0.2, max_side=0.5) == 0.0
+
+
+def test_position_for_centre_centres_the_box_and_keeps_it_inside():
+    side = torch.tensor([0.2, 0.3, 0.25, 0.4])
+    centre = torch.tensor([0.5, 0.2, 0.9, 0.1])
+    position = position_for_centre(centre, side)
+    # with one side for all, the round trip is exact where the box fits around the centre
+    fits = position_for_centre(centre, torch.full((4,), 0.2))
+    box = boxes_from_actions(torch.stack([fits, fits, torch.zeros(4), torch.zeros(4)], -1), min_side=0.2)
+    assert ((box[:, 0] + box[:, 2]) / 2).tolist() == pytest.approx([0.5, 0.2, 0.9, 0.1])
+    # a centre nearer the edge than half the side: the box touches that edge
+    assert position.tolist() == pytest.approx([(0.5 - 0.1) / 0.8, (0.2 - 0.15) / 0.7, 1.0, 0.0])
+    assert position_for_centre(torch.tensor([0.3]), torch.tensor([1.0])).item() == 0.5
 
 
 def test_interpolate_over_time_keeps_constants_and_endpoints_order():

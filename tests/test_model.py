@@ -4,6 +4,7 @@ import pytest
 import torch
 from adafocus.core.config import LossConfig, ModelConfig, get_preset
 from adafocus.core.exits import ExitPolicy
+from adafocus.core.geometry import boxes_from_actions
 from adafocus.core.model import UniAdaFocus
 from adafocus.core.objective import training_loss
 
@@ -176,11 +177,14 @@ def test_temporal_loss_survives_a_policy_whose_softmax_underflows():
     assert torch.isfinite(loss) and terms["temporal"] > 0
 
 
+SIDES = (0.1, 0.2)  # box sides small enough that every cell centre of a 4 x 5 map can be a box centre
+
+
 def _hot_cell_policy(map_size=(4, 5)):
     """A soft-argmax policy whose cell score is channel 0 of the glance map, sharpened."""
     from adafocus.core.policy import SpatialPolicy
 
-    policy = SpatialPolicy(3, map_size, 2, hidden=3, head="soft_argmax").eval()
+    policy = SpatialPolicy(3, map_size, 2, hidden=3, head="soft_argmax", side_range=SIDES).eval()
     with torch.no_grad():
         for layer in policy.body:
             if isinstance(layer, torch.nn.Conv3d):  # pass channel 0 through the trunk unchanged
@@ -198,8 +202,16 @@ def test_soft_argmax_policy_points_at_the_cell_that_scores_highest_wherever_it_i
     policy = _hot_cell_policy()
     maps = torch.zeros(1, 2, 3, 4, 5)
     maps[0, :, 0, row, col] = 1.0  # the same "object" feature in both frames, at one cell
-    position = policy(maps)[0, :, :2]
-    assert torch.allclose(position, torch.tensor([col / 4, row / 3]).expand(2, 2), atol=1e-3)
+    boxes = boxes_from_actions(policy(maps)[0], min_side=SIDES[0], max_side=SIDES[1])
+    centres = (boxes[:, :2] + boxes[:, 2:]) / 2
+    assert torch.allclose(centres, torch.tensor([(col + 0.5) / 5, (row + 0.5) / 4]).expand(2, 2), atol=1e-3)
+
+
+def test_soft_argmax_policy_needs_the_side_range():
+    from adafocus.core.policy import SpatialPolicy
+
+    with pytest.raises(ValueError, match="side_range"):
+        SpatialPolicy(3, (4, 5), 2, hidden=3, head="soft_argmax")
 
 
 def test_soft_argmax_policy_trains_and_needs_per_frame_boxes():

