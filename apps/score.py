@@ -2,8 +2,8 @@
 
 Decoding runs in DataLoader workers while the model scores the previous batch; batches run on the GPU
 when there is one, with early exit at a compute budget. The first batches grow 1, 2, 4, ... up to the batch
-size (``ramp_up_batches``), so the model starts after one decoded file instead of a whole batch. A file that cannot be read becomes a row with
-status "error" and a short reason; nothing stops the run.
+size (``ramp_up_batches``), so the model starts after one decoded file instead of a whole batch. A file that
+cannot be read becomes a row with status "error" and a short reason; nothing stops the run.
 
 Crash safety. scores.csv is the record of what is done. Each batch's rows are appended in one write,
 flushed and fsynced; details.jsonl lines (and contact sheets) are written *before* the batch's CSV rows.

@@ -17,6 +17,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
+def sides_from_scales(scales: Tensor, *, min_side: float, max_side: float) -> Tensor:
+    """Box sides (fractions of the frame) from scale actions in (0, 1): min_side + (max_side - min_side) * scale."""
+    return min_side + (max_side - min_side) * scales
+
+
 def boxes_from_actions(actions: Tensor, *, min_side: float, max_side: float = 1.0) -> Tensor:
     """Map actions ``[..., 4]`` in (0,1) to boxes ``[..., 4]`` that lie inside the frame.
 
@@ -24,9 +29,8 @@ def boxes_from_actions(actions: Tensor, *, min_side: float, max_side: float = 1.
     """
     if not 0.0 < min_side <= max_side <= 1.0:
         raise ValueError(f"need 0 < min_side <= max_side <= 1, got {min_side}, {max_side}")
-    pos_x, pos_y, scale_w, scale_h = actions.unbind(-1)
-    width = min_side + (max_side - min_side) * scale_w
-    height = min_side + (max_side - min_side) * scale_h
+    pos_x, pos_y = actions[..., 0], actions[..., 1]
+    width, height = sides_from_scales(actions[..., 2:], min_side=min_side, max_side=max_side).unbind(-1)
     x0 = pos_x * (1.0 - width)
     y0 = pos_y * (1.0 - height)
     return torch.stack([x0, y0, x0 + width, y0 + height], dim=-1)

@@ -6,7 +6,7 @@ Both read the glance encoder's outputs *detached*: they are trained by their own
 from __future__ import annotations
 
 import torch
-from adafocus.core.geometry import position_for_centre
+from adafocus.core.geometry import position_for_centre, sides_from_scales
 from torch import Tensor, nn
 
 INITIAL_LOG_SHARPNESS = 1.5  # soft_argmax head: see SpatialPolicy.__init__
@@ -70,7 +70,7 @@ class SpatialPolicy(nn.Module):
         pooled = torch.einsum("btn,bctn->btc", weights, x.flatten(3))
         scales = torch.sigmoid(self.scale(pooled))
         min_side, max_side = self.side_range
-        position = position_for_centre(centre, min_side + (max_side - min_side) * scales)
+        position = position_for_centre(centre, sides_from_scales(scales, min_side=min_side, max_side=max_side))
         return torch.cat([position, scales], dim=-1)
 
 

@@ -71,14 +71,13 @@ def test_scale_for_side_inverts_side_mapping():
 
 
 def test_position_for_centre_centres_the_box_and_keeps_it_inside():
-    side = torch.tensor([0.2, 0.3, 0.25, 0.4])
     centre = torch.tensor([0.5, 0.2, 0.9, 0.1])
-    position = position_for_centre(centre, side)
-    # with one side for all, the round trip is exact where the box fits around the centre
+    # boxes of side 0.2 fit around every one of these centres: the round trip is exact
     fits = position_for_centre(centre, torch.full((4,), 0.2))
     box = boxes_from_actions(torch.stack([fits, fits, torch.zeros(4), torch.zeros(4)], -1), min_side=0.2)
     assert ((box[:, 0] + box[:, 2]) / 2).tolist() == pytest.approx([0.5, 0.2, 0.9, 0.1])
-    # a centre nearer the edge than half the side: the box touches that edge
+    # larger boxes: a centre nearer the edge than half the side gets the box touching that edge
+    position = position_for_centre(centre, torch.tensor([0.2, 0.3, 0.25, 0.4]))
     assert position.tolist() == pytest.approx([(0.5 - 0.1) / 0.8, (0.2 - 0.15) / 0.7, 1.0, 0.0])
     assert position_for_centre(torch.tensor([0.3]), torch.tensor([1.0])).item() == 0.5
 
