@@ -26,7 +26,7 @@ def spread_policy(model: UniAdaFocus, clip: torch.Tensor) -> ExitPolicy:
 
 
 def untrained_video_run(folder: Path) -> Path:
-    """An untrained cpu-video model (2 classes, 8 frames of 64 px, 3 focus steps) with class names; its best.pt."""
+    """An untrained cpu-video model (2 classes, 12 frames of 128 px, 3 focus steps) with class names; its best.pt."""
     torch.manual_seed(0)
     preset = get_preset("cpu-video")
     save_checkpoint(folder / "best.pt", config=preset.to_dict(), model_state=UniAdaFocus(preset.model).state_dict())

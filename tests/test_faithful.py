@@ -45,7 +45,7 @@ def test_mc_horizon_is_the_expected_selected_glance_frames():
     from adafocus.core.sampling import mc_horizon
     assert mc_horizon(16, 16, 48) == 5 == 16 // 3     # the authors' UA-A setting: their constant
     assert mc_horizon(12, 8, 36) == 3                 # TSM 8+12 of 36: 2.67 -> 3 (authors: 8 // 3 = 2)
-    assert mc_horizon(3, 8, 8) == 3                   # cpu-video: 3 of 8 (authors' constant: 2)
+    assert mc_horizon(3, 12, 12) == 3                 # cpu-video: 3 of 12 (authors' constant: 4)
     assert mc_horizon(4, 16, 16) == 4                 # cpu-mri
     assert mc_horizon(1, 8, 48) == 1                  # never below one draw
     assert mc_horizon(16, 4, 16) == 4                 # never more than the glance frames
