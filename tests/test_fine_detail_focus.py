@@ -10,6 +10,7 @@ import sys
 import pytest
 from adafocus.apps.cli import main as cli_main
 from adafocus.apps.video_demo import check_against_truth
+from adafocus.core.run import RunFolder
 from adafocus.datasets.fine_detail import write_fine_detail_videos
 
 # Not a seed the preset was sized on (those were 0 and 7): the clips, footage windows and tracks are new.
@@ -23,7 +24,7 @@ def test_cpu_video_reads_two_pixel_detail_and_boxes_the_object(tmp_path):
     run = tmp_path / "run"
     assert cli_main(["train", "--data", str(data), "--preset", "cpu-video", "--out", str(run), "--quiet"]) == 0
 
-    test_clips = {path for path, _ in json.loads((run / "split.json").read_text())["splits"]["test"]}
+    test_clips = {path for path, _ in json.loads(RunFolder(run).split.read_text())["splits"]["test"]}
     assert len(test_clips) == 90
     out = tmp_path / "scored"
     assert cli_main(["score", *(str(data / p) for p in sorted(test_clips)), "--model", str(run), "--out", str(out),

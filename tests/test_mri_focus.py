@@ -24,8 +24,9 @@ from adafocus.reports.metrics import follow_correlation
 # - the soft-argmax spatial head (boxes centred on the attended cell, cell scores sharpened from the start; see
 #   core.policy.SpatialPolicy): with the dense head no box held the lesion's centre after 2 epochs (0.00);
 # - training seed 0 (TrainConfig's default). Training is deterministic on the CPU for a given number of torch
-#   threads, and the outcome depends on the seed and on that number: seeds 1 and 2 of the same recipe were measured too and fall short (README, "Does the MRI focus find
-#   the lesion?"), so this test shows that the method can find the lesion here, not that every run does;
+#   threads, and the outcome depends on the seed and on that number: seeds 1 and 2 of the same recipe were
+#   measured too and fall short (README, "Does the MRI focus find the lesion?"), so this test shows that the
+#   method can find the lesion here, not that every run does;
 # - the temporal policy at the paper's 0.2 LR ratio (as cpu-video), batches of 8 and few epochs over many
 #   subjects instead of many epochs over a few; classes are balanced by construction (labels alternate);
 # - BatchNorm statistics recomputed before each validation (precise_bn_batches, see core.train).
