@@ -34,7 +34,13 @@ from adafocus.core.io import atomic_write_json, atomic_write_text
 from adafocus.core.model import UniAdaFocus
 from adafocus.core.run import RunFolder
 from adafocus.core.train import calibrate, collect_logits, load_model, resolve_device, train
-from adafocus.datasets.mri.dataset import ClipSpec, MRISliceDataset, collate_scans
+from adafocus.datasets.mri.dataset import (
+    AugmentedCopies,
+    ClipSpec,
+    MRISliceDataset,
+    collate_scans,
+    training_augmentation,
+)
 from adafocus.datasets.mri.manifest import ManifestRow
 from adafocus.datasets.mri.scan_record import format_boxes_3d, scan_slice_record
 from adafocus.datasets.splits import (
@@ -135,10 +141,11 @@ def _rows_of(rows: Sequence[ManifestRow], participants: Sequence[str]) -> list[M
 
 
 def run_fold(fold: Fold, rows: Sequence[ManifestRow], preset: Preset, spec: ClipSpec, out_dir: str | Path, *,
-             manifest: str | Path, budget: float | None = None, device: str = "auto", progress: bool = True,
-             log: Callable[[str], None] = print) -> dict[str, float]:
+             manifest: str | Path, budget: float | None = None, augment: bool | AugmentedCopies = True,
+             device: str = "auto", progress: bool = True, log: Callable[[str], None] = print) -> dict[str, float]:
     """Train, select, calibrate and test one fold into `fold_dir(out_dir, fold.index)`; returns its metrics.
 
+    `augment` is the training set's augmentation (one AugmentedCopies can serve every fold).
     Resumable: a finished fold (metrics.tsv present) is read back, an interrupted one resumes training."""
     run_dir = fold_dir(out_dir, fold.index)
     run = RunFolder(run_dir)
@@ -146,7 +153,7 @@ def run_fold(fold: Fold, rows: Sequence[ManifestRow], preset: Preset, spec: Clip
         return {r["metric"]: float(r["value"]) for r in read_tsv(run_dir / "metrics.tsv")}
     run_dir.mkdir(parents=True, exist_ok=True)
     write_training_participants(run_dir, fold.seen_in_training)  # before any weight exists
-    train_set = MRISliceDataset(_rows_of(rows, fold.train), spec, augment=True)
+    train_set = MRISliceDataset(_rows_of(rows, fold.train), spec, augment=augment)
     val_set = MRISliceDataset(_rows_of(rows, fold.validation), spec)
     log(f"fold {fold.index}: {len(fold.train)} train / {len(fold.validation)} validation / "
         f"{len(fold.test)} test participants")
@@ -240,10 +247,11 @@ def run_cv(manifest: str | Path, out_dir: str | Path, *, preset: str | Preset = 
     if fold is not None and not 0 <= fold < folds:
         raise ValueError(f"--fold {fold} is outside 0..{folds - 1}")
     results = {}
+    augment = training_augmentation(preset.train.augmentation_copies)
     for f in all_folds if fold is None else [all_folds[fold]]:
         started = time.perf_counter()
-        results[f.index] = run_fold(f, rows, preset, spec, out_dir, manifest=manifest, budget=budget, device=device,
-                                    progress=progress, log=log)
+        results[f.index] = run_fold(f, rows, preset, spec, out_dir, manifest=manifest, budget=budget,
+                                    augment=augment, device=device, progress=progress, log=log)
         log(f"fold {f.index} done in {time.perf_counter() - started:.0f}s")
     report = None
     if fold is None:

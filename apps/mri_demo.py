@@ -108,14 +108,29 @@ def region_hits(steps: Sequence[tuple[int, np.ndarray]], affine: np.ndarray, ext
     return hits, chances
 
 
-def _patient_steps(cv_dir: Path, n_folds: int) -> list[tuple[int, np.ndarray]]:
+def _patient_steps(cv_dir: Path, n_folds: int, folds: Sequence[int] | None = None) -> list[tuple[int, np.ndarray]]:
     steps = []
-    for i in range(n_folds):
+    for i in range(n_folds) if folds is None else folds:
         for p in read_tsv(fold_dir(cv_dir, i) / "predictions.tsv"):
             if int(p["label"]) == 1 and p["slices"]:
                 boxes = [np.array([float(v) for v in b.split()]) for b in p["boxes_mm"].split(";")]
                 steps += list(zip((int(s) for s in p["slices"].split(";")), boxes))
     return steps
+
+
+def patient_box_places(cv_dir: Path, n_folds: int) -> list[dict]:
+    """Per fold, where the patients' boxes sit in the sagittal plane (MNI mm): mean and SD across the fold's
+    focus steps of the box centre (y, z), and the mean box sides. An SD near 0 means one place for every
+    patient; whether that place covers the atrophy is what region_statistics counts."""
+    places = []
+    for i in range(n_folds):
+        boxes = np.array([box for _, box in _patient_steps(cv_dir, n_folds, [i])]).reshape(-1, 6)
+        if not len(boxes):
+            continue
+        centres, sides = (boxes[:, 1:3] + boxes[:, 4:6]) / 2, boxes[:, 4:6] - boxes[:, 1:3]
+        places.append({"fold": i, "centre_yz_mm": centres.mean(0).round(1).tolist(),
+                       "sd_yz_mm": centres.std(0).round(1).tolist(), "sides_yz_mm": sides.mean(0).round(1).tolist()})
+    return places
 
 
 def region_statistics(cv_dir: Path, manifest: Path, cohort: CohortConfig, n_folds: int) -> dict[str, float]:
@@ -210,6 +225,7 @@ def run_mri_demo(out_dir: str | Path, *, device: str = "auto", cohort: CohortCon
                "auc_pooled": float(summary_rows["auc"]["pooled"]),
                **band_statistics(out_dir / "cv", manifest, cohort, folds),
                **region_statistics(out_dir / "cv", manifest, cohort, folds),
+               "patient_box_places": patient_box_places(out_dir / "cv", folds),
                "triage": triage_of_test_scans(out_dir / "cv", folds), "clinical_path": clinical,
                "seconds": {k: round(v, 1) for k, v in seconds.items()}}
     atomic_write_json(out_dir / "demo_summary.json", summary)

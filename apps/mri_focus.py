@@ -16,7 +16,7 @@ from adafocus.core.model import UniAdaFocus
 from adafocus.datasets.mri.dataset import ClipSpec
 from adafocus.datasets.synthetic import object_centre
 from adafocus.datasets.synthetic_mri import LesionClipDataset, LesionTaskConfig, lesion_splits
-from adafocus.reports.metrics import follow_correlation
+from adafocus.reports.metrics import best_fixed_place_hit_rate, follow_correlation
 
 SELECTION_BASELINES = {
     "random_selection": {"frame_policy": "random", "patch_policy": "random"},
@@ -44,7 +44,10 @@ def lesion_following(model: UniAdaFocus, dataset: LesionClipDataset) -> dict[str
     """Across subjects, the correlation between the lesion's position and where the model looked:
     slice_x: mean chosen slice (X voxel) vs the lesion's X; box_column / box_row: mean box centre on the
     chosen slices that cut the lesion vs the lesion's centre in the frame (subjects with such a slice).
-    ``follow`` is the smallest of the three; ``slice_sets`` counts distinct chosen slice sets."""
+    ``follow`` is the smallest of the three; ``slice_sets`` counts distinct chosen slice sets.
+    ``box_hit``: over the boxes on chosen lesion slices, the share holding the lesion's centre;
+    ``best_fixed_box_hit``: the most that boxes of the same sizes at one fixed place reach (what a policy
+    that looks at the same place for everyone can at best do; reports.metrics.best_fixed_place_hit_rate)."""
     truth, chosen = dataset.truth(), chosen_focus(model, dataset)
     frames = chosen["frame_indices"]
     slices = truth["slice_indices"].gather(1, frames).double()
@@ -61,5 +64,11 @@ def lesion_following(model: UniAdaFocus, dataset: LesionClipDataset) -> dict[str
         "slice_sets": float(len({tuple(row) for row in frames.tolist()})),
     }
     result["follow"] = min(result["slice_x"], result["box_column"], result["box_row"])
+    centres = object_centre(truth["object_boxes"].gather(1, frames[..., None].expand(-1, -1, 4)).double())[on_lesion]
+    boxes = chosen["boxes"].double()[on_lesion] * model.config.frame_size  # frame fractions -> pixels
+    sides = boxes[:, 2:] - boxes[:, :2]
+    inside = ((centres - object_centre(boxes)).abs() <= sides / 2).all(dim=1)
+    result["box_hit"] = float(inside.double().mean()) if len(inside) else float("nan")
+    result["best_fixed_box_hit"] = best_fixed_place_hit_rate(centres.numpy(), sides.numpy(), model.config.frame_size)
     return result
 

@@ -18,7 +18,13 @@ from adafocus.core.config import Preset
 from adafocus.core.io import atomic_write_text
 from adafocus.core.run import LoadedRun, ModelCard, RunFolder, make_card
 from adafocus.core.train import calibrate, load_model, train
-from adafocus.datasets.mri.dataset import ClipSpec, MRISliceDataset, collate_scans, is_usable
+from adafocus.datasets.mri.dataset import (
+    ClipSpec,
+    MRISliceDataset,
+    collate_scans,
+    is_usable,
+    training_augmentation,
+)
 from adafocus.datasets.mri.manifest import ManifestRow, read_manifest
 from adafocus.datasets.mri.preprocess import TEMPLATE_SPACE, read_t1_linear_config
 from adafocus.datasets.splits import as_scans, holdout_split, write_training_participants
@@ -99,7 +105,8 @@ def train_on_manifest(manifest: str | Path, preset: Preset, out_dir: str | Path,
     log(f"{len(train_rows)} training scans ({len({r.participant_id for r in train_rows})} participants), "
         f"{len(val_rows)} held-out scans ({len(held_out)} participants) for model selection and calibration")
     val_set = MRISliceDataset(val_rows, spec)
-    summary = train(preset, MRISliceDataset(train_rows, spec, augment=True), val_set, run.path, device=device,
+    train_set = MRISliceDataset(train_rows, spec, augment=training_augmentation(preset.train.augmentation_copies))
+    summary = train(preset, train_set, val_set, run.path, device=device,
                     resume=resume, collate_fn=collate_scans, progress=progress, log=log, card=card)
     model, _ = load_model(run.best, device=device)
     costs = model.exit_costs()

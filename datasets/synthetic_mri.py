@@ -47,7 +47,6 @@ from adafocus.datasets.mri.slices import SliceInfo, volume_to_clip, voxel_box_to
 from adafocus.datasets.mri.volume import Volume, sitk_to_volume
 from torch.utils.data import Dataset
 
-LESION_REGION_MM = ((8.0, 45.0), (-80.0, 45.0), (-10.0, 60.0))  # |x|, y, z ranges of the lesion centre
 TISSUE_FRACTION = 0.5  # a centre is in tissue where the template is above this fraction of white matter
 MAX_DRAWS = 100
 
@@ -57,6 +56,7 @@ class LesionTaskConfig:
     spacing_mm: float = 2.0
     crop_mm: tuple[float, float, float] | None = CLINICADL_CROP_MM  # None: the template's own field of view
     lesion_radius_mm: float = 14.0
+    lesion_region_mm: tuple = ((8.0, 45.0), (-80.0, 45.0), (-10.0, 60.0))  # |x|, y, z ranges of the lesion centre
     lesion_contrast: float = 0.7      # lesion mean above white matter, as a fraction of it (classes averaged)
     distractor_contrast: float = -0.5  # distractor mean relative to white matter
     stripe_amplitude: float = 0.25    # +- around the sphere's mean, as a fraction of white matter
@@ -157,7 +157,7 @@ class LesionFocusTask:
 
     def _draw_centre(self, rng: np.random.Generator, side: float) -> np.ndarray:
         """A template-space (MNI mm) centre in one hemisphere's tissue."""
-        (ax, bx), (ay, by), (az, bz) = LESION_REGION_MM
+        (ax, bx), (ay, by), (az, bz) = self.config.lesion_region_mm
         for _ in range(MAX_DRAWS):
             centre = np.array([side * rng.uniform(ax, bx), rng.uniform(ay, by), rng.uniform(az, bz)])
             if self._in_tissue(centre):

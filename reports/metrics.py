@@ -134,3 +134,21 @@ def follow_correlation(truth: np.ndarray, chosen: np.ndarray) -> float:
     if len(truth) < 2 or np.ptp(truth) == 0 or np.ptp(chosen) < 1e-9:
         return 0.0
     return float(np.corrcoef(truth, chosen)[0, 1])
+
+
+def best_fixed_place_hit_rate(centres: np.ndarray, sides: np.ndarray, frame_size: float, step: float = 1.0) -> float:
+    """The most often a target centre can fall inside boxes placed at one fixed place for every sample.
+
+    centres [N, 2] (x, y) are the targets, sides [N, 2] (width, height) the boxes' sizes, all in frame pixels.
+    Every box centre on a grid of `step` pixels over the frame is tried (boxes keep their own sizes; a box's
+    edge may pass the frame's, which only helps the fixed place). This is the ceiling of a policy that looks
+    at the same place for everyone; boxes that hold the target more often than this move with it."""
+    centres, sides = np.asarray(centres, dtype=float), np.asarray(sides, dtype=float)
+    if centres.shape != sides.shape or centres.ndim != 2 or centres.shape[1] != 2:
+        raise ValueError(f"need centres and sides of shape [N, 2], got {centres.shape} and {sides.shape}")
+    if len(centres) == 0:
+        return float("nan")
+    grid = np.arange(0.0, frame_size + step / 2, step)
+    inside = [np.abs(grid[:, None] - centres[None, :, a]) <= sides[None, :, a] / 2 for a in (0, 1)]  # [G, N]
+    joint = inside[0].astype(np.float32) @ inside[1].T.astype(np.float32)  # [Gx, Gy]: hits per fixed centre
+    return float(joint.max() / len(centres))

@@ -5,6 +5,7 @@ import pytest
 import torch
 from _cv_fixtures import tiny_preset, write_preprocessed_cohort
 from adafocus.datasets.mri.dataset import (
+    AugmentedCopies,
     ClipAugmentation,
     ClipSpec,
     MRISliceDataset,
@@ -66,3 +67,33 @@ def test_augmentation_moves_within_the_slice_plane_only():
     assert torch.allclose(means, torch.tensor([0.2 + 0.15 * t for t in range(5)]), atol=0.02)
     masks = shifted[:, 0] / means[:, None, None] > 0.5
     assert all(torch.equal(masks[0], masks[t]) for t in range(1, 5))
+
+
+def test_augmented_copies_are_made_once_per_scan_and_copy_and_shared_between_datasets(tmp_path):
+    rows = read_manifest(write_preprocessed_cohort(tmp_path, n_participants=2, repeats=1))
+    usable = [r for r in rows if is_usable(r)]
+    spec = ClipSpec.for_preset(tiny_preset())
+    calls = []
+
+    def counted(clip):
+        calls.append(1)
+        return ClipAugmentation()(clip)
+
+    copies = AugmentedCopies(3, counted)
+    fold_a, fold_b = MRISliceDataset(usable[:2], spec, augment=copies), MRISliceDataset(usable, spec, augment=copies)
+    plain = fold_a.clip_and_info(0)[0]
+    torch.manual_seed(0)
+    drawn = [fold_a[0]["clip"] for _ in range(40)] + [fold_b[0]["clip"] for _ in range(40)]
+    assert len(calls) == copies.made == 3  # 80 draws of one scan, over two datasets: three augmentations
+    distinct = {tuple(c.flatten()[:64].tolist()) for c in drawn}
+    assert len(distinct) == 3 and not any(torch.equal(c, plain) for c in drawn)
+    assert all(c.dtype == torch.float32 and c.shape == plain.shape for c in drawn)
+    assert float(min(c.min() for c in drawn)) >= 0 and float(max(c.max() for c in drawn)) <= 1
+    fold_b[2]
+    assert copies.made == 4  # another scan gets its own copies
+    torch.manual_seed(0)
+    rerun = MRISliceDataset(usable[:2], spec, augment=AugmentedCopies(3))
+    again = [rerun[0]["clip"] for _ in range(40)]
+    assert all(torch.equal(a, b) for a, b in zip(again, drawn))  # the same seed makes and draws the same copies
+    with pytest.raises(ValueError, match="copies"):
+        AugmentedCopies(0)

@@ -15,7 +15,7 @@ from adafocus.core.model import UniAdaFocus
 from adafocus.core.train import load_model, train
 from adafocus.datasets.synthetic import collate
 from adafocus.datasets.synthetic_mri import LesionTaskConfig
-from adafocus.reports.metrics import follow_correlation
+from adafocus.reports.metrics import best_fixed_place_hit_rate, follow_correlation
 
 # The proof trains cpu-mri (tiny_cnn backbones, as cpu-synthetic) with these documented overrides:
 # - native-resolution sizes: frames of 104 x 104 are the sagittal plane of the task's 2 mm grid (84 x 104 x 90)
@@ -37,6 +37,7 @@ FOCUS_TRAINING = {"epochs": 8, "batch_size": 8, "balance_classes": False, "preci
                                      "classifier": 1.0, "local": 1.0}}
 SPLITS = [("train", 1600), ("val", 100), ("test", 200)]
 FOLLOW_MIN = 0.7  # correlation between the lesion's position and the chosen slices / boxes
+FIXED_PLACE_MARGIN = 0.2  # boxes hold the lesion centre this much more often than any one fixed place could
 
 
 def test_follow_correlation_is_zero_for_a_choice_that_never_moves():
@@ -46,6 +47,16 @@ def test_follow_correlation_is_zero_for_a_choice_that_never_moves():
     assert follow_correlation(truth, -truth) == pytest.approx(-1.0)
     with pytest.raises(ValueError):
         follow_correlation(truth, truth[:3])
+
+
+def test_best_fixed_place_is_the_ceiling_of_one_place_for_everyone():
+    centres = np.array([[10.0, 10.0], [12.0, 11.0], [50.0, 50.0], [52.0, 49.0], [80.0, 20.0]])
+    sides = np.full((5, 2), 8.0)
+    assert best_fixed_place_hit_rate(centres, sides, 100.0) == pytest.approx(2 / 5)  # either pair, not both
+    assert best_fixed_place_hit_rate(centres, np.full((5, 2), 60.0), 100.0) == pytest.approx(4 / 5)
+    assert best_fixed_place_hit_rate(centres, np.full((5, 2), 200.0), 100.0) == 1.0
+    with pytest.raises(ValueError):
+        best_fixed_place_hit_rate(centres, sides[:, :1], 100.0)
 
 
 def test_a_policy_that_looks_at_the_same_place_for_everyone_does_not_follow_the_lesion():
@@ -97,7 +108,19 @@ def test_learned_boxes_hold_the_lesion_centre(measured):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason="not met reliably (issue 12): r >= 0.7 on every axis held in the run with "
-                   "1 torch thread, not in the run with 2 (CI's), where the smallest r was 0.24 (README)")
 def test_learned_selection_follows_the_lesion(measured):
+    """Slices: the mean chosen slice moves with the lesion's x. Boxes: they hold the lesion's centre more often
+    than boxes of the same sizes could from any one place (the ceiling of looking at the same place for
+    everyone, which the centred boxes do and stay under)."""
+    learned, centre = measured["following"]["learned"], measured["following"]["centre_selection"]
+    assert learned["slice_x"] >= FOLLOW_MIN
+    assert learned["box_hit"] >= learned["best_fixed_box_hit"] + FIXED_PLACE_MARGIN
+    assert centre["box_hit"] <= centre["best_fixed_box_hit"] + 1e-9
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=False, reason="not met reliably (issue 12): r >= 0.7 on every axis held in one run of "
+                   "four; in CI's 2-thread run the box row's r was 0.24: the lesion's row varies by SD 10 px, less "
+                   "than the 24-36 px boxes, so a box can hold the centre without moving up and down (README)")
+def test_learned_boxes_move_with_the_lesion_on_both_axes(measured):
     assert measured["following"]["learned"]["follow"] >= FOLLOW_MIN

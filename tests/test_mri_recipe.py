@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from adafocus.apps.mri_demo import containment_chance, region_hits
+from adafocus.apps.mri_demo import containment_chance, patient_box_places, region_hits
 from adafocus.core.backbones import create_backbone
 from adafocus.core.train import balanced_sampler, is_better
 from adafocus.datasets.mri.cohort import AtrophyRegion
@@ -76,3 +76,22 @@ def test_region_hits_need_the_band_slice_and_the_centre_in_the_box():
     expected = 0.4 * containment_chance(-120, 88, 40, -20) * containment_chance(-70, 110, 30, -14)
     assert chances[0] == pytest.approx(expected)
 
+
+
+def test_patient_box_places_summarise_each_folds_patient_boxes(tmp_path):
+    from adafocus.apps.cv import PREDICTION_COLUMNS
+    from adafocus.reports.cv_report import fold_dir
+    from adafocus.reports.tables import tsv_text
+
+    def row(label, boxes_mm):
+        return {**{c: "" for c in PREDICTION_COLUMNS}, "label": label, "slices": ";".join("5" for _ in boxes_mm),
+                "boxes_mm": ";".join(" ".join(str(v) for v in b) for b in boxes_mm)}
+
+    tables = [[row(1, [(0, -30, -20, 0, 10, 20), (0, -30, -20, 0, 10, 20)]), row(0, [(0, 50, 50, 0, 60, 60)])],
+              [row(1, [(0, 0, 0, 0, 20, 40)]), row(1, [(0, 10, 20, 0, 30, 60)])]]
+    for i, rows in enumerate(tables):
+        fold_dir(tmp_path, i).mkdir()
+        (fold_dir(tmp_path, i) / "predictions.tsv").write_text(tsv_text(PREDICTION_COLUMNS, rows))
+    places = patient_box_places(tmp_path, 2)  # controls' boxes (label 0) are left out
+    assert places[0] == {"fold": 0, "centre_yz_mm": [-10.0, 0.0], "sd_yz_mm": [0.0, 0.0], "sides_yz_mm": [40.0, 40.0]}
+    assert places[1] == {"fold": 1, "centre_yz_mm": [15.0, 30.0], "sd_yz_mm": [5.0, 10.0], "sides_yz_mm": [20.0, 40.0]}

@@ -10,7 +10,7 @@ Each item is a dict:
 
 Clips are cut once per scan and cached in memory (a 2.5D clip of 16 slices at 64 x 64 is 0.8 MB), so
 the NIfTI is decoded once, not every epoch. Training augmentation (ClipAugmentation, TorchIO) works on the
-cached clip.
+cached clip, afresh at every draw or drawn from a fixed number of augmented copies (AugmentedCopies).
 """
 from __future__ import annotations
 
@@ -113,10 +113,49 @@ class ClipAugmentation:
         return augmented.permute(3, 0, 1, 2).clamp(0, 1).contiguous()
 
 
-class MRISliceDataset(Dataset):
-    """Clips of preprocessed scans (rows of a scan manifest; every row must be usable, see `is_usable`)."""
+class AugmentedCopies:
+    """Augmentation made once: `copies` augmented versions of each scan's clip, each made the first time it
+    is drawn and then kept (float16: 0.4 MB per copy of a 16 x 3 x 64 x 64 clip). A draw picks one copy with
+    torch's RNG, so seeded training stays reproducible.
 
-    def __init__(self, rows: Sequence[ManifestRow], spec: ClipSpec, *, augment: bool | ClipAugmentation = False):
+    Why: on the `cpu-mri` recipe TorchIO costs about twice the model's CPU time per scan and step (README,
+    "MRI demo"); 40 epochs drawing from 8 copies augment each scan 8 times instead of 40. Copies are keyed
+    by preprocessed file and clip spec, so one object handed to every fold of a cross-validation augments
+    each scan once, not once per fold. In DataLoader worker processes copies made by a worker stay there."""
+
+    def __init__(self, copies: int, augmentation: ClipAugmentation | None = None):
+        if copies < 1:
+            raise ValueError(f"copies must be >= 1, got {copies}")
+        self.copies = copies
+        self.augmentation = augmentation or ClipAugmentation()
+        self._made: dict[tuple, Tensor] = {}
+
+    @property
+    def made(self) -> int:
+        """How many copies have been made so far."""
+        return len(self._made)
+
+    def draw(self, key: tuple, clip: Tensor) -> Tensor:
+        """One of the copies of `clip` (float32, same shape), made now if this is its first draw."""
+        which = (*key, int(torch.randint(self.copies, ()).item()))
+        if which not in self._made:
+            self._made[which] = self.augmentation(clip).to(torch.float16)
+        return self._made[which].float()
+
+
+def training_augmentation(copies: int) -> bool | AugmentedCopies:
+    """What a training MRISliceDataset's `augment` gets for a preset's `train.augmentation_copies`."""
+    return AugmentedCopies(copies) if copies > 0 else True
+
+
+class MRISliceDataset(Dataset):
+    """Clips of preprocessed scans (rows of a scan manifest; every row must be usable, see `is_usable`).
+
+    `augment`: False, True (ClipAugmentation's defaults afresh at every draw), a ClipAugmentation, or an
+    AugmentedCopies bank to draw from."""
+
+    def __init__(self, rows: Sequence[ManifestRow], spec: ClipSpec, *,
+                 augment: bool | ClipAugmentation | AugmentedCopies = False):
         bad = [f"{r.participant_id} {r.session_id} ({r.status})" for r in rows if not is_usable(r)]
         if bad:
             raise ValueError(f"{len(bad)} manifest row(s) are not preprocessed scans: {', '.join(bad[:3])}; "
@@ -150,13 +189,19 @@ class MRISliceDataset(Dataset):
         clip, info = self.clip_and_info(index)
         row = self.rows[index]
         return {
-            "clip": self.augment(clip) if self.augment is not None else clip,
+            "clip": self._augmented(index, clip),
             "label": row.label,
             "participant_id": row.participant_id,
             "session_id": row.session_id,
             "slice_indices": torch.tensor(info.slice_indices, dtype=torch.long),
             "index": index,
         }
+
+
+    def _augmented(self, index: int, clip: Tensor) -> Tensor:
+        if isinstance(self.augment, AugmentedCopies):
+            return self.augment.draw((str(self.rows[index].preprocessed_path), self.spec), clip)
+        return self.augment(clip) if self.augment is not None else clip
 
 
 def collate_scans(items: list[dict]) -> dict:
