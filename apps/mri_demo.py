@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import nibabel as nib
@@ -108,9 +108,9 @@ def region_hits(steps: Sequence[tuple[int, np.ndarray]], affine: np.ndarray, ext
     return hits, chances
 
 
-def _patient_steps(cv_dir: Path, n_folds: int, folds: Sequence[int] | None = None) -> list[tuple[int, np.ndarray]]:
+def _patient_steps(cv_dir: Path, folds: Iterable[int]) -> list[tuple[int, np.ndarray]]:
     steps = []
-    for i in range(n_folds) if folds is None else folds:
+    for i in folds:
         for p in read_tsv(fold_dir(cv_dir, i) / "predictions.tsv"):
             if int(p["label"]) == 1 and p["slices"]:
                 boxes = [np.array([float(v) for v in b.split()]) for b in p["boxes_mm"].split(";")]
@@ -124,7 +124,7 @@ def patient_box_places(cv_dir: Path, n_folds: int) -> list[dict]:
     patient; whether that place covers the atrophy is what region_statistics counts."""
     places = []
     for i in range(n_folds):
-        boxes = np.array([box for _, box in _patient_steps(cv_dir, n_folds, [i])]).reshape(-1, 6)
+        boxes = np.array([box for _, box in _patient_steps(cv_dir, [i])]).reshape(-1, 6)
         if not len(boxes):
             continue
         centres, sides = (boxes[:, 1:3] + boxes[:, 4:6]) / 2, boxes[:, 4:6] - boxes[:, 1:3]
@@ -140,7 +140,7 @@ def region_statistics(cv_dir: Path, manifest: Path, cohort: CohortConfig, n_fold
     affine = nib.load(str(row.preprocessed_path)).affine
     info = MRISliceDataset([row], spec).slice_info(0)
     band_share = float(np.mean(slices_in_band(np.array(info.slice_indices), affine, cohort.atrophy)))
-    hits, chances = region_hits(_patient_steps(cv_dir, n_folds), affine, frame_extent_mm(info, affine),
+    hits, chances = region_hits(_patient_steps(cv_dir, range(n_folds)), affine, frame_extent_mm(info, affine),
                                 cohort.atrophy, band_share)
     if not hits:
         return {"regions_in_atrophy": float("nan"), "regions_chance": float("nan"), "regions_vs_chance": float("nan")}

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 from adafocus.apps.synthetic_runs import chosen_focus
 from adafocus.core.config import Preset
+from adafocus.core.geometry import box_contains_points
 from adafocus.core.model import UniAdaFocus
 from adafocus.datasets.mri.dataset import ClipSpec
 from adafocus.datasets.synthetic import object_centre
@@ -67,7 +68,7 @@ def lesion_following(model: UniAdaFocus, dataset: LesionClipDataset) -> dict[str
     centres = object_centre(truth["object_boxes"].gather(1, frames[..., None].expand(-1, -1, 4)).double())[on_lesion]
     boxes = chosen["boxes"].double()[on_lesion] * model.config.frame_size  # frame fractions -> pixels
     sides = boxes[:, 2:] - boxes[:, :2]
-    inside = ((centres - object_centre(boxes)).abs() <= sides / 2).all(dim=1)
+    inside = box_contains_points(boxes, centres)
     result["box_hit"] = float(inside.double().mean()) if len(inside) else float("nan")
     result["best_fixed_box_hit"] = best_fixed_place_hit_rate(centres.numpy(), sides.numpy(), model.config.frame_size)
     return result

@@ -14,7 +14,7 @@ cached clip, afresh at every draw or drawn from a fixed number of augmented copi
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from functools import cached_property
 
@@ -123,7 +123,7 @@ class AugmentedCopies:
     by preprocessed file and clip spec, so one object handed to every fold of a cross-validation augments
     each scan once, not once per fold. In DataLoader worker processes copies made by a worker stay there."""
 
-    def __init__(self, copies: int, augmentation: ClipAugmentation | None = None):
+    def __init__(self, copies: int, augmentation: Callable[[Tensor], Tensor] | None = None):
         if copies < 1:
             raise ValueError(f"copies must be >= 1, got {copies}")
         self.copies = copies
@@ -162,7 +162,7 @@ class MRISliceDataset(Dataset):
                              f"keep rows with status ok (datasets.mri.dataset.is_usable)")
         self.rows = list(rows)
         self.spec = spec
-        self.augment = ClipAugmentation() if augment is True else augment or None
+        self.augment = ClipAugmentation() if augment is True else None if augment is False else augment
         self._cache: dict[int, tuple[Tensor, SliceInfo]] = {}
 
     def __len__(self) -> int:
