@@ -17,6 +17,8 @@ Variants are switches of ``ModelConfig``, not copies of this file:
 - TSM / X3D (``classifier="tsn"``, clip backbones, ``spatial_per_clip``): the local encoder sees all T' patches
   of a clip at once, so there are two exits, glance-only and fused (a sample exits by skipping the local encoder);
 - AdaFocusV2 (``patch_shape="fixed"``, ``policy_gradient="pixel"``): the task loss trains the policy;
+- the cell proxy (``spatial_proxy="cells"``, soft_argmax head): the proxy is scored at every glance-map cell
+  and the cell scores learn where it is right (``cell_proxy``; not the authors', see README "MRI demo");
 - AdaFocusV1 (``patch_policy="ppo_grid"``): a categorical actor-critic picks patch centres on a grid; it is
   trained by PPO in ``adafocus.core.adafocus_v1`` and here only sampled (training) or argmax-ed (inference);
 - ablation baselines: random / centre / gaussian patches, random shapes, full frames; uniform / random /
@@ -40,7 +42,7 @@ from adafocus.core.geometry import (
     interpolate_over_time,
     scale_for_side,
 )
-from adafocus.core.policy import SpatialPolicy, TemporalPolicy
+from adafocus.core.policy import CellChoice, SpatialPolicy, TemporalPolicy
 from adafocus.core.ppo import GridActorCritic
 from adafocus.core.sampling import (
     central_frames,
@@ -72,6 +74,8 @@ class TrainingOutputs:
     frame_indices: Tensor             # [B, T']
     boxes: Tensor                     # [B, T', 4]
     num_candidates: int               # N, the frames the T' were chosen from (sets the MC loss horizon)
+    proxy_cell_logits: Tensor | None = None  # [B, T_g, h*w, C] spatial_proxy="cells": the proxy at every cell
+    cell_scores: Tensor | None = None        # [B, T_g, h*w] spatial_proxy="cells": the policy's cell scores
 
 
 @dataclass
@@ -209,12 +213,24 @@ class UniAdaFocus(nn.Module):
         return self.glance_head(glance.features).mean(dim=1)
 
     # ---------------------------------------------------------------------------------- 2. policies
-    def glance_actions(self, glance: Glance) -> Tensor:
+    def glance_actions(self, glance: Glance, cells: CellChoice | None = None) -> Tensor:
         """Learned spatial actions per glance frame ``[B, T_g or 1, 4]`` (reads detached maps unless the
-        stop-gradient is switched off)."""
+        stop-gradient is switched off), or those of the soft_argmax head's ``cells`` when given."""
+        if cells is not None:
+            return self.spatial_policy.actions(cells)
         maps = glance.feature_maps.detach() if self.config.policy_stop_gradient else glance.feature_maps
         with full_precision(maps):
             return self.spatial_policy(maps.float())
+
+    def glance_cells(self, glance: Glance) -> CellChoice:
+        """The soft_argmax head's cell scores and box scales per glance frame (what ``glance_actions`` is made of)."""
+        maps = glance.feature_maps.detach() if self.config.policy_stop_gradient else glance.feature_maps
+        with full_precision(maps):
+            return self.spatial_policy.cells(maps.float())
+
+    @property
+    def uses_cell_proxy(self) -> bool:
+        return self.proxy_head is not None and self.config.spatial_proxy == "cells"
 
     def grid_policy(self, glance: Glance, frame_indices: Tensor) -> tuple[Tensor, Tensor]:
         """AdaFocusV1 actor-critic at the chosen frames: (logits ``[B, T', grid**2]``, values ``[B, T']``).
@@ -232,15 +248,17 @@ class UniAdaFocus(nn.Module):
         position = self.spatial_policy.centres(choice)
         return torch.cat([position, self._native_scale(position)], dim=-1)
 
-    def patch_actions(self, glance: Glance, frame_indices: Tensor) -> tuple[Tensor, Tensor | None]:
-        """Actions ``[B, T', 4]`` at the chosen frames, and the learned per-glance-frame actions (or None).
+    def patch_actions(self, glance: Glance, frame_indices: Tensor,
+                      cells: CellChoice | None = None) -> tuple[Tensor, Tensor | None]:
+        """Actions ``[B, T', 4]`` at the chosen frames, and the learned per-glance-frame actions (or None;
+        from ``cells`` when given, see ``glance_actions``).
 
         "ppo_grid" samples a grid cell in training and takes the most likely one at inference;
         ``patch_shape="random"`` redraws the scales of whatever policy placed the patches."""
         c, (batch, steps), device = self.config, frame_indices.shape, frame_indices.device
         glance_actions = None
         if c.learned_patches and c.patch_policy == "learned":
-            glance_actions = self.glance_actions(glance)
+            glance_actions = self.glance_actions(glance, cells)
             actions = self.actions_at(glance_actions, frame_indices)
         elif c.learned_patches:
             logits, _ = self.grid_policy(glance, frame_indices)
@@ -314,15 +332,45 @@ class UniAdaFocus(nn.Module):
     def proxy_logits(self, glance: Glance, glance_actions: Tensor) -> Tensor:
         """Feature-interpolation proxy: crop the chosen boxes out of the (detached) glance feature maps,
         pool, classify. Its gradient reaches the spatial policy only through the box coordinates."""
-        c, maps = self.config, glance.feature_maps.detach().float()
+        maps = glance.feature_maps.detach().float()
         batch, steps = maps.shape[:2]
         actions = glance_actions.expand(-1, steps, -1)
-        map_h, map_w = self.glance_map_size
-        out_size = (max(1, round(c.patch_size / c.frame_size * map_h)), max(1, round(c.patch_size / c.frame_size * map_w)))
         with full_precision(maps):
-            cropped = crop_patches(maps.flatten(0, 1), self.boxes(actions).flatten(0, 1), out_size)
+            cropped = crop_patches(maps.flatten(0, 1), self.boxes(actions).flatten(0, 1), self.proxy_crop_size)
             pooled = cropped.reshape(batch, steps, maps.shape[2], -1).mean(dim=(1, 3))
             return self.proxy_head(pooled)
+
+    def cell_proxy(self, glance: Glance, cells: CellChoice) -> tuple[Tensor, Tensor]:
+        """The proxy of ``spatial_proxy="cells"`` (soft_argmax head): the proxy head reads the (detached) glance
+        features under a box of the chosen scales centred on every map cell, so every place is scored, not
+        only the one the policy points at (with the box proxy the policy only feels the slope where its box
+        is, and the head learns only the places it is shown). Returns
+
+        - the log of the class probabilities averaged over cells (by the cell weights, detached) and frames,
+          with the head frozen, ``[B, C]``: its CE trains the box scales;
+        - the head's logits at every cell, on detached boxes, ``[B, T_g, h*w, C]``: their CE trains the head,
+          and the cells where it is right become the target of the cell scores (objective.training_loss)."""
+        maps = glance.feature_maps.detach().float()
+        batch, frames = maps.shape[:2]
+        cell_boxes = self.boxes(self.spatial_policy.cell_actions(cells))  # [B, T_g, h*w, 4]
+        num_cells = cell_boxes.shape[2]
+        images = maps[:, :, None].expand(-1, -1, num_cells, -1, -1, -1).flatten(0, 2)
+
+        def pooled(boxes: Tensor) -> Tensor:
+            crops = crop_patches(images, boxes.flatten(0, 2), self.proxy_crop_size)
+            return crops.mean(dim=(-2, -1)).unflatten(0, (batch, frames, num_cells))
+
+        with full_precision(maps):
+            head = self.proxy_head
+            probs = F.linear(pooled(cell_boxes), head.weight.detach(), head.bias.detach()).softmax(-1)
+            mixture = (cells.weights.detach()[..., None] * probs).sum(dim=2).mean(dim=1)
+            return mixture.clamp_min(1e-8).log(), head(pooled(cell_boxes.detach()))
+
+    @property
+    def proxy_crop_size(self) -> tuple[int, int]:
+        """The proxy's crop of the glance maps: a P x P patch's share of the frame, in map cells (at least 1)."""
+        c, (map_h, map_w) = self.config, self.glance_map_size
+        return (max(1, round(c.patch_size / c.frame_size * map_h)), max(1, round(c.patch_size / c.frame_size * map_w)))
 
     # ------------------------------------------------------------------------------ training pass
     def forward(self, clip: Tensor, *, diversity: bool = True) -> TrainingOutputs:
@@ -334,7 +382,8 @@ class UniAdaFocus(nn.Module):
         frame_weights = self.frame_logits(glance).softmax(-1) if c.frame_policy == "learned" else None
         frame_indices = self.select_frames(frame_weights, batch, device)
 
-        actions, glance_actions = self.patch_actions(glance, frame_indices)
+        cells = self.glance_cells(glance) if self.uses_cell_proxy else None
+        actions, glance_actions = self.patch_actions(glance, frame_indices, cells)
         boxes = self.boxes(actions)
         if c.policy_gradient == "feature_proxy":
             boxes = boxes.detach()  # stop-gradient: the task loss does not reach the policy
@@ -351,16 +400,23 @@ class UniAdaFocus(nn.Module):
         exit_logits = (focus_exit_logits if c.classifier == "tsn"
                        else torch.cat([glance_exit_logits.repeat(len(passes), 1, 1), focus_exit_logits], dim=1))
 
+        proxy_logits = proxy_cell_logits = None
+        if cells is not None:
+            proxy_logits, proxy_cell_logits = self.cell_proxy(glance, cells)
+        elif self.proxy_head is not None:
+            proxy_logits = self.proxy_logits(glance, glance_actions)
         return TrainingOutputs(
             exit_logits=exit_logits.unflatten(0, (len(passes), batch)),
             glance_frame_logits=self.glance_head(glance.features),
             local_patch_logits=self.local_head(local).unflatten(0, (len(passes), batch)),
             frame_weights=frame_weights,
             glance_actions=glance_actions,
-            proxy_logits=self.proxy_logits(glance, glance_actions) if self.proxy_head is not None else None,
+            proxy_logits=proxy_logits,
             frame_indices=frame_indices,
             boxes=boxes,
             num_candidates=c.num_candidates,
+            proxy_cell_logits=proxy_cell_logits,
+            cell_scores=cells.scores if cells is not None else None,
         )
 
     # ----------------------------------------------------------------------------------- inference

@@ -6,7 +6,9 @@
 - local_aux:  CE of a linear head on every focus patch (both passes);
 - temporal:   CE of the Monte-Carlo expected logits of frames drawn from the frame policy (eq. 21);
 - spatial:    CE of the feature-interpolation proxy (eqs. 13-14) plus ``size_regularizer`` * mean((s - 1)^2)
-              on the box scales (eq. 15).
+              on the box scales (eq. 15); with ``spatial_proxy="cells"`` (model.cell_proxy) also
+              proxy_cells (the proxy head's CE at every map cell) and cell_policy (cell_policy_loss), both at
+              the spatial weight.
 """
 from __future__ import annotations
 
@@ -32,6 +34,21 @@ def _aux_logits(frame_logits: Tensor, cfg: LossConfig) -> Tensor:
     return frame_logits.mean(dim=-2, keepdim=True) if cfg.aux_frame_average else frame_logits
 
 
+def cell_cross_entropy(cell_logits: Tensor, labels: Tensor) -> Tensor:
+    """CE of the proxy at every cell, ``[B, T, N, C]`` -> ``[B, T, N]`` (the sample's label at every cell)."""
+    batch, frames, cells, classes = cell_logits.shape
+    ce = F.cross_entropy(cell_logits.reshape(-1, classes), labels.repeat_interleave(frames * cells), reduction="none")
+    return ce.reshape(batch, frames, cells)
+
+
+def cell_policy_loss(scores: Tensor, cell_ce: Tensor, temperature: float) -> Tensor:
+    """spatial_proxy="cells": CE between the cell scores' softmax ``[B, T, N]`` and the target
+    softmax(-cell_ce / temperature) of each frame: weight goes to the cells where the proxy is most right, all
+    of them at once (a frame where every cell scores alike gets a uniform target)."""
+    target = (-cell_ce / temperature).softmax(-1)
+    return -(target * scores.log_softmax(-1)).sum(-1).mean()
+
+
 def training_loss(out: TrainingOutputs, labels: Tensor, cfg: LossConfig) -> tuple[Tensor, dict[str, float]]:
     """Weighted sum of the terms that apply to this model; returns (loss, {term: value})."""
     terms: dict[str, Tensor] = {}
@@ -53,11 +70,16 @@ def training_loss(out: TrainingOutputs, labels: Tensor, cfg: LossConfig) -> tupl
         terms["temporal"] = F.cross_entropy(expected, labels)
     if cfg.spatial and out.proxy_logits is not None:
         terms["spatial"] = F.cross_entropy(out.proxy_logits, labels)
+    if cfg.spatial and out.proxy_cell_logits is not None:
+        cell_ce = cell_cross_entropy(out.proxy_cell_logits, labels)
+        terms["proxy_cells"] = cell_ce.mean()
+        terms["cell_policy"] = cell_policy_loss(out.cell_scores, cell_ce.detach(), cfg.cell_temperature)
     if cfg.size_regularizer and out.glance_actions is not None:
         terms["size_regularizer"] = ((out.glance_actions[..., 2:] - 1.0) ** 2).mean()
     if not terms:
         raise ValueError("every loss term is switched off")
     weights = {"exits": cfg.exits, "glance_aux": cfg.glance_aux, "local_aux": cfg.local_aux,
-               "temporal": cfg.temporal, "spatial": cfg.spatial, "size_regularizer": cfg.size_regularizer}
+               "temporal": cfg.temporal, "spatial": cfg.spatial, "size_regularizer": cfg.size_regularizer,
+               "proxy_cells": cfg.spatial, "cell_policy": cfg.spatial}
     loss = torch.stack([weights[name] * value for name, value in terms.items()]).sum()
     return loss, {name: float(value.detach()) for name, value in terms.items()}

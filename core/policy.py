@@ -5,11 +5,23 @@ Both read the glance encoder's outputs *detached*: they are trained by their own
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from adafocus.core.geometry import position_for_centre, sides_from_scales
 from torch import Tensor, nn
 
 INITIAL_LOG_SHARPNESS = 1.5  # soft_argmax head: see SpatialPolicy.__init__
+
+
+@dataclass
+class CellChoice:
+    """The soft_argmax head's choice in each frame: ``scores [B, T, h*w]`` over the glance map's cells, their
+    softmax ``weights`` (which weight the cell centres into the box centre) and the box ``scales [B, T, 2]``
+    in (0, 1)."""
+    scores: Tensor
+    weights: Tensor
+    scales: Tensor
 
 
 class SpatialPolicy(nn.Module):
@@ -62,16 +74,37 @@ class SpatialPolicy(nn.Module):
             self.register_buffer("cell_positions", grid.reshape(-1, 2), persistent=False)
 
     def forward(self, feature_maps: Tensor) -> Tensor:
+        if self.head == "soft_argmax":
+            return self.actions(self.cells(feature_maps))
         x = self.body(feature_maps.transpose(1, 2))  # [B, C, T, h, w]
-        if self.head == "dense":
-            return torch.sigmoid(x).flatten(2).transpose(1, 2)  # [B, 4, T or 1, 1, 1] -> [B, T or 1, 4]
-        weights = (self.cell_score(x) * self.log_sharpness.exp()).flatten(3).softmax(-1)[:, 0]  # [B, T, h*w]
-        centre = weights @ self.cell_positions  # [B, T, 2] as (x, y)
+        return torch.sigmoid(x).flatten(2).transpose(1, 2)  # [B, 4, T or 1, 1, 1] -> [B, T or 1, 4]
+
+    def cells(self, feature_maps: Tensor) -> CellChoice:
+        """soft_argmax head: the cell scores and the box scales of every frame (see CellChoice)."""
+        if self.head != "soft_argmax":
+            raise ValueError("cell scores exist only for the soft_argmax head")
+        x = self.body(feature_maps.transpose(1, 2))  # [B, C, T, h, w]
+        scores = (self.cell_score(x) * self.log_sharpness.exp()).flatten(3)[:, 0]  # [B, T, h*w]
+        weights = scores.softmax(-1)
         pooled = torch.einsum("btn,bctn->btc", weights, x.flatten(3))
-        scales = torch.sigmoid(self.scale(pooled))
+        return CellChoice(scores=scores, weights=weights, scales=torch.sigmoid(self.scale(pooled)))
+
+    def actions(self, choice: CellChoice) -> Tensor:
+        """Actions ``[B, T, 4]``: the box centred on the softmax-weighted mean of the cell centres."""
+        centre = choice.weights @ self.cell_positions  # [B, T, 2] as (x, y)
+        return torch.cat([self._position(centre, choice.scales), choice.scales], dim=-1)
+
+    def cell_actions(self, choice: CellChoice) -> Tensor:
+        """Actions ``[B, T, h*w, 4]`` of a box of the chosen scales centred on every cell (the boxes the cell
+        proxy scores; near the frame's edge a box is moved inside, so its centre is off the cell's)."""
+        batch, frames, cells = choice.scores.shape
+        centres = self.cell_positions.expand(batch, frames, cells, 2)
+        scales = choice.scales[:, :, None].expand(batch, frames, cells, 2)
+        return torch.cat([self._position(centres, scales), scales], dim=-1)
+
+    def _position(self, centre: Tensor, scales: Tensor) -> Tensor:
         min_side, max_side = self.side_range
-        position = position_for_centre(centre, sides_from_scales(scales, min_side=min_side, max_side=max_side))
-        return torch.cat([position, scales], dim=-1)
+        return position_for_centre(centre, sides_from_scales(scales, min_side=min_side, max_side=max_side))
 
 
 class TemporalPolicy(nn.Module):
