@@ -103,6 +103,10 @@ class LossConfig:
     mc_samples: int = 128
     mc_draws: int | None = None   # frames drawn per MC sample; None = T' T_g / N (sampling.mc_horizon)
 
+    def __post_init__(self):
+        if not self.cell_temperature > 0:
+            raise ValueError(f"cell_temperature must be > 0, got {self.cell_temperature}")
+
 
 @dataclass
 class TrainConfig:

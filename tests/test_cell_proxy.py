@@ -4,7 +4,7 @@ import dataclasses
 import pytest
 import torch
 import torch.nn.functional as F
-from adafocus.core.config import ModelConfig, get_preset
+from adafocus.core.config import LossConfig, ModelConfig, get_preset
 from adafocus.core.geometry import boxes_from_actions
 from adafocus.core.model import Glance, UniAdaFocus
 from adafocus.core.objective import cell_cross_entropy, cell_policy_loss
@@ -58,6 +58,11 @@ def test_cell_policy_loss_moves_weight_to_the_cells_where_the_proxy_is_right():
     flat = torch.zeros(1, 1, 4, requires_grad=True)
     cell_policy_loss(flat, torch.full((1, 1, 4), 0.7), temperature=0.05).backward()
     assert flat.grad.abs().max() < 1e-6
+
+
+def test_the_cell_temperature_must_be_positive():
+    with pytest.raises(ValueError, match="cell_temperature"):
+        LossConfig(cell_temperature=0.0)
 
 
 def test_cell_cross_entropy_is_per_cell():
