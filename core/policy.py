@@ -36,6 +36,9 @@ class SpatialPolicy(nn.Module):
       clips than a small dataset has (the MRI focus proof in the README). The head needs the box side range
       (``side_range``, fractions of the frame) to turn the centre into the action's position.
 
+    The soft_argmax head's forward is ``actions(cells(maps))``: the cell proxy (model.cell_proxy) needs the cell
+    scores themselves, and ``cell_actions`` gives the box of the chosen size centred on every cell.
+
     With ``per_clip=True`` (dense head only) the last convolution spans all T frames and one action
     ``[B, 1, 4]`` is shared by the whole clip (needed when the local encoder mixes information over time,
     e.g. TSM / X3D).
