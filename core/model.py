@@ -218,15 +218,18 @@ class UniAdaFocus(nn.Module):
         stop-gradient is switched off), or those of the soft_argmax head's ``cells`` when given."""
         if cells is not None:
             return self.spatial_policy.actions(cells)
-        maps = glance.feature_maps.detach() if self.config.policy_stop_gradient else glance.feature_maps
+        maps = self._policy_maps(glance)
         with full_precision(maps):
             return self.spatial_policy(maps.float())
 
     def glance_cells(self, glance: Glance) -> CellChoice:
         """The soft_argmax head's cell scores and box scales per glance frame (what ``glance_actions`` is made of)."""
-        maps = glance.feature_maps.detach() if self.config.policy_stop_gradient else glance.feature_maps
+        maps = self._policy_maps(glance)
         with full_precision(maps):
             return self.spatial_policy.cells(maps.float())
+
+    def _policy_maps(self, glance: Glance) -> Tensor:
+        return glance.feature_maps.detach() if self.config.policy_stop_gradient else glance.feature_maps
 
     @property
     def uses_cell_proxy(self) -> bool:
@@ -356,15 +359,13 @@ class UniAdaFocus(nn.Module):
         num_cells = cell_boxes.shape[2]
         images = maps[:, :, None].expand(-1, -1, num_cells, -1, -1, -1).flatten(0, 2)
 
-        def pooled(boxes: Tensor) -> Tensor:
-            crops = crop_patches(images, boxes.flatten(0, 2), self.proxy_crop_size)
-            return crops.mean(dim=(-2, -1)).unflatten(0, (batch, frames, num_cells))
-
         with full_precision(maps):
+            crops = crop_patches(images, cell_boxes.flatten(0, 2), self.proxy_crop_size)
+            pooled = crops.mean(dim=(-2, -1)).unflatten(0, (batch, frames, num_cells))  # grad only via the boxes
             head = self.proxy_head
-            probs = F.linear(pooled(cell_boxes), head.weight.detach(), head.bias.detach()).softmax(-1)
+            probs = F.linear(pooled, head.weight.detach(), head.bias.detach()).softmax(-1)
             mixture = (cells.weights.detach()[..., None] * probs).sum(dim=2).mean(dim=1)
-            return mixture.clamp_min(1e-8).log(), head(pooled(cell_boxes.detach()))
+            return mixture.clamp_min(1e-8).log(), head(pooled.detach())
 
     @property
     def proxy_crop_size(self) -> tuple[int, int]:
