@@ -14,6 +14,7 @@ import torch
 from adafocus.apps.cli import main
 from adafocus.apps.video_runs import train_on_videos
 from adafocus.core.checkpoint import load_checkpoint
+from adafocus.core.exits import exit_scores
 from adafocus.core.run import RunFolder, load_run
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -25,6 +26,14 @@ pytestmark = pytest.mark.slow
 
 def _tiny_preset():
     return tiny_video_preset(batch_size=8)
+
+
+def _one_step(calibration_file, costs, criterion: str) -> float:
+    """At most how far the mean cost moves when one group of tied calibration samples changes exit."""
+    logits = load_checkpoint(calibration_file)["logits"]
+    scores = exit_scores(logits, criterion)
+    _, group_sizes = torch.unique(scores, dim=0, return_counts=True)
+    return int(group_sizes.max()) * (costs[-1] - costs[0]) / len(scores)
 
 
 def test_video_run_calibrates_on_its_own_split_and_scoring_meets_the_budget(tmp_path, capsys):
@@ -60,7 +69,12 @@ def test_video_run_calibrates_on_its_own_split_and_scoring_meets_the_budget(tmp_
         rows = list(csv.DictReader(handle))
     assert len(rows) == 20 and all(r["status"] == "ok" for r in rows)
     mean_cost = float(np.mean([float(r["gmacs"]) for r in rows]))
-    assert abs(mean_cost - budget) <= 0.05 * budget, (mean_cost, budget)
+    # The scored clips are the calibration clips, so scoring costs what the calibration measured ...
+    assert mean_cost == pytest.approx(policy["calibration_cost"], rel=1e-3), (mean_cost, policy)
+    # ... and that is the budget, up to what 20 samples can resolve: one group of samples with identical scores
+    # (calm_i and fight_i are the same clip) changing exit. A fixed +-5% failed on CI (a step of 2 clips: -9%).
+    assert policy["calibration_cost"] <= budget * (1 + 1e-3)
+    assert budget - policy["calibration_cost"] <= _one_step(RunFolder(run).calibration, costs, policy["criterion"]), (policy, budget)
 
     shutil.move(root, tmp_path / "moved")
     assert main(["calibrate", "--model", str(run), "--budget", str(budget), "--device", "cpu"]) == 2
