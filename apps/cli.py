@@ -227,7 +227,7 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
         executor = ray_scan_executor(args.ray)
     manifest = run_preprocess(args.dataset, args.raw_dir, args.metadata, args.out,
                               classes=tuple(args.classes) if args.classes else None, workers=args.workers,
-                              diagnosis_column=args.diagnosis_column,
+                              diagnosis_column=args.diagnosis_column, progress=not args.quiet,
                               executor=executor)
     print(f"manifest: {manifest}")
     return 0
@@ -428,6 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--classes", nargs="+", default=None,
                    help="diagnoses in label order, e.g. CN AD (default per dataset: CN AD; Control PD)")
     p.add_argument("--workers", type=int, default=2, help="parallel processes (default 2)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_ray(p, "preprocess each scan as a Ray task (Ray Data)")
     p.set_defaults(func=cmd_preprocess)
 

@@ -18,6 +18,7 @@ from _mri_fixtures import (
     write_dicom_series,
     write_nifti,
 )
+from adafocus.apps.cli import main
 from adafocus.datasets.mri import preprocess
 from adafocus.datasets.mri.manifest import EXCLUDED_LABEL, ManifestRow, read_manifest
 from adafocus.datasets.mri.preprocess import (
@@ -288,3 +289,17 @@ def test_run_preprocess_oasis_end_to_end_then_resume(tmp_path, monkeypatch):
         )
         == rows
     )
+
+
+def test_preprocess_command_passes_quiet_and_workers_through(tmp_path, monkeypatch, capsys):
+    seen = {}
+
+    def fake_run_preprocess(dataset, raw_dir, metadata, out, **kwargs):
+        seen.update(dataset=dataset, **kwargs)
+        return Path(out) / "manifest.tsv"
+
+    monkeypatch.setattr(preprocess, "run_preprocess", fake_run_preprocess)
+    assert main(["preprocess", "oasis", str(tmp_path), "--metadata", "m.csv", "--out", str(tmp_path / "c"),
+                 "--workers", "1", "--quiet"]) == 0
+    assert seen["dataset"] == "oasis" and seen["workers"] == 1 and seen["progress"] is False
+    assert "manifest:" in capsys.readouterr().out
