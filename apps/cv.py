@@ -50,7 +50,7 @@ from adafocus.datasets.splits import (
     load_or_make_folds,
     write_training_participants,
 )
-from adafocus.reports.cv_report import CV_JSON, fold_dir, write_cv_report
+from adafocus.reports.cv_report import CV_JSON, cv_summary_line, fold_dir, write_cv_report
 from adafocus.reports.metrics import binary_metrics, fit_review_threshold, normalised_entropy, triage_summary
 from adafocus.reports.tables import read_tsv, tsv_text
 from torch.utils.data import DataLoader
@@ -256,5 +256,6 @@ def run_cv(manifest: str | Path, out_dir: str | Path, *, preset: str | Preset = 
     report = None
     if fold is None:
         report = write_cv_report(out_dir)
+        log(cv_summary_line(out_dir))
         log(f"report: {report}")
     return {"folds": results, "report": str(report) if report else None}

@@ -118,11 +118,48 @@ def triage_lines(predictions: list[dict]) -> list[str]:
             f"| not flagged | {t['items'] - t['flagged']} | {_fmt(t['error_unflagged'])} |"]
 
 
+def chance_verdict(balanced_accuracy: dict) -> str:
+    """One line on whether the pooled balanced accuracy (a metrics.tsv row) is above chance (0.5)."""
+    low, high = balanced_accuracy["ci_low"], balanced_accuracy["ci_high"]
+    interval = f"[{_fmt(low)}, {_fmt(high)}]"
+    if not (np.isfinite(low) and np.isfinite(high)):
+        return "**Chance level not assessed**: too few test participants for a confidence interval."
+    if low > 0.5:
+        return f"**Above chance**: the pooled balanced accuracy's 95% CI {interval} lies above 0.5."
+    if high < 0.5:
+        return (f"**Below chance**: the pooled balanced accuracy's 95% CI {interval} lies below 0.5; check the "
+                f"labels (class order, --classes).")
+    return (f"**Not distinguishable from chance**: the pooled balanced accuracy's 95% CI {interval} includes 0.5. "
+            f"The slices and regions the model chose then carry no evidence about the diagnosis.")
+
+
+def cv_summary_line(cv_dir: str | Path) -> str:
+    """One line from a finished report's metrics.tsv: balanced accuracy over folds and pooled, and the verdict."""
+    row = next(r for r in read_tsv(Path(cv_dir) / "metrics.tsv") if r["metric"] == "balanced_accuracy")
+    numbers = {k: float(v) for k, v in row.items() if k != "metric"}
+    verdict = chance_verdict(numbers).replace("**", "")
+    return (f"balanced accuracy {_fmt(numbers['mean'])} ± {_fmt(numbers['sd'])} over folds, pooled "
+            f"{_fmt(numbers['pooled'])}. {verdict}")
+
+
+def slice_variety(predictions: list[dict]) -> tuple[int, int]:
+    """(distinct slice sets, scans) among a fold's baseline test scans: 1 means every scan got the same slices."""
+    base = [p["slices"] for p in predictions if int(p["baseline"])]
+    return len(set(base)), len(base)
+
+
+def slice_variety_line(folds: list[dict]) -> str:
+    counts = [slice_variety(f["predictions"]) for f in folds]
+    per_fold = "; ".join(f"fold {i}: {sets} among {scans}" for i, (sets, scans) in enumerate(counts))
+    return (f"- slice sets chosen for the test scans (1 = the same slices for every scan of the fold): {per_fold}")
+
+
 def _fmt(value: float, digits: int = 3) -> str:
     return "n/a" if not np.isfinite(value) else f"{value:.{digits}f}"
 
 
-def _markdown(experiment: dict, rows: list[dict], n_folds: int, n_participants: int) -> str:
+def _markdown(experiment: dict, rows: list[dict], folds: list[dict], n_participants: int) -> str:
+    n_folds = len(folds)
     preset, clip = experiment["preset_name"], experiment["clip"]
     lines = [
         "# Cross-validation report", "",
@@ -146,6 +183,8 @@ def _markdown(experiment: dict, rows: list[dict], n_folds: int, n_participants: 
         lines.append(f"| {title} | {_fmt(r['mean'], digits)} ± {_fmt(r['sd'], digits)} | "
                      f"{_fmt(r['pooled'], digits)}{ci} | "
                      + " | ".join(_fmt(r[f"fold-{i}"], digits) for i in range(n_folds)) + " |")
+    balanced = next(r for r in rows if r["metric"] == "balanced_accuracy")
+    lines += ["", chance_verdict(balanced), "", slice_variety_line(folds)]
     captions = {"roc": "ROC curves (each test fold and pooled)", "confusion": "Confusion matrices",
                 "accuracy_vs_gmacs": "Accuracy vs mean GMACs per scan (exit thresholds fitted on validation)",
                 "selected_slices": "Slices and regions the focus policy selected (orange boxes)"}
@@ -154,8 +193,15 @@ def _markdown(experiment: dict, rows: list[dict], n_folds: int, n_participants: 
     return "\n".join(lines) + "\n"
 
 
+def _inline(text: str) -> str:
+    """Escaped text with **bold** as <strong> and `code` marks dropped."""
+    parts = html.escape(text).replace("`", "").split("**")
+    return "".join(f"<strong>{part}</strong>" if i % 2 else part for i, part in enumerate(parts))
+
+
 def _html(markdown: str) -> str:
-    """A small, dependency-free rendering of the report's Markdown subset (headings, bullets, tables, images)."""
+    """A small, dependency-free rendering of the report's Markdown subset (headings, paragraphs, bullets, tables,
+    images)."""
     body, in_table, in_list = [], False, False
     for line in markdown.splitlines():
         if line.startswith("|"):
@@ -175,8 +221,7 @@ def _html(markdown: str) -> str:
             if not in_list:
                 body.append("<ul>")
                 in_list = True
-            text = html.escape(line[2:])
-            body.append("<li>" + text.replace("`", "") + "</li>")
+            body.append(f"<li>{_inline(line[2:])}</li>")
             continue
         if in_list:
             body.append("</ul>")
@@ -188,6 +233,8 @@ def _html(markdown: str) -> str:
         elif line.startswith("!["):
             alt, src = line[2:].split("](")
             body.append(f'<img src="{html.escape(src.rstrip(")"))}" alt="{html.escape(alt)}">')
+        elif line.strip():
+            body.append(f"<p>{_inline(line)}</p>")
     if in_table:
         body.append("</table>")
     style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse}"
@@ -224,7 +271,7 @@ def write_cv_report(cv_dir: str | Path) -> Path:
                            cv_dir / FIGURES["accuracy_vs_gmacs"])
     plot_selected_slices(_selected_slice_panels(all_predictions, experiment), cv_dir / FIGURES["selected_slices"])
 
-    markdown = _markdown(experiment, rows, n_folds, len(pooled["labels"])) + "\n".join(triage_lines(all_predictions))
+    markdown = _markdown(experiment, rows, folds, len(pooled["labels"])) + "\n".join(triage_lines(all_predictions))
     atomic_write_text(cv_dir / "report.md", markdown)
     atomic_write_text(cv_dir / "report.html", _html(markdown))
     return cv_dir / "report.md"

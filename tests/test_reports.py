@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 from adafocus.apps.cli import main
-from adafocus.reports.cv_report import write_cv_report
+from adafocus.reports.cv_report import _html, chance_verdict, cv_summary_line, slice_variety, write_cv_report
 from adafocus.reports.metrics import binary_metrics, bootstrap_ci, confusion_counts
 from adafocus.reports.tables import read_tsv, tsv_text
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, recall_score, roc_auc_score
@@ -98,3 +98,30 @@ def test_report_refuses_unfinished_folds_and_cli_report_only(tmp_path, capsys):
     assert main(["cv", "--out", str(tmp_path), "--report-only"]) == 2
     assert "fold(s) 1" in capsys.readouterr().err
     assert main(["cv", "--out", str(tmp_path)]) == 2  # no manifest, no --report-only
+
+
+@pytest.mark.parametrize("low, high, verdict", [(0.62, 0.9, "Above chance"), (0.3, 0.7, "Not distinguishable"),
+                                                (0.1, 0.45, "Below chance"), (float("nan"), float("nan"), "not assessed")])
+def test_chance_verdict_reads_the_pooled_interval(low, high, verdict):
+    line = chance_verdict({"ci_low": low, "ci_high": high})
+    assert verdict in line
+    assert ("[0.300, 0.700]" in line) == (low == 0.3)
+
+
+def test_slice_variety_counts_distinct_slice_sets_of_baseline_scans():
+    rows = [{"baseline": "1", "slices": "3;7;9"}, {"baseline": "1", "slices": "3;7;9"},
+            {"baseline": "1", "slices": "2;7;9"}, {"baseline": "0", "slices": "1;2;3"}]
+    assert slice_variety(rows) == (2, 3)
+    assert slice_variety(rows[:2]) == (1, 2)
+
+
+def test_report_states_the_chance_verdict_and_renders_paragraphs_in_html(tmp_path):
+    fake_cv_dir(tmp_path)
+    write_cv_report(tmp_path)
+    row = next(r for r in read_tsv(tmp_path / "metrics.tsv") if r["metric"] == "balanced_accuracy")
+    expected = chance_verdict({"ci_low": float(row["ci_low"]), "ci_high": float(row["ci_high"])})
+    assert expected in (tmp_path / "report.md").read_text(encoding="utf-8")
+    assert expected.replace("**", "") in cv_summary_line(tmp_path)
+    assert "slice sets chosen for the test scans" in (tmp_path / "report.md").read_text(encoding="utf-8")
+    page = _html("# T\n\nA **bold** <claim> with `code`.\n\n- item **x**\n")
+    assert "<p>A <strong>bold</strong> &lt;claim&gt; with code.</p>" in page and "<li>item <strong>x</strong></li>" in page
