@@ -130,7 +130,8 @@ def chance_verdict(balanced_accuracy: dict) -> str:
         return (f"**Below chance**: the pooled balanced accuracy's 95% CI {interval} lies below 0.5; check the "
                 f"labels (class order, --classes).")
     return (f"**Not distinguishable from chance**: the pooled balanced accuracy's 95% CI {interval} includes 0.5. "
-            f"The slices and regions the model chose then carry no evidence about the diagnosis.")
+            f"The slices and regions the model chose then carry no evidence about the diagnosis; more participants, "
+            f"more epochs or the cpu-mri-imagenet recipe may help (README: \"On cohorts the demo did not make\").")
 
 
 def cv_summary_line(cv_dir: str | Path) -> str:
