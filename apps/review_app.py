@@ -308,6 +308,9 @@ def queue_page(st, folders, roots, threshold, kind: str) -> None:
         st.warning(page["empty"])
         return
     st.info("Triage: " + rl.triage_summary(queue).line())
+    if kind == "scan":
+        for name, above_chance, line in rl.cv_verdicts(folder):
+            (st.caption if above_chance else st.warning)(f"Cross-validation `{name}`: {line}")
     filtered = queue_filters(st, queue, kind)
     mode = st.radio("Review", REVIEW_MODES, key=f"{kind}_mode", horizontal=True)
     if mode == REVIEW_MODES[1]:

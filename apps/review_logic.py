@@ -82,6 +82,25 @@ def find_prediction_files(scans_dir: str | Path) -> list[Path]:
     return sorted(p for p in Path(scans_dir).rglob("predictions.tsv") if p.is_file())
 
 
+def cv_verdicts(scans_dir: str | Path) -> list[tuple[str, bool, str]]:
+    """For every finished CV report under `scans_dir` (a cv.json beside a metrics.tsv): (its folder relative to
+    `scans_dir`, whether its pooled balanced accuracy is above chance, the report's one-line summary)."""
+    from adafocus.reports.cv_report import balanced_accuracy_row, chance_level, cv_summary_line
+
+    verdicts = []
+    for metrics_file in sorted(Path(scans_dir).rglob("metrics.tsv")):
+        folder = metrics_file.parent
+        if not (folder / "cv.json").is_file():
+            continue  # a fold's own metrics.tsv
+        try:
+            row = balanced_accuracy_row(folder)
+        except (ValueError, KeyError):
+            continue  # not a report this version wrote
+        above = chance_level(row["ci_low"], row["ci_high"]) == "above"
+        verdicts.append((str(folder.relative_to(scans_dir)), above, cv_summary_line(folder)))
+    return verdicts
+
+
 def scan_queue(scans_dir: str | Path) -> pd.DataFrame:
     """One row per scored scan from all predictions.tsv files under `scans_dir` (QUEUE_COLUMNS plus
     participant_id, session_id, slices, boxes, fold_dir; item_id "<participant>/<session>") and from every

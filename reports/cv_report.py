@@ -118,15 +118,24 @@ def triage_lines(predictions: list[dict]) -> list[str]:
             f"| not flagged | {t['items'] - t['flagged']} | {_fmt(t['error_unflagged'])} |"]
 
 
+def chance_level(ci_low: float, ci_high: float) -> str:
+    """Where chance (0.5) lies relative to a balanced accuracy's CI: "above" (the CI lies above 0.5), "below",
+    "includes" or "unknown" (no finite CI)."""
+    if not (np.isfinite(ci_low) and np.isfinite(ci_high)):
+        return "unknown"
+    return "above" if ci_low > 0.5 else "below" if ci_high < 0.5 else "includes"
+
+
 def chance_verdict(balanced_accuracy: dict) -> str:
     """One line on whether the pooled balanced accuracy (a metrics.tsv row) is above chance (0.5)."""
     low, high = balanced_accuracy["ci_low"], balanced_accuracy["ci_high"]
     interval = f"[{_fmt(low)}, {_fmt(high)}]"
-    if not (np.isfinite(low) and np.isfinite(high)):
+    level = chance_level(low, high)
+    if level == "unknown":
         return "**Chance level not assessed**: too few test participants for a confidence interval."
-    if low > 0.5:
+    if level == "above":
         return f"**Above chance**: the pooled balanced accuracy's 95% CI {interval} lies above 0.5."
-    if high < 0.5:
+    if level == "below":
         return (f"**Below chance**: the pooled balanced accuracy's 95% CI {interval} lies below 0.5; check the "
                 f"labels (class order, --classes).")
     return (f"**Not distinguishable from chance**: the pooled balanced accuracy's 95% CI {interval} includes 0.5. "
@@ -134,13 +143,19 @@ def chance_verdict(balanced_accuracy: dict) -> str:
             f"more epochs or the cpu-mri-imagenet recipe may help (README: \"On cohorts the demo did not make\").")
 
 
+def balanced_accuracy_row(cv_dir: str | Path) -> dict[str, float]:
+    """The balanced_accuracy row of a finished report's metrics.tsv, as numbers (mean, sd, pooled, ci_low, ...)."""
+    for row in read_tsv(Path(cv_dir) / "metrics.tsv"):
+        if row["metric"] == "balanced_accuracy":
+            return {k: float(v) for k, v in row.items() if k != "metric"}
+    raise ValueError(f"{cv_dir}/metrics.tsv has no balanced_accuracy row")
+
+
 def cv_summary_line(cv_dir: str | Path) -> str:
-    """One line from a finished report's metrics.tsv: balanced accuracy over folds and pooled, and the verdict."""
-    row = next(r for r in read_tsv(Path(cv_dir) / "metrics.tsv") if r["metric"] == "balanced_accuracy")
-    numbers = {k: float(v) for k, v in row.items() if k != "metric"}
-    verdict = chance_verdict(numbers).replace("**", "")
+    """One line from a finished report: balanced accuracy over folds and pooled, and the chance verdict."""
+    numbers = balanced_accuracy_row(cv_dir)
     return (f"balanced accuracy {_fmt(numbers['mean'])} ± {_fmt(numbers['sd'])} over folds, pooled "
-            f"{_fmt(numbers['pooled'])}. {verdict}")
+            f"{_fmt(numbers['pooled'])}. {chance_verdict(numbers).replace('**', '')}")
 
 
 def slice_variety(predictions: list[dict]) -> tuple[int, int]:

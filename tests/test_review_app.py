@@ -539,3 +539,31 @@ def test_native_box_follows_the_stored_voxel_order_to_the_displayed_one(tmp_path
     stored = [[1.5, 2.5, 3.5], [3.5, 5.5, 6.5]]  # voxels 2..3 along the stored (flipped) x axis
     displayed = review_app.canonical_corners(tmp_path / "raw.nii.gz", stored)
     np.testing.assert_allclose(displayed, [[5.5, 2.5, 3.5], [7.5, 5.5, 6.5]])  # x -> 9 - x
+
+
+def _write_cv_metrics(cv_dir: Path, ci_low: float, ci_high: float) -> None:
+    (cv_dir / "metrics.tsv").write_text(
+        "metric\tfold-0\tmean\tsd\tpooled\tci_low\tci_high\n"
+        f"balanced_accuracy\t0.55\t0.55\tnan\t0.55\t{ci_low}\t{ci_high}\n", encoding="utf-8")
+
+
+def test_cv_verdicts_find_finished_reports_and_say_whether_they_beat_chance(tmp_path):
+    for name, low, high in (("good", 0.7, 0.95), ("chance", 0.3, 0.8)):
+        (tmp_path / name / "fold-0").mkdir(parents=True)
+        (tmp_path / name / "cv.json").write_text("{}")
+        _write_cv_metrics(tmp_path / name, low, high)
+        _write_cv_metrics(tmp_path / name / "fold-0", 0.0, 0.0)  # a fold's own table is not a report
+    verdicts = rl.cv_verdicts(tmp_path)
+    assert [(name, above) for name, above, _ in verdicts] == [("chance", False), ("good", True)]
+    assert "Not distinguishable from chance" in verdicts[0][2] and "[0.300, 0.800]" in verdicts[0][2]
+
+
+def test_app_warns_when_the_cross_validation_did_not_beat_chance(app_env):
+    cv_dir = app_env["scans"] / "cv"
+    _write_cv_metrics(cv_dir, 0.3, 0.8)
+    try:
+        at = run_app()
+        warnings = [w.value for w in at.warning]
+        assert any("Cross-validation `cv`" in w and "Not distinguishable from chance" in w for w in warnings)
+    finally:
+        (cv_dir / "metrics.tsv").unlink()
