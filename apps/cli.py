@@ -242,6 +242,8 @@ def cmd_cv(args: argparse.Namespace) -> int:
         return 0
     if not args.manifest:
         raise ValueError("MANIFEST is required (only --report-only works without one)")
+    if not Path(args.manifest).is_file():
+        raise FileNotFoundError(f"no manifest at {args.manifest}; write one with `adafocus preprocess`")
     run_cv(args.manifest, args.out, preset=args.preset, folds=args.folds, fold=args.fold, budget=args.budget,
            epochs=args.epochs, axis=args.axis, context=args.context, seed=args.seed, device=args.device,
            progress=not args.quiet)

@@ -98,6 +98,9 @@ def test_report_refuses_unfinished_folds_and_cli_report_only(tmp_path, capsys):
     assert main(["cv", "--out", str(tmp_path), "--report-only"]) == 2
     assert "fold(s) 1" in capsys.readouterr().err
     assert main(["cv", "--out", str(tmp_path)]) == 2  # no manifest, no --report-only
+    capsys.readouterr()
+    assert main(["cv", str(tmp_path / "manifest.tsv"), "--out", str(tmp_path / "new")]) == 2
+    assert "no manifest at" in capsys.readouterr().err and not (tmp_path / "new").exists()
 
 
 @pytest.mark.parametrize("low, high, verdict", [(0.62, 0.9, "Above chance"), (0.3, 0.7, "Not distinguishable"),
