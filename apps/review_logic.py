@@ -85,7 +85,7 @@ def find_prediction_files(scans_dir: str | Path) -> list[Path]:
 def cv_verdicts(scans_dir: str | Path) -> list[tuple[str, bool, str]]:
     """For every finished CV report under `scans_dir` (a cv.json beside a metrics.tsv): (its folder relative to
     `scans_dir`, whether its pooled balanced accuracy is above chance, the report's one-line summary)."""
-    from adafocus.reports.cv_report import balanced_accuracy_row, chance_level, cv_summary_line
+    from adafocus.reports.cv_report import balanced_accuracy_row, chance_level, summary_line
 
     verdicts = []
     for metrics_file in sorted(Path(scans_dir).rglob("metrics.tsv")):
@@ -97,7 +97,7 @@ def cv_verdicts(scans_dir: str | Path) -> list[tuple[str, bool, str]]:
         except (ValueError, KeyError):
             continue  # not a report this version wrote
         above = chance_level(row["ci_low"], row["ci_high"]) == "above"
-        verdicts.append((str(folder.relative_to(scans_dir)), above, cv_summary_line(folder)))
+        verdicts.append((str(folder.relative_to(scans_dir)), above, summary_line(row)))
     return verdicts
 
 

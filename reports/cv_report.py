@@ -151,11 +151,15 @@ def balanced_accuracy_row(cv_dir: str | Path) -> dict[str, float]:
     raise ValueError(f"{cv_dir}/metrics.tsv has no balanced_accuracy row")
 
 
-def cv_summary_line(cv_dir: str | Path) -> str:
-    """One line from a finished report: balanced accuracy over folds and pooled, and the chance verdict."""
-    numbers = balanced_accuracy_row(cv_dir)
+def summary_line(numbers: dict[str, float]) -> str:
+    """One line from a balanced_accuracy row (as numbers): over folds and pooled, and the chance verdict."""
     return (f"balanced accuracy {_fmt(numbers['mean'])} ± {_fmt(numbers['sd'])} over folds, pooled "
             f"{_fmt(numbers['pooled'])}. {chance_verdict(numbers).replace('**', '')}")
+
+
+def cv_summary_line(cv_dir: str | Path) -> str:
+    """``summary_line`` of a finished report's metrics.tsv."""
+    return summary_line(balanced_accuracy_row(cv_dir))
 
 
 def slice_variety(predictions: list[dict]) -> tuple[int, int]:
