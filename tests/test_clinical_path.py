@@ -122,9 +122,12 @@ def test_calibrate_score_budget_native_boxes_and_queue(clinical, capsys):
     assert all(r["status"] == "ok" and r["label"] in ("CN", "AD") for r in ok)
     # Scoring registers the raw scans again; a scan whose exit score sits on a threshold may leave one exit
     # earlier or later than in calibration, which moves the mean of a few scans by up to range / N.
+    # scores.csv writes GMACs with 6 decimals and the budget was rounded to 6 digits: allow that rounding too.
     mean_cost = np.mean([float(scores[p]["gmacs"]) for p in held_out])
     one_scan_moved = (costs[-1] - costs[0]) / len(held_out)
-    assert abs(mean_cost - budget) <= max(0.05 * budget, one_scan_moved), (mean_cost, budget, one_scan_moved)
+    csv_rounding = 1e-6
+    assert abs(mean_cost - budget) <= max(0.05 * budget, one_scan_moved) + csv_rounding, (mean_cost, budget,
+                                                                                           one_scan_moved)
 
     details = [json.loads(line) for line in (out / "details.jsonl").read_text().splitlines()]
     steps = [s for d in details if d["status"] == "ok" for s in d["selected"]]
