@@ -67,7 +67,7 @@ class T1LinearConfig:
     """Pipeline settings. spacing_mm: output voxel size; crop_mm: output box (mm) centred on the template
     grid; registration_spacing_mm: template resolution the affine is optimised on (coarser = faster);
     n4_shrink_factor: N4 fits the bias field on an image shrunk this much, then applies it at full res;
-    seed: metric sampling seed (registration is deterministic for a given seed)."""
+    seed: metric sampling seed (registration is deterministic for a given seed and number of ITK threads)."""
 
     spacing_mm: float = 1.0
     crop_mm: tuple[float, float, float] = CLINICADL_CROP_MM
@@ -201,7 +201,8 @@ def register_affine(moving: sitk.Image, fixed: sitk.Image, seed: int) -> sitk.Tr
     method = sitk.ImageRegistrationMethod()
     method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
     method.SetMetricSamplingStrategy(method.RANDOM)
-    method.SetMetricSamplingPercentage(0.25, seed)
+    # SimpleITK reads seed 0 as "seed from the wall clock" (sitkWallClock); shift so that every seed is fixed.
+    method.SetMetricSamplingPercentage(0.25, seed + 1)
     method.SetInterpolator(sitk.sitkLinear)
     method.SetOptimizerAsRegularStepGradientDescent(
         learningRate=2.0,
