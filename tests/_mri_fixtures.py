@@ -6,11 +6,25 @@ Everything is written under a pytest tmp_path; nothing binary is committed.
 from __future__ import annotations
 
 import csv
+from contextlib import contextmanager
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
+
+
+@contextmanager
+def one_itk_thread():
+    """ITK on one thread inside the block, as a Ray preprocessing task runs it: ITK's sums depend on its thread
+    count (1 vs 2 threads: up to 1.4e-4 in a voxel), so exact comparisons hold the count fixed."""
+    threads = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
+    try:
+        yield
+    finally:
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
+
 
 LONI_COLUMNS = [
     "Image Data ID",

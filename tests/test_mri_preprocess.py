@@ -13,6 +13,7 @@ from _mri_fixtures import (
     OASIS_COLUMNS,
     PATIENT_NAME,
     blob_volume,
+    one_itk_thread,
     write_analyze,
     write_csv,
     write_dicom_series,
@@ -167,12 +168,8 @@ def test_registration_repeats_exactly_for_the_default_seed():
     (before the fix two runs of the same scan differed by up to 0.0125 in a voxel)."""
     scan = N4BiasCorrection(2)(synthetic_scan(np.random.default_rng(3), spacing_mm=4.0, shift_mm=10.0,
                                               rotation_deg=8.0, bias_strength=0.3))
-    itk_threads = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
-    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)  # ITK's sums also depend on its thread count
-    try:
+    with one_itk_thread():
         first, second = (RegisterToMNI(spacing_mm=4.0, registration_spacing_mm=4.0)(scan).array for _ in range(2))
-    finally:
-        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(itk_threads)
     assert np.array_equal(first, second)
 
 

@@ -16,7 +16,6 @@ import torch
 pytestmark = pytest.mark.cluster
 
 import nibabel as nib
-import SimpleITK as sitk
 from adafocus.apps.cli import main as cli_main
 from adafocus.apps.score import read_rows, score_videos
 from adafocus.apps.score_ray import ModelScorer, ray_init_kwargs, ray_scan_executor, score_on_ray
@@ -27,7 +26,7 @@ from adafocus.datasets.mri.manifest import EXCLUDED_LABEL, ManifestRow, read_man
 from adafocus.datasets.mri.preprocess import T1LinearConfig, preprocess_manifest, synthetic_scan
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _mri_fixtures import write_nifti
+from _mri_fixtures import one_itk_thread, write_nifti
 from _policy_fixtures import untrained_video_run
 from _video_fixtures import write_audio_only, write_counter_video
 
@@ -169,14 +168,8 @@ def _cohort(raw: Path) -> list[ManifestRow]:
 
 def test_preprocess_ray_gives_the_local_manifest(tmp_path):
     rows = _cohort(tmp_path / "raw")
-    # A Ray task holds one CPU and registers with one ITK thread; ITK's sums depend on its thread count (1 vs 2
-    # threads: up to 1.4e-4 in a voxel), so compare like with like.
-    itk_threads = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
-    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
-    try:
+    with one_itk_thread():  # a Ray task holds one CPU and registers on one ITK thread: compare like with like
         local = preprocess_manifest(rows, tmp_path / "local", workers=1, progress=False, config=FAST)
-    finally:
-        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(itk_threads)
     remote = preprocess_manifest(rows, tmp_path / "ray", progress=False, config=FAST,
                                  executor=ray_scan_executor(None))
     assert [r.status for r in read_manifest(tmp_path / "ray" / "manifest.tsv")] == [r.status for r in local]
