@@ -38,6 +38,7 @@ class ModelConfig:
     spatial_per_clip: bool = False   # one box for the whole clip (temporal local encoders)
     spatial_head: str = "dense"      # dense (the authors') | soft_argmax (see policy.SpatialPolicy)
     spatial_proxy: str = "box"       # box (the authors' eqs. 13-14) | cells (soft_argmax only; model.cell_proxy)
+    spatial_context: int = 3         # map cells each of the policy trunk's two context convolutions spans (policy)
     temporal_hidden: int = 64
     classifier_hidden: int = 4096
     dropout: float = 0.2             # before every exit head

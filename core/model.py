@@ -122,7 +122,8 @@ class UniAdaFocus(nn.Module):
         else:
             self.spatial_policy = SpatialPolicy(glance_dim, self.glance_map_size, c.num_glance,
                                                 hidden=c.spatial_hidden, per_clip=c.spatial_per_clip,
-                                                head=c.spatial_head, side_range=self.side_range)
+                                                head=c.spatial_head, side_range=self.side_range,
+                                                context=c.spatial_context)
         self.temporal_policy = (TemporalPolicy(glance_dim, hidden=c.temporal_hidden)
                                 if c.frame_policy == "learned" else None)
         self.proxy_head = (nn.Linear(glance_dim, c.num_classes)

@@ -27,7 +27,8 @@ class CellChoice:
 class SpatialPolicy(nn.Module):
     """Glance feature maps ``[B, T, C, h, w]`` -> actions in (0,1)^4 per frame ``[B, T, 4]``.
 
-    Three convolutions, then one of two heads:
+    Three convolutions (1 x 1, then two that span ``context`` x ``context`` cells and 3 frames), then one of two
+    heads:
     - ``"dense"`` (the authors'): a last convolution spanning the whole map regresses the four actions;
     - ``"soft_argmax"``: a 1x1 convolution scores every map cell; the box is centred on the softmax-weighted
       mean of the cell centres ((i + 0.5) / n of the frame), and its two scales come from the softmax-weighted
@@ -35,6 +36,10 @@ class SpatialPolicy(nn.Module):
       holds everywhere in the frame; the dense head has to learn each place separately, which needs far more
       clips than a small dataset has (the MRI focus proof in the README). The head needs the box side range
       (``side_range``, fractions of the frame) to turn the centre into the action's position.
+
+    ``context`` (default 3, the authors'): a cell's score reads glance features up to ``context // 2 * 2`` cells
+    away, so the policy can learn to point beside the evidence; at 1 it scores each cell from its own features
+    (README, "Where the fixed offset comes from").
 
     The soft_argmax head's forward is ``actions(cells(maps))``: the cell proxy (model.cell_proxy) needs the cell
     scores themselves, and ``cell_actions`` gives the box of the chosen size centred on every cell.
@@ -45,7 +50,8 @@ class SpatialPolicy(nn.Module):
     """
 
     def __init__(self, in_channels: int, map_size: tuple[int, int], num_frames: int, *, hidden: int = 128,
-                 per_clip: bool = False, head: str = "dense", side_range: tuple[float, float] | None = None):
+                 per_clip: bool = False, head: str = "dense", side_range: tuple[float, float] | None = None,
+                 context: int = 3):
         super().__init__()
         if head not in ("dense", "soft_argmax"):
             raise ValueError(f"spatial policy head must be 'dense' or 'soft_argmax', got {head!r}")
@@ -53,11 +59,16 @@ class SpatialPolicy(nn.Module):
             raise ValueError("the soft_argmax spatial head places one box per frame; per_clip needs 'dense'")
         if head == "soft_argmax" and side_range is None:
             raise ValueError("the soft_argmax spatial head needs side_range (min, max box side, fractions of the frame)")
+        if context < 1 or context % 2 == 0:
+            raise ValueError(f"spatial policy context must be an odd number of cells, got {context}")
         self.per_clip, self.head, self.side_range = per_clip, head, side_range
+        kernel, padding = (3, context, context), (1, context // 2, context // 2)
         trunk = [
             nn.Conv3d(in_channels, hidden, kernel_size=1, bias=False), nn.BatchNorm3d(hidden), nn.ReLU(inplace=True),
-            nn.Conv3d(hidden, hidden, kernel_size=3, padding=1, bias=False), nn.BatchNorm3d(hidden), nn.ReLU(inplace=True),
-            nn.Conv3d(hidden, hidden, kernel_size=3, padding=1, bias=False), nn.BatchNorm3d(hidden), nn.ReLU(inplace=True),
+            nn.Conv3d(hidden, hidden, kernel_size=kernel, padding=padding, bias=False), nn.BatchNorm3d(hidden),
+            nn.ReLU(inplace=True),
+            nn.Conv3d(hidden, hidden, kernel_size=kernel, padding=padding, bias=False), nn.BatchNorm3d(hidden),
+            nn.ReLU(inplace=True),
         ]
         if head == "dense":
             time_kernel = num_frames if per_clip else 1

@@ -207,6 +207,25 @@ def test_soft_argmax_policy_points_at_the_cell_that_scores_highest_wherever_it_i
     assert torch.allclose(centres, torch.tensor([(col + 0.5) / 5, (row + 0.5) / 4]).expand(2, 2), atol=1e-3)
 
 
+@pytest.mark.parametrize("context,reach", [(3, 2), (1, 0)])
+def test_spatial_policy_context_sets_how_far_a_glance_feature_moves_cell_scores(context, reach):
+    """A cell's score reads the glance features within (context // 2) * 2 cells of it (two context
+    convolutions): with context 1 a policy cannot point at a cell beside the one that holds the evidence."""
+    from adafocus.core.policy import SpatialPolicy
+
+    torch.manual_seed(0)
+    policy = SpatialPolicy(3, (7, 7), 2, hidden=8, head="soft_argmax", side_range=SIDES, context=context).eval()
+    maps = torch.randn(1, 2, 3, 7, 7)
+    poked = maps.clone()
+    poked[0, :, :, 3, 3] += 5.0
+    with torch.no_grad():
+        moved = (policy.cells(poked).scores - policy.cells(maps).scores).abs().reshape(2, 7, 7) > 1e-5
+    rows, cols = torch.nonzero(moved.any(dim=0), as_tuple=True)
+    assert int((rows - 3).abs().max()) == reach and int((cols - 3).abs().max()) == reach
+    with pytest.raises(ValueError, match="odd"):
+        SpatialPolicy(3, (7, 7), 2, hidden=8, head="soft_argmax", side_range=SIDES, context=2)
+
+
 def test_soft_argmax_policy_needs_the_side_range():
     from adafocus.core.policy import SpatialPolicy
 

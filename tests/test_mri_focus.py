@@ -34,7 +34,9 @@ from adafocus.reports.metrics import best_fixed_place_hit_rate, follow_correlati
 #   Intel Xeon, 1 of 8 runs did (seed 1, 1 thread) (README, "Does the MRI focus find the lesion?");
 # - the temporal policy at the paper's 0.2 LR ratio (as cpu-video), batches of 8 and few epochs over many
 #   subjects instead of many epochs over a few; classes are balanced by construction (labels alternate);
-# - BatchNorm statistics recomputed before each validation (precise_bn_batches, see core.train).
+# - BatchNorm statistics recomputed before each validation (precise_bn_batches, see core.train);
+# - the policy trunk's 3 x 3 context (spatial_context=3): at 1 the boxes no longer settled beside the lesion, but
+#   no more runs passed (README, "Where the fixed offset comes from").
 FOCUS_MODEL = {"frame_size": 104, "glance_size": 52, "num_glance": 8, "max_patch_side": 36,
                "spatial_head": "soft_argmax", "spatial_proxy": "box"}
 FOCUS_TRAINING = {"epochs": 8, "batch_size": 8, "balance_classes": False, "precise_bn_batches": 25,
