@@ -76,10 +76,23 @@ def crop_patches(images: Tensor, boxes: Tensor, out_size: int | tuple[int, int])
     if images.dim() != 4 or boxes.shape != (images.shape[0], 4):
         raise ValueError(f"expected images [N,C,H,W] and boxes [N,4], got {tuple(images.shape)} and "
                          f"{tuple(boxes.shape)}")
+    return crop_patches_per_image(images, boxes[:, None], out_size)[:, 0]
+
+
+def crop_patches_per_image(images: Tensor, boxes: Tensor, out_size: int | tuple[int, int]) -> Tensor:
+    """Crop K boxes ``[N, K, 4]`` out of each of ``images [N, C, H, W]`` -> ``[N, K, C, out_h, out_w]``, as
+    crop_patches does one box per image. The K sampling grids are stacked into one, so the image is not
+    copied K times (the cell proxy crops a box at every map cell)."""
+    if images.dim() != 4 or boxes.dim() != 3 or boxes.shape[0] != images.shape[0] or boxes.shape[-1] != 4:
+        raise ValueError(f"expected images [N,C,H,W] and boxes [N,K,4], got {tuple(images.shape)} and "
+                         f"{tuple(boxes.shape)}")
     out_h, out_w = (out_size, out_size) if isinstance(out_size, int) else out_size
-    theta = boxes_to_affine(boxes.to(images.dtype))
-    grid = F.affine_grid(theta, [images.shape[0], images.shape[1], out_h, out_w], align_corners=False)
-    return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    count, per_image = boxes.shape[:2]
+    theta = boxes_to_affine(boxes.reshape(-1, 4).to(images.dtype))
+    grid = F.affine_grid(theta, [count * per_image, 1, out_h, out_w], align_corners=False)
+    grid = grid.reshape(count, per_image * out_h, out_w, 2)
+    crops = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return crops.unflatten(2, (per_image, out_h)).transpose(1, 2)
 
 
 def interpolate_over_time(values: Tensor, length: int) -> Tensor:

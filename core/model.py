@@ -39,6 +39,7 @@ from adafocus.core.geometry import (
     boxes_from_actions,
     boxes_to_source_pixels,
     crop_patches,
+    crop_patches_per_image,
     interpolate_over_time,
     scale_for_side,
 )
@@ -123,7 +124,7 @@ class UniAdaFocus(nn.Module):
             self.spatial_policy = SpatialPolicy(glance_dim, self.glance_map_size, c.num_glance,
                                                 hidden=c.spatial_hidden, per_clip=c.spatial_per_clip,
                                                 head=c.spatial_head, side_range=self.side_range,
-                                                context=c.spatial_context)
+                                                context=c.spatial_context, window=c.spatial_window)
         self.temporal_policy = (TemporalPolicy(glance_dim, hidden=c.temporal_hidden)
                                 if c.frame_policy == "learned" else None)
         self.proxy_head = (nn.Linear(glance_dim, c.num_classes)
@@ -357,12 +358,10 @@ class UniAdaFocus(nn.Module):
         maps = glance.feature_maps.detach().float()
         batch, frames = maps.shape[:2]
         cell_boxes = self.boxes(self.spatial_policy.cell_actions(cells))  # [B, T_g, h*w, 4]
-        num_cells = cell_boxes.shape[2]
-        images = maps[:, :, None].expand(-1, -1, num_cells, -1, -1, -1).flatten(0, 2)
 
         with full_precision(maps):
-            crops = crop_patches(images, cell_boxes.flatten(0, 2), self.proxy_crop_size)
-            pooled = crops.mean(dim=(-2, -1)).unflatten(0, (batch, frames, num_cells))  # grad only via the boxes
+            crops = crop_patches_per_image(maps.flatten(0, 1), cell_boxes.flatten(0, 1), self.proxy_crop_size)
+            pooled = crops.mean(dim=(-2, -1)).unflatten(0, (batch, frames))  # grad only via the boxes
             head = self.proxy_head
             probs = F.linear(pooled, head.weight.detach(), head.bias.detach()).softmax(-1)
             mixture = (cells.weights.detach()[..., None] * probs).sum(dim=2).mean(dim=1)

@@ -41,6 +41,12 @@ class SpatialPolicy(nn.Module):
     away, so the policy can learn to point beside the evidence; at 1 it scores each cell from its own features
     (README, "Where the fixed offset comes from").
 
+    ``window`` (soft_argmax only; default None, all cells): in eval mode the box centre is the softmax-weighted
+    mean of the cell centres in the ``window`` x ``window`` cells around the best-scoring cell (window_weights).
+    Over all cells, the little weight that every far cell keeps pulls each box towards the frame centre: on the
+    MRI lesion task the boxes moved only 0.45x as far as the lesion did. Training keeps all cells: trained with
+    the window, the boxes held the lesion no more often (README, "A finer glance map").
+
     The soft_argmax head's forward is ``actions(cells(maps))``: the cell proxy (model.cell_proxy) needs the cell
     scores themselves, and ``cell_actions`` gives the box of the chosen size centred on every cell.
 
@@ -51,7 +57,7 @@ class SpatialPolicy(nn.Module):
 
     def __init__(self, in_channels: int, map_size: tuple[int, int], num_frames: int, *, hidden: int = 128,
                  per_clip: bool = False, head: str = "dense", side_range: tuple[float, float] | None = None,
-                 context: int = 3):
+                 context: int = 3, window: int | None = None):
         super().__init__()
         if head not in ("dense", "soft_argmax"):
             raise ValueError(f"spatial policy head must be 'dense' or 'soft_argmax', got {head!r}")
@@ -61,7 +67,9 @@ class SpatialPolicy(nn.Module):
             raise ValueError("the soft_argmax spatial head needs side_range (min, max box side, fractions of the frame)")
         if context < 1 or context % 2 == 0:
             raise ValueError(f"spatial policy context must be an odd number of cells, got {context}")
-        self.per_clip, self.head, self.side_range = per_clip, head, side_range
+        if window is not None and (head != "soft_argmax" or window < 1 or window % 2 == 0):
+            raise ValueError(f"spatial policy window must be an odd number of cells, for the soft_argmax head; got {window}")
+        self.per_clip, self.head, self.side_range, self.map_size, self.window = per_clip, head, side_range, map_size, window
         kernel, padding = (3, context, context), (1, context // 2, context // 2)
         trunk = [
             nn.Conv3d(in_channels, hidden, kernel_size=1, bias=False), nn.BatchNorm3d(hidden), nn.ReLU(inplace=True),
@@ -104,8 +112,11 @@ class SpatialPolicy(nn.Module):
         return CellChoice(scores=scores, weights=weights, scales=torch.sigmoid(self.scale(pooled)))
 
     def actions(self, choice: CellChoice) -> Tensor:
-        """Actions ``[B, T, 4]``: the box centred on the softmax-weighted mean of the cell centres."""
-        centre = choice.weights @ self.cell_positions  # [B, T, 2] as (x, y)
+        """Actions ``[B, T, 4]``: the box centred on the softmax-weighted mean of the cell centres (in eval mode,
+        of those in the window around the best cell, when the policy has a window)."""
+        decode_peak = self.window is not None and not self.training
+        weights = window_weights(choice.scores, self.map_size, self.window) if decode_peak else choice.weights
+        centre = weights @ self.cell_positions  # [B, T, 2] as (x, y)
         return torch.cat([self._position(centre, choice.scales), choice.scales], dim=-1)
 
     def cell_actions(self, choice: CellChoice) -> Tensor:
@@ -119,6 +130,18 @@ class SpatialPolicy(nn.Module):
     def _position(self, centre: Tensor, scales: Tensor) -> Tensor:
         min_side, max_side = self.side_range
         return position_for_centre(centre, sides_from_scales(scales, min_side=min_side, max_side=max_side))
+
+
+def window_weights(scores: Tensor, map_size: tuple[int, int], window: int) -> Tensor:
+    """Softmax of cell ``scores [..., h*w]`` over only the ``window`` x ``window`` cells around the best-scoring
+    cell (fewer at the map's edge); every other cell gets weight 0. Differentiable in the scores inside the
+    window."""
+    height, width = map_size
+    best = scores.argmax(-1, keepdim=True)
+    rows = torch.arange(height, device=scores.device).repeat_interleave(width)
+    cols = torch.arange(width, device=scores.device).repeat(height)
+    near = ((rows - best // width).abs() <= window // 2) & ((cols - best % width).abs() <= window // 2)
+    return scores.masked_fill(~near, float("-inf")).softmax(-1)
 
 
 class TemporalPolicy(nn.Module):

@@ -5,6 +5,7 @@ from adafocus.core.geometry import (
     boxes_from_actions,
     boxes_to_source_pixels,
     crop_patches,
+    crop_patches_per_image,
     interpolate_over_time,
     position_for_centre,
     scale_for_side,
@@ -61,6 +62,21 @@ def test_crop_is_differentiable_in_box_coordinates():
 def test_crop_rejects_mismatched_shapes():
     with pytest.raises(ValueError):
         crop_patches(torch.rand(2, 3, 8, 8), torch.rand(3, 4), 4)
+
+
+def test_several_crops_per_image_equal_one_crop_of_each_copy_and_keep_box_gradients():
+    torch.manual_seed(0)
+    images = torch.randn(3, 5, 7, 9)
+    boxes = (torch.rand(3, 4, 4) * 0.5).requires_grad_()
+    boxes_far = boxes + torch.tensor([0.0, 0.0, 0.5, 0.5])  # x1 > x0, y1 > y0
+    many = crop_patches_per_image(images, boxes_far, (2, 3))
+    assert many.shape == (3, 4, 5, 2, 3)
+    one_by_one = crop_patches(images[:, None].expand(-1, 4, -1, -1, -1).flatten(0, 1), boxes_far.flatten(0, 1), (2, 3))
+    assert torch.allclose(many.flatten(0, 1), one_by_one, atol=1e-6)
+    many.sum().backward()
+    assert boxes.grad.abs().sum() > 0
+    with pytest.raises(ValueError):
+        crop_patches_per_image(images, boxes_far[:2], 2)
 
 
 def test_scale_for_side_inverts_side_mapping():

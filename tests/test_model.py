@@ -226,6 +226,43 @@ def test_spatial_policy_context_sets_how_far_a_glance_feature_moves_cell_scores(
         SpatialPolicy(3, (7, 7), 2, hidden=8, head="soft_argmax", side_range=SIDES, context=2)
 
 
+def test_window_weights_keep_the_cells_around_the_best_one_and_ignore_the_far_floor():
+    from adafocus.core.policy import window_weights
+
+    scores = torch.zeros(1, 5 * 4)  # a 5 x 4 map, row-major
+    scores[0, 1 * 4 + 3] = 4.0  # best cell: row 1, column 3 (the right edge)
+    scores[0, 2 * 4 + 2] = 2.0  # inside its 3 x 3 window
+    scores[0, 4 * 4 + 0] = 3.9  # far away: ignored however high
+    weights = window_weights(scores, (5, 4), 3).reshape(5, 4)
+    kept = torch.zeros(5, 4, dtype=torch.bool)
+    kept[0:3, 2:4] = True  # rows 0-2, columns 2-3: the window, cut at the edge
+    assert torch.all(weights[~kept] == 0) and torch.all(weights[kept] > 0)
+    assert weights.sum() == pytest.approx(1.0)
+    assert weights[1, 3] > weights[2, 2] > weights[0, 2]
+    assert torch.allclose(window_weights(scores, (5, 4), 9), scores.softmax(-1))  # a window over the whole map
+
+
+def test_a_window_stops_the_far_cells_pulling_the_box_to_the_frame_centre_at_inference():
+    from adafocus.core.policy import CellChoice, SpatialPolicy
+
+    scores = torch.zeros(1, 1, 81)
+    scores[0, 0, 8] = 6.0  # the top-right cell, centre at (17/18, 1/18) of the frame
+    choice = CellChoice(scores=scores, weights=scores.softmax(-1), scales=torch.full((1, 1, 2), 0.0))
+
+    def box_centre(window, training):
+        policy = SpatialPolicy(3, (9, 9), 1, hidden=8, head="soft_argmax", side_range=SIDES, window=window)
+        box = boxes_from_actions(policy.train(training).actions(choice), min_side=SIDES[0], max_side=SIDES[1])[0, 0]
+        return ((box[0] + box[2]) / 2).item(), ((box[1] + box[3]) / 2).item()
+
+    everywhere, windowed = box_centre(None, False), box_centre(3, False)
+    assert windowed[0] > everywhere[0] + 0.05 and windowed[1] < everywhere[1] - 0.05
+    assert box_centre(3, True) == pytest.approx(everywhere)  # training weighs every cell
+    with pytest.raises(ValueError, match="odd"):
+        SpatialPolicy(3, (9, 9), 1, hidden=8, head="soft_argmax", side_range=SIDES, window=2)
+    with pytest.raises(ValueError, match="odd"):
+        SpatialPolicy(3, (9, 9), 1, hidden=8, head="dense", window=3)
+
+
 def test_soft_argmax_policy_needs_the_side_range():
     from adafocus.core.policy import SpatialPolicy
 
