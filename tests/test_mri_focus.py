@@ -33,9 +33,10 @@ from adafocus.reports.metrics import best_fixed_place_hit_rate, follow_correlati
 #   runs; decoded in a 3 x 3 window, 0.83-0.98 on the same checkpoints (README, "A finer glance map");
 # - training seeds chosen on the validation subjects, never the test ones: seed 0 (TrainConfig's default) first,
 #   then the next seed while the best run so far stays under VAL_ENOUGH validation accuracy, up to
-#   TRAINING_SEEDS; one torch thread whatever the machine has. Which run a seed gives depends on the threads and
-#   on the CPU's floating-point arithmetic; with this recipe seeds 0 and 1 met every check on an Intel Xeon
-#   (README);
+#   TRAINING_SEEDS; one torch thread whatever the machine has (at 2 threads a seed's run changed with the CPU;
+#   at 1, seeds 0 and 1 gave the same numbers on an Intel Xeon and an AMD EPYC). With this recipe seeds 0, 1 and
+#   2 met every check and seeds 3, 4 and 5 missed one to three (box precision, the row axis; README, "How often
+#   this recipe meets every check");
 # - the temporal policy at the paper's 0.2 LR ratio (as cpu-video), batches of 8 and few epochs over many
 #   subjects instead of many epochs over a few; classes are balanced by construction (labels alternate);
 # - BatchNorm statistics recomputed before each validation (precise_bn_batches, see core.train).
