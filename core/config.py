@@ -39,7 +39,8 @@ class ModelConfig:
     spatial_head: str = "dense"      # dense (the authors') | soft_argmax (see policy.SpatialPolicy)
     spatial_proxy: str = "box"       # box (the authors' eqs. 13-14) | cells (soft_argmax only; model.cell_proxy)
     spatial_context: int = 3         # map cells each of the policy trunk's two context convolutions spans (policy)
-    spatial_window: int | None = None  # soft_argmax, eval mode: centre boxes on the cells this wide around the best
+    spatial_window: int | None = None  # soft_argmax, eval mode: centre boxes on the cells this wide around the best,
+    #                                    frames between glance frames from their blended cell weights (policy.peak_actions_at)
     temporal_hidden: int = 64
     classifier_hidden: int = 4096
     dropout: float = 0.2             # before every exit head

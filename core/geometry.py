@@ -103,6 +103,23 @@ def interpolate_over_time(values: Tensor, length: int) -> Tensor:
     return resampled.transpose(1, 2)
 
 
+def glance_brackets(positions: Tensor, frames: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Linear interpolation between the glance frames at their actual candidate positions: for chosen frames
+    ``[B, T']`` and increasing glance positions ``[B, T_g]``, the glance frame at or before each chosen frame
+    (``left``), the one at or after it (``right``) and the right one's weight in [0, 1] (``t``). A glanced
+    frame gets its own glance frame (t = 0 or 1); frames before the first or after the last glance frame get
+    that frame."""
+    if positions.dim() != 2 or frames.dim() != 2 or positions.shape[0] != frames.shape[0]:
+        raise ValueError(f"need positions [B, T_g] and frames [B, T'], got {tuple(positions.shape)}, {tuple(frames.shape)}")
+    last = positions.shape[1] - 1
+    right = torch.searchsorted(positions.contiguous(), frames.contiguous()).clamp(max=last)
+    left = torch.where(positions.gather(1, right) <= frames, right, (right - 1).clamp(min=0))
+    at_left, at_right = positions.gather(1, left).float(), positions.gather(1, right).float()
+    span = at_right - at_left
+    t = torch.where(span > 0, (frames.float() - at_left) / span.clamp(min=1), (frames >= at_right).float())
+    return left, right, t.clamp(0.0, 1.0)
+
+
 def boxes_to_source_pixels(boxes: Tensor, view_boxes: Tensor) -> Tensor:
     """Map frame-fraction boxes ``[B, T, 4]`` to source pixels given each sample's view ``[B, 4]``.
 

@@ -6,6 +6,7 @@ from adafocus.core.geometry import (
     boxes_to_source_pixels,
     crop_patches,
     crop_patches_per_image,
+    glance_brackets,
     interpolate_over_time,
     position_for_centre,
     scale_for_side,
@@ -104,6 +105,23 @@ def test_interpolate_over_time_keeps_constants_and_endpoints_order():
     assert out.tolist() == pytest.approx([0.0, 0.25, 0.75, 1.0])
     const = torch.full((2, 3, 4), 0.3)
     assert torch.allclose(interpolate_over_time(const, 9), torch.full((2, 9, 4), 0.3))
+
+
+def test_glance_brackets_interpolate_between_the_actual_glance_positions():
+    positions = torch.tensor([[1, 3, 5, 7], [0, 4, 8, 12]])
+    frames = torch.tensor([[0, 1, 2, 6, 9], [2, 4, 11, 12, 13]])
+    left, right, t = glance_brackets(positions, frames)
+    at = positions.gather(1, left) * (1 - t) + positions.gather(1, right) * t
+    inside = (frames >= positions[:, :1]) & (frames <= positions[:, -1:])
+    assert torch.equal(at[inside], frames[inside].float())  # interpolating the positions gives the frame back
+    assert torch.equal(at[~inside], torch.tensor([1.0, 7.0, 12.0]))  # outside: the first / last glance frame
+    glanced = (frames[..., None] == positions[:, None]).any(-1)
+    assert torch.equal(left[glanced], right[glanced])  # a glanced frame takes only its own glance frame
+    assert torch.equal(positions.gather(1, left)[glanced], frames[glanced])
+    assert t[1].tolist() == pytest.approx([0.5, 1.0, 0.75, 1.0, 1.0])
+    assert torch.all(left <= right) and torch.all((t >= 0) & (t <= 1))
+    with pytest.raises(ValueError):
+        glance_brackets(positions[0], frames)
 
 
 def test_boxes_to_source_pixels_uses_view_box():

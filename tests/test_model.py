@@ -263,6 +263,44 @@ def test_a_window_stops_the_far_cells_pulling_the_box_to_the_frame_centre_at_inf
         SpatialPolicy(3, (9, 9), 1, hidden=8, head="dense", window=3)
 
 
+def test_a_frame_between_glance_frames_gets_its_box_at_the_stronger_peak_not_between_the_peaks():
+    from adafocus.core.policy import CellChoice, SpatialPolicy
+
+    scores = torch.zeros(1, 2, 81)  # two glance frames of a 9 x 9 map
+    scores[0, 0, 8] = 6.0  # frame at candidate 2: a sharp peak in the top-right cell
+    scores[0, 1, 72] = 1.0  # frame at candidate 6: a weak one in the bottom-left cell
+    choice = CellChoice(scores=scores, weights=scores.softmax(-1), scales=torch.full((1, 2, 2), 0.5))
+    policy = SpatialPolicy(3, (9, 9), 2, hidden=8, head="soft_argmax", side_range=SIDES, window=3).eval()
+    positions, frames = torch.tensor([[2, 6]]), torch.tensor([[2, 4, 6]])
+
+    def centres(actions):
+        box = boxes_from_actions(actions, min_side=SIDES[0], max_side=SIDES[1])[0]
+        return torch.stack([(box[:, 0] + box[:, 2]) / 2, (box[:, 1] + box[:, 3]) / 2], dim=-1)
+
+    peak = centres(policy.peak_actions_at(choice, positions, frames))
+    own = centres(policy.actions(choice))
+    assert torch.allclose(peak[[0, 2]], own)  # glanced frames keep their own boxes
+    assert torch.allclose(peak[1], own[0], atol=0.02)  # between them: the sharp peak's place
+    blended = own.mean(dim=0)  # what blending the two frames' boxes gives
+    assert (peak[1] - blended).abs().max() > 0.3
+    assert policy.decodes_peak and not policy.train().decodes_peak
+
+
+def test_boxes_come_from_the_blended_cell_weights_only_with_a_window_in_eval_mode():
+    torch.manual_seed(0)
+    clip = torch.rand(2, 8, 3, 64, 64)
+    model = UniAdaFocus(tiny_config(spatial_head="soft_argmax", spatial_window=3)).eval()
+    glance = model.glance(clip)
+    frames = torch.tensor([[0, 3, 5, 7], [1, 2, 4, 6]])
+    cells = model.glance_cells(glance)
+    actions, glance_actions = model.patch_actions(glance, frames)
+    assert torch.allclose(actions, model.spatial_policy.peak_actions_at(cells, glance.positions, frames))
+    assert torch.allclose(glance_actions, model.spatial_policy.actions(cells))
+    model.spatial_policy.window = None  # no window: the authors' blend of the glance frames' actions
+    actions, glance_actions = model.patch_actions(glance, frames)
+    assert torch.allclose(actions, model.actions_at(glance_actions, frames))
+
+
 def test_soft_argmax_policy_needs_the_side_range():
     from adafocus.core.policy import SpatialPolicy
 
