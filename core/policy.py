@@ -130,8 +130,8 @@ class SpatialPolicy(nn.Module):
         around it (``glance_brackets``; a glanced frame keeps its own), and its box is decoded at the blend's peak
         (``window_weights``). Blending the actions instead (``UniAdaFocus.actions_at``, the authors') puts the box
         of a frame between a glance frame that shows the object and one that does not between the two peaks, on
-        neither: on the MRI lesion task that missed the lesion in 0.04-0.16 of lesion slices (README, "Boxes for
-        the frames between glance frames")."""
+        neither: on the MRI lesion task that missed the lesion in 0.08-0.25 of lesion slices over six seeds, this
+        in 0.01-0.05 (README, "Boxes for the slices between glance frames")."""
         left, right, t = glance_brackets(positions, frames)
 
         def blend(values: Tensor) -> Tensor:
