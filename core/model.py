@@ -262,13 +262,13 @@ class UniAdaFocus(nn.Module):
         ``patch_shape="random"`` redraws the scales of whatever policy placed the patches."""
         c, (batch, steps), device = self.config, frame_indices.shape, frame_indices.device
         glance_actions = None
-        if c.learned_patches and c.patch_policy == "learned" and self.spatial_policy.decodes_peak:
-            cells = self.glance_cells(glance) if cells is None else cells
+        if c.learned_patches and c.patch_policy == "learned":
+            decodes_peak = self.spatial_policy.decodes_peak
+            if decodes_peak and cells is None:
+                cells = self.glance_cells(glance)
             glance_actions = self.glance_actions(glance, cells)
-            actions = self.spatial_policy.peak_actions_at(cells, glance.positions, frame_indices)
-        elif c.learned_patches and c.patch_policy == "learned":
-            glance_actions = self.glance_actions(glance, cells)
-            actions = self.actions_at(glance_actions, frame_indices)
+            actions = (self.spatial_policy.peak_actions_at(cells, glance.positions, frame_indices) if decodes_peak
+                       else self.actions_at(glance_actions, frame_indices))
         elif c.learned_patches:
             logits, _ = self.grid_policy(glance, frame_indices)
             choice = (torch.distributions.Categorical(logits=logits).sample() if self.training
