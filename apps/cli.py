@@ -6,7 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-import adafocus.core  # noqa: F401  (installs the torchvision shim before anything imports torchvision)
+from adafocus.core._torchvision_compat import install_torchvision_shim
 
 
 def _positive_ints(text: str) -> list[int]:
@@ -62,15 +62,15 @@ def cmd_train(args: argparse.Namespace) -> int:
         preset.train.workers = args.workers
     common = {"device": args.device, "resume": not args.no_resume, "progress": not args.quiet}
     if args.data == "synthetic":
-        from adafocus.apps.synthetic_runs import train_synthetic
+        from adafocus.apps.runs.synthetic import train_synthetic
 
         summary = train_synthetic(preset, args.out, **common)
     elif args.data.endswith(".tsv"):
-        from adafocus.apps.mri_runs import train_on_manifest
+        from adafocus.apps.runs.mri import train_on_manifest
 
         summary = train_on_manifest(args.data, preset, args.out, axis=args.axis, context=args.context, **common)
     else:
-        from adafocus.apps.video_runs import train_on_videos
+        from adafocus.apps.runs.video import train_on_videos
 
         summary = train_on_videos(args.data, preset, args.out, **common)
     print(json.dumps(summary, indent=2))
@@ -90,13 +90,13 @@ def preset_of_run(init: str):
 
 
 def cmd_import_official(args: argparse.Namespace) -> int:
-    from adafocus.apps.import_official import import_official_command
+    from adafocus.apps.runs.import_official import import_official_command
 
     return import_official_command(args)
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from adafocus.apps.calibrate import calibrate_run
+    from adafocus.apps.runs.calibrate import calibrate_run
 
     policy, path = calibrate_run(args.model, args.budget, data=args.data, criterion=args.criterion,
                                  device=args.device, batch_size=args.batch_size, workers=args.workers)
@@ -139,19 +139,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
         raise ValueError(f"unknown demo part(s) {unknown}; choose from {', '.join(DEMO_PARTS)}")
     where: list[str] = []
     if "focus" in parts:
-        from adafocus.apps.synthetic_runs import run_demo
+        from adafocus.apps.runs.synthetic import run_demo
 
         print("== focus: does the policy find the right frames and regions? (synthetic task, known truth)")
         run_demo(out / "focus", epochs=args.epochs, device=args.device)
         where.append(f"focus  {out / 'focus' / 'report.md'}  (+ focus_examples.png, results.json, run/)")
     if "video" in parts:
-        from adafocus.apps.video_demo import run_video_demo
+        from adafocus.apps.demos.video import run_video_demo
 
         print("== video: RLVS-layout folder -> train -> adafocus score")
         run_video_demo(out / "video", epochs=args.epochs, device=args.device)
         where.append(f"video  {out / 'video'}  (scores.csv, details.jsonl, contact sheets, video_demo.json)")
     if "mri" in parts:
-        from adafocus.apps.mri_demo import mri_summary_lines, run_mri_demo
+        from adafocus.apps.demos.mri import mri_summary_lines, run_mri_demo
 
         print("== mri: OASIS-1-layout cohort -> preprocess -> 5-fold cross-validation -> report -> train -> "
               "adafocus score on raw scans")
@@ -166,25 +166,25 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_score(args: argparse.Namespace) -> int:
-    from adafocus.apps.score import score_command
+    from adafocus.apps.scoring.command import score_command
 
     return score_command(args)
 
 
 def cmd_bench_score(args: argparse.Namespace) -> int:
-    from adafocus.apps.score_bench import bench_score_command
+    from adafocus.apps.bench.score import bench_score_command
 
     return bench_score_command(args)
 
 
 def cmd_bench_ablations(args: argparse.Namespace) -> int:
-    from adafocus.apps.ablations import bench_ablations_command
+    from adafocus.apps.bench.ablations import bench_ablations_command
 
     return bench_ablations_command(args)
 
 
 def cmd_bench_speed(args: argparse.Namespace) -> int:
-    from adafocus.apps.bench_speed import (
+    from adafocus.apps.bench.speed import (
         format_encoder_table,
         format_profile_table,
         format_scaling_table,
@@ -222,7 +222,7 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
 
     executor = None
     if args.ray is not None:
-        from adafocus.apps.score_ray import ray_scan_executor
+        from adafocus.apps.scoring.ray import ray_scan_executor
 
         executor = ray_scan_executor(args.ray)
     manifest = run_preprocess(args.dataset, args.raw_dir, args.metadata, args.out,
@@ -234,7 +234,7 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
 
 
 def cmd_cv(args: argparse.Namespace) -> int:
-    from adafocus.apps.cv import run_cv
+    from adafocus.apps.runs.cv import run_cv
     from adafocus.reports.cv_report import write_cv_report
 
     if args.report_only:
@@ -255,7 +255,7 @@ def cmd_app(args: argparse.Namespace) -> int:
     import os
     import subprocess
 
-    from adafocus.apps import review_app
+    from adafocus.apps.review import app as review_app
 
     env = dict(os.environ)
     for value, name, variable in ((args.scans, "--scans", review_app.ENV_SCANS),
@@ -269,8 +269,8 @@ def cmd_app(args: argparse.Namespace) -> int:
     if args.scans is None and args.videos is None:
         raise ValueError("give --scans DIR and/or --videos DIR (the folders the app may read)")
     env[review_app.ENV_MAX_UPLOAD] = str(args.max_upload_mb)
+    from adafocus.core.device import resolve_device
     from adafocus.core.engine import ENV_ENGINE, ENV_PRECISION, resolve_engine
-    from adafocus.core.train import resolve_device
 
     resolve_engine(args.engine, resolve_device("auto"), args.precision)  # a bad choice fails here, in one line
     if args.precision == "int8":
@@ -467,6 +467,7 @@ def main(argv: list[str] | None = None) -> int:
     from adafocus.core.checkpoint import CheckpointError
     from adafocus.core.weights import WeightsError
 
+    install_torchvision_shim()
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

@@ -18,7 +18,7 @@ import copy
 import json
 
 import torch
-from adafocus.apps.bench_speed import benchmark_clips, budget_policies, offline_weights
+from adafocus.apps.bench.speed import benchmark_clips, budget_policies, offline_weights
 from adafocus.core.config import get_preset
 from adafocus.core.engine import prepare_for_inference
 from adafocus.core.model import UniAdaFocus
@@ -76,7 +76,7 @@ def main() -> None:
     report = {"precision": args.precision, "glance_weights": config.glance_pretrained or "random",
               "benchmark": agreement(reference, engine, benchmark_clips(args.clips, config, cpu))}
     if args.model:
-        from adafocus.apps.synthetic_runs import synthetic_splits
+        from adafocus.apps.runs.synthetic import synthetic_splits
         from adafocus.core.run import load_run
 
         run = load_run(args.model, device="cpu")

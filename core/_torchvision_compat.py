@@ -7,7 +7,9 @@ up lets the pure-Python parts (model definitions, transforms, box ops with Pytho
 Compiled ops such as `torchvision.ops.nms` still raise; this project does not use them.
 
 When torchvision's ops load normally (a matching build, e.g. on a CUDA machine) this does nothing.
-Import this module before anything imports torchvision; `adafocus.core` does so on import.
+Call `install_torchvision_shim()` before torchvision is first imported: each entry point does (the CLI's
+`main`, the review app, Ray workers, the test suite's conftest), and so do the two places in core that import
+torchvision, so library use needs nothing extra. Importing this module changes nothing.
 """
 from __future__ import annotations
 
@@ -36,7 +38,8 @@ def _torchvision_ops_load() -> bool:
     return False
 
 
-def install() -> None:
+def install_torchvision_shim() -> None:
+    """Declare torchvision's op schemas if its compiled ops cannot load (idempotent)."""
     global _LIBRARY
     if _LIBRARY is not None or "torchvision" in sys.modules:
         return
@@ -47,6 +50,3 @@ def install() -> None:
     _LIBRARY = torch.library.Library("torchvision", "DEF")
     _LIBRARY.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
     _LIBRARY.define("qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-
-
-install()

@@ -6,7 +6,7 @@ Stage II  the encoders and classifier are frozen; the grid actor-critic picks pa
           policy's patches minus that with random patches (the paper's "random" reward);
 Stage III the classifier alone is fine-tuned on the policy's patches.
 
-Run folder: ``stage1/`` (the trainer's files), then ``final.pt`` (loadable by ``core.train.load_model``)
+Run folder: ``stage1/`` (the trainer's files), then ``final.pt`` (loadable by ``core.run.load_run``)
 and ``v1_log.json``.
 """
 from __future__ import annotations
@@ -20,12 +20,14 @@ from pathlib import Path
 import torch
 from adafocus.core.checkpoint import load_checkpoint, save_checkpoint
 from adafocus.core.config import LossConfig, Preset
+from adafocus.core.device import resolve_device
 from adafocus.core.exits import accuracy_by_exit
 from adafocus.core.io import atomic_write_json
 from adafocus.core.model import UniAdaFocus
 from adafocus.core.objective import training_loss
 from adafocus.core.ppo import PPOConfig, discounted_returns, ppo_update
-from adafocus.core.train import collect_logits, cosine_lr, resolve_device, train
+from adafocus.core.run import FINAL_FILE
+from adafocus.core.train import collect_logits, cosine_lr, train
 from torch.utils.data import DataLoader, Dataset
 
 
@@ -149,7 +151,7 @@ def train_adafocus_v1(preset: Preset, train_set: Dataset, val_set: Dataset, out_
     logits, labels = collect_logits(model, DataLoader(val_set, batch_size=preset.train.batch_size,
                                                       collate_fn=collate_fn), dev)
     accuracy = float(accuracy_by_exit(logits, labels)[-1])
-    final = out_dir / "final.pt"
+    final = out_dir / FINAL_FILE
     save_checkpoint(final, model_state=model.state_dict(), config=preset.to_dict())
     summary = {"stage1_best_accuracy": stage1["best_accuracy"], "ppo_mean_rewards": rewards,
                "final_accuracy": accuracy if not math.isnan(accuracy) else None, "checkpoint": str(final)}

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from adafocus.core.backbones import cpu_micro_batch, create_backbone
+from adafocus.core.backbones.x3d import share_pretrained_head
 from adafocus.core.classifier import AccumulatedMaxPoolClassifier, TSNClassifier, make_head
 from adafocus.core.config import ModelConfig
 from adafocus.core.exits import ExitPolicy
@@ -52,7 +53,6 @@ from adafocus.core.sampling import (
     select_frames,
     uniform_frames,
 )
-from adafocus.core.x3d import share_pretrained_head
 from torch import Tensor, nn
 
 

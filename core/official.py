@@ -30,9 +30,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
+from adafocus.core.backbones.x3d import slowfast_x3d_key
 from adafocus.core.config import Preset, get_preset
 from adafocus.core.model import UniAdaFocus
-from adafocus.core.x3d import slowfast_x3d_key
 from torch import Tensor
 
 VARIANTS = ("ua-a", "tsm", "x3d")

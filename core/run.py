@@ -62,6 +62,10 @@ from pathlib import Path
 from typing import Any
 
 from adafocus.core.checkpoint import CheckpointError, load_checkpoint
+from adafocus.core.config import Preset
+from adafocus.core.device import resolve_device
+from adafocus.core.exits import ExitPolicy, exit_scores, solve_budget
+from adafocus.core.model import UniAdaFocus
 
 BEST_FILE = "best.pt"
 LAST_FILE = "last.pt"
@@ -73,11 +77,13 @@ SPLIT_FILE = "split.json"
 PARTICIPANT_SPLIT_FILE = "split.tsv"
 TRAINING_PARTICIPANTS_FILE = "training_participants.tsv"
 CALIBRATION_FILE = "calibration.pt"
+EXTERNAL_CALIBRATION_FILE = "calibration-external.pt"  # logits on data given with `calibrate --data`
 EXIT_POLICY_FILE = "exit_policy.json"
 EXIT_POLICY_DIR = "exit_policies"
 EVALUATION_FILE = "evaluation.json"
 CV_FILE = "cv.json"  # an `adafocus cv` output folder (parent of its fold run folders)
-MODEL_FILES = (BEST_FILE, LAST_FILE)
+FINAL_FILE = "final.pt"  # AdaFocus V1 after its last stage (core.adafocus_v1)
+MODEL_FILES = (BEST_FILE, LAST_FILE, FINAL_FILE)
 DOMAINS = ("video", "mri", "synthetic")
 CARD_KEY = "card"
 CARD_VERSION = 1
@@ -85,6 +91,10 @@ CARD_VERSION = 1
 
 class RunFolderError(CheckpointError):
     """A path is not a usable run folder / model; the message (one line) says what to pass instead."""
+
+
+class CalibrationDataError(FileNotFoundError):
+    """The run's calibration data cannot be found or used; the message says what to pass."""
 
 
 # ------------------------------------------------------------------------------------------------ card
@@ -180,6 +190,7 @@ class RunFolder:
     participant_split = property(lambda self: self.path / PARTICIPANT_SPLIT_FILE)
     training_participants = property(lambda self: self.path / TRAINING_PARTICIPANTS_FILE)
     calibration = property(lambda self: self.path / CALIBRATION_FILE)
+    external_calibration = property(lambda self: self.path / EXTERNAL_CALIBRATION_FILE)
     evaluation = property(lambda self: self.path / EVALUATION_FILE)
 
     def exit_policy(self, budget: float | None = None) -> Path:
@@ -285,10 +296,6 @@ class LoadedRun:
 
 def load_run(model_arg: str | Path, *, device: str = "auto") -> LoadedRun:
     """Locate (see RunFolder.locate), load weights-only, rebuild the model and read its card."""
-    from adafocus.core.config import Preset
-    from adafocus.core.model import UniAdaFocus
-    from adafocus.core.train import resolve_device
-
     folder = RunFolder.locate(model_arg)
     state = load_checkpoint(folder.checkpoint)
     if not isinstance(state.get("config"), dict) or "model" not in state["config"]:
@@ -306,3 +313,45 @@ def load_run(model_arg: str | Path, *, device: str = "auto") -> LoadedRun:
         raise RunFolderError(f"{folder.checkpoint}: its card names {len(card.class_names)} classes, the model "
                              f"has {preset.model.num_classes} outputs")
     return LoadedRun(model.to(resolve_device(device)).eval(), preset, card, folder, folder.checkpoint)
+
+
+def missing_data_message(run: LoadedRun, where: str | None, what: str) -> str:
+    return (f"the calibration split of {run.folder.path} ({what}) was at {where}, which is not there any more; "
+            f"pass --data with its new location")
+
+
+# ------------------------------------------------------------------------------------------ exit policy
+def load_exit_policy(path: str | Path) -> ExitPolicy:
+    return ExitPolicy.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+
+
+def exit_policy_for_budget(checkpoint: str | Path | RunFolder, budget: float, model: UniAdaFocus) -> ExitPolicy:
+    """Thresholds meeting `budget` GMACs per input, in this order: the policy `calibrate` fitted for exactly
+    this budget; a refit on the run's calibration logits (calibration.pt); exit_policy.json if fitted for it."""
+    folder = checkpoint if isinstance(checkpoint, RunFolder) else RunFolder.locate(checkpoint)
+    fitted = folder.exit_policy(budget)
+    if fitted.is_file():
+        return _checked(load_exit_policy(fitted), model, fitted)
+    if folder.calibration.is_file():
+        state = load_checkpoint(folder.calibration)
+        logits, criterion = state["logits"], state["config"]["criterion"]
+        if logits.ndim != 3 or logits.shape[1] != model.config.num_exits:
+            raise ValueError(f"{folder.calibration} has logits of shape {tuple(logits.shape)}, not for this "
+                             f"model's {model.config.num_exits} exits; re-run `adafocus calibrate`")
+        return solve_budget(exit_scores(logits, criterion), model.exit_costs(), budget, criterion=criterion)
+    default = folder.exit_policy()
+    if default.is_file():
+        policy = load_exit_policy(default)
+        if not math.isclose(policy.budget, budget, rel_tol=1e-3):
+            raise ValueError(f"{default} is fitted for {policy.budget:.6g} GMACs and there is no "
+                             f"{folder.calibration.name} to refit it for {budget:.6g}; run "
+                             f"`adafocus calibrate --model {folder.path} --budget {budget:g}`")
+        return _checked(policy, model, default)
+    raise FileNotFoundError(f"--budget needs {folder.calibration.name} or fitted thresholds in {folder.path} "
+                            f"(run `adafocus calibrate --model {folder.path} --budget {budget:g}`)")
+
+
+def _checked(policy: ExitPolicy, model: UniAdaFocus, path: Path) -> ExitPolicy:
+    if policy.num_exits != model.config.num_exits:
+        raise ValueError(f"{path} has {policy.num_exits} exits, the model {model.config.num_exits}; re-calibrate")
+    return policy

@@ -9,12 +9,10 @@ Run directory layout (``out_dir``; file names and the rest of the folder: ``adaf
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +20,7 @@ import torch
 import torch.distributed as dist
 from adafocus.core.checkpoint import load_checkpoint, save_checkpoint
 from adafocus.core.config import Preset
+from adafocus.core.device import cuda_autocast, resolve_device
 from adafocus.core.exits import ExitPolicy, accuracy_by_exit, exit_scores, solve_budget
 from adafocus.core.io import atomic_write_json, atomic_write_text
 from adafocus.core.model import UniAdaFocus
@@ -38,14 +37,6 @@ PARAMETER_GROUPS = {
     "classifier": ("classifier",),
     "local": ("local_encoder", "local_head"),
 }
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for, but no CUDA device is available")
-    return torch.device(device)
 
 
 def cosine_lr(base_lr: float, step: int, total_steps: int) -> float:
@@ -185,15 +176,6 @@ def balanced_sampler(dataset: Dataset, seed: int) -> WeightedRandomSampler | Non
     weights = 1.0 / torch.bincount(labels).double()[labels]
     return WeightedRandomSampler(weights, num_samples=len(labels), replacement=True,
                                  generator=torch.Generator().manual_seed(seed))
-
-
-def cuda_autocast(device: torch.device, enabled: bool = True):
-    """Mixed precision on CUDA (bf16 where the GPU has it, else fp16); a no-op elsewhere or when disabled.
-    CPU runs stay in float32 so that CPU results are reproducible."""
-    if not enabled or device.type != "cuda":
-        return nullcontext()
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.autocast(device_type="cuda", dtype=dtype)
 
 
 def train(preset: Preset, train_set: Dataset, val_set: Dataset, out_dir: str | Path, *,
@@ -336,16 +318,6 @@ def _append_log(path: Path, row: dict) -> None:
     atomic_write_text(path, "\n".join(lines) + "\n")
 
 
-def load_model(checkpoint: str | Path, *, device: str = "auto") -> tuple[UniAdaFocus, Preset]:
-    """Rebuild a trained model from a checkpoint (weights only; no pretrained download needed)."""
-    state = load_checkpoint(checkpoint)
-    preset = Preset.from_dict(state["config"])
-    preset.model.glance_pretrained = preset.model.local_pretrained = None  # the checkpoint has the weights
-    model = UniAdaFocus(preset.model)
-    model.load_state_dict(state["model_state"])
-    return model.to(resolve_device(device)).eval(), preset
-
-
 def calibrate(model: UniAdaFocus, loader: DataLoader, budget: float, *, criterion: str = "entropy",
               device: str = "auto", out_dir: str | Path | None = None) -> ExitPolicy:
     """Fit exit thresholds for ``budget`` GMACs per sample on a calibration loader.
@@ -364,7 +336,3 @@ def calibrate(model: UniAdaFocus, loader: DataLoader, budget: float, *, criterio
                         logits=logits, labels=labels, exit_costs=costs)
         atomic_write_json(run.exit_policy(), policy.to_dict())
     return policy
-
-
-def load_exit_policy(path: str | Path) -> ExitPolicy:
-    return ExitPolicy.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))

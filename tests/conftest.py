@@ -6,4 +6,7 @@ engine's results (equal to torch's) are tested in test_engine.py.
 """
 import os
 
+from adafocus.core._torchvision_compat import install_torchvision_shim
+
+install_torchvision_shim()  # the test suite is an entry point like the CLI
 os.environ.setdefault("ADAFOCUS_ENGINE", "torch")

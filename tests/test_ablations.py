@@ -2,7 +2,7 @@
 import json
 
 import pytest
-from adafocus.apps.ablations import TABLES, run_ablations, table_rows, variants
+from adafocus.apps.bench.ablations import TABLES, run_ablations, table_rows, variants
 from adafocus.apps.cli import main
 from adafocus.core.config import get_preset
 

@@ -1,10 +1,12 @@
 """Backbone registry: shapes, strides, registration, and loading torchvision-layout checkpoints."""
-import adafocus.core  # noqa: F401  (installs the torchvision shim; must precede the torchvision import)
+from adafocus.core._torchvision_compat import install_torchvision_shim
+
+install_torchvision_shim()  # before torchvision is imported below
 import pytest
 import torch
 import torchvision.models
-from adafocus.core import backbones
 from adafocus.core.backbones import Backbone, create_backbone, list_backbones, register_backbone
+from adafocus.core.backbones import base as backbones
 from adafocus.core.weights import WeightsError
 
 

@@ -3,7 +3,7 @@ consistent (the ratios are computed from the measured rows)."""
 import json
 
 import pytest
-from adafocus.apps.bench_speed import (
+from adafocus.apps.bench.speed import (
     bench_speed,
     default_sweep,
     encoder_rates,
@@ -68,7 +68,7 @@ def test_benchmark_model_spreads_exit_scores_so_budgets_can_be_met():
     import dataclasses
 
     import torch
-    from adafocus.apps.bench_speed import benchmark_clips, budget_policies, offline_weights
+    from adafocus.apps.bench.speed import benchmark_clips, budget_policies, offline_weights
     from adafocus.core.exits import exit_scores
     from adafocus.core.model import UniAdaFocus
 
@@ -123,7 +123,7 @@ def test_int8_rows_carry_their_agreement_with_torch_fp32(tmp_path, monkeypatch):
 
 def test_profile_accounts_for_every_stage_of_one_call():
     import torch
-    from adafocus.apps.bench_speed import PROFILE_STAGES, profile_infer
+    from adafocus.apps.bench.speed import PROFILE_STAGES, profile_infer
     from adafocus.core.exits import ExitPolicy
     from adafocus.core.model import UniAdaFocus
 

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 from adafocus.apps.cli import main as cli_main
-from adafocus.apps.video_demo import check_against_truth
+from adafocus.apps.demos.video import check_against_truth
 from adafocus.core.run import RunFolder
 from adafocus.datasets.fine_detail import write_fine_detail_videos
 

@@ -4,14 +4,15 @@ that budgeted early exit meets its budget on held-out data. Trains for a few min
 import json
 
 import pytest
-from adafocus.apps.synthetic_runs import (
+from adafocus.apps.runs.synthetic import (
     compare_policies,
     evaluate_focus,
     random_exit_baseline,
     synthetic_splits,
 )
 from adafocus.core.config import get_preset
-from adafocus.core.train import calibrate, load_model, train
+from adafocus.core.run import load_run
+from adafocus.core.train import calibrate, train
 from adafocus.datasets.synthetic import collate
 from torch.utils.data import DataLoader
 
@@ -22,7 +23,7 @@ def trained(tmp_path_factory):
     preset = get_preset("cpu-synthetic")
     splits = synthetic_splits(preset)
     train(preset, splits["train"], splits["val"], run_dir, device="cpu", collate_fn=collate, progress=False)
-    model, _ = load_model(run_dir / "best.pt", device="cpu")
+    model = load_run(run_dir / "best.pt", device="cpu").model
     return model, splits, run_dir
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from adafocus.apps.mri_demo import run_mri_demo
+from adafocus.apps.demos.mri import run_mri_demo
 
 pytestmark = pytest.mark.slow
 

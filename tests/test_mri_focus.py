@@ -8,11 +8,12 @@ import json
 import numpy as np
 import pytest
 import torch
-from adafocus.apps.mri_focus import SELECTION_BASELINES, lesion_following, lesion_task_splits, slice_chance
-from adafocus.apps.synthetic_runs import compare_policies, with_policies
+from adafocus.apps.bench.mri_focus import SELECTION_BASELINES, lesion_following, lesion_task_splits, slice_chance
+from adafocus.apps.runs.synthetic import compare_policies, with_policies
 from adafocus.core.config import get_preset
 from adafocus.core.model import UniAdaFocus
-from adafocus.core.train import load_model, train
+from adafocus.core.run import load_run
+from adafocus.core.train import train
 from adafocus.datasets.synthetic import collate
 from adafocus.datasets.synthetic_mri import LesionTaskConfig
 from adafocus.reports.metrics import best_fixed_place_hit_rate, follow_correlation
@@ -107,7 +108,7 @@ def trained(tmp_path_factory):
     finally:
         torch.set_num_threads(threads)
     chosen = max(val_accuracy, key=val_accuracy.get)
-    model, _ = load_model(root / f"seed-{chosen}" / "best.pt", device="cpu")
+    model = load_run(root / f"seed-{chosen}" / "best.pt", device="cpu").model
     return model, splits["test"]
 
 

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from adafocus.apps.mri_demo import containment_chance, patient_box_places, region_hits
+from adafocus.apps.demos.mri import containment_chance, patient_box_places, region_hits
 from adafocus.core.backbones import create_backbone
 from adafocus.core.train import balanced_sampler, is_better
 from adafocus.datasets.mri.cohort import AtrophyRegion
@@ -79,7 +79,7 @@ def test_region_hits_need_the_band_slice_and_the_centre_in_the_box():
 
 
 def test_patient_box_places_summarise_each_folds_patient_boxes(tmp_path):
-    from adafocus.apps.cv import PREDICTION_COLUMNS
+    from adafocus.apps.runs.cv import PREDICTION_COLUMNS
     from adafocus.reports.cv_report import fold_dir
     from adafocus.reports.tables import tsv_text
 

@@ -141,7 +141,7 @@ def test_import_refuses_a_foreign_file_in_one_line(tmp_path, capsys):
 @pytest.mark.slow
 def test_imported_model_scores_videos_and_fine_tunes_with_a_new_head(tmp_path, video_tree):
     from adafocus.apps.cli import main
-    from adafocus.apps.score import read_rows
+    from adafocus.apps.scoring.outputs import read_rows
     from adafocus.core.checkpoint import load_checkpoint
 
     ckpt = _write_authors_file(tmp_path / "minik.pth.tar", ref.ua_a_checkpoint(num_classes=5))

@@ -17,8 +17,9 @@ pytestmark = pytest.mark.cluster
 
 import nibabel as nib
 from adafocus.apps.cli import main as cli_main
-from adafocus.apps.score import read_rows, score_videos
-from adafocus.apps.score_ray import ModelScorer, ray_init_kwargs, ray_scan_executor, score_on_ray
+from adafocus.apps.scoring.videos import score_videos
+from adafocus.apps.scoring.outputs import read_rows
+from adafocus.apps.scoring.ray import ModelScorer, ray_init_kwargs, ray_scan_executor, score_on_ray
 from adafocus.core.checkpoint import save_checkpoint
 from adafocus.core.config import get_preset
 from adafocus.core.model import UniAdaFocus

@@ -5,14 +5,15 @@ import json
 
 import numpy as np
 import pytest
-from adafocus.apps.score import OutputFiles, ScoreSummary, csv_columns, prepare_csv, read_rows
-from adafocus.apps.score_ray import model_actor_resources, ray_init_kwargs, write_streamed_rows
+from adafocus.apps.scoring.videos import ScoreSummary
+from adafocus.apps.scoring.outputs import OutputFiles, csv_columns, prepare_csv, read_rows
+from adafocus.apps.scoring.ray import model_actor_resources, ray_init_kwargs, write_streamed_rows
 
 
 def test_local_ray_listens_on_loopback_without_dashboard_and_installs_the_shim_in_workers():
     local = ray_init_kwargs(None, num_cpus=2)
     assert local["num_cpus"] == 2 and local["_node_ip_address"] == "127.0.0.1" and not local["include_dashboard"]
-    assert local["runtime_env"]["worker_process_setup_hook"] == "adafocus.apps.score_ray.worker_setup"
+    assert local["runtime_env"]["worker_process_setup_hook"] == "adafocus.apps.scoring.ray.worker_setup"
     assert local["runtime_env"]["env_vars"]["RAY_USAGE_STATS_ENABLED"] == "0"
     joined = ray_init_kwargs("10.0.0.5:6379")
     assert joined["address"] == "10.0.0.5:6379" and "num_cpus" not in joined
@@ -53,7 +54,7 @@ def test_streamed_rows_are_written_once_even_when_a_retried_batch_comes_back_twi
 
 
 def test_ray_errors_become_one_line():
-    from adafocus.apps.score_ray import one_line
+    from adafocus.apps.scoring.ray import one_line
 
     error = RuntimeError("\n  ray::MapWorker failed\nTraceback (most recent call last):\n  File ...\n")
     assert one_line(error) == "RuntimeError: ray::MapWorker failed"

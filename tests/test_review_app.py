@@ -13,10 +13,10 @@ import numpy as np
 import pandas as pd
 import pytest
 from _review_fixtures import SCANS, VIDEOS, write_all
-from adafocus.apps import review_app
-from adafocus.apps import review_audit as ra
-from adafocus.apps import review_logic as rl
-from adafocus.apps import review_render as rr
+from adafocus.apps.review import app as review_app
+from adafocus.apps.review import audit as ra
+from adafocus.apps.review import logic as rl
+from adafocus.apps.review import render as rr
 from streamlit.testing.v1 import AppTest
 
 APP = str(Path(review_app.__file__))
@@ -516,7 +516,7 @@ def test_fitted_review_flag_from_the_outputs_wins_over_entropy():
 
 
 def test_score_details_record_the_temporal_policy_per_glance_frame():
-    from adafocus.apps.score import glance_weights
+    from adafocus.apps.scoring.videos import glance_weights
     from adafocus.core.config import get_preset
     from adafocus.datasets.video import ClipInfo
 

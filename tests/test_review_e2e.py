@@ -24,9 +24,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from _review_fixtures import write_demo_scans, write_demo_videos
-from adafocus.apps import review_app
-from adafocus.apps import review_audit as ra
-from adafocus.apps import review_logic as rl
+from adafocus.apps.review import app as review_app
+from adafocus.apps.review import audit as ra
+from adafocus.apps.review import logic as rl
 
 pytestmark = pytest.mark.browser
 

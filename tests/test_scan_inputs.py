@@ -9,7 +9,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from adafocus.apps.score_scans import collect_scan_inputs, scan_id
+from adafocus.apps.scoring.scans import collect_scan_inputs, scan_id
 from adafocus.core.geometry import focus_locations, map_box_corners
 from adafocus.datasets.mri.adapters import build_manifest
 from adafocus.datasets.mri.bids import build_bids_manifest, is_bids

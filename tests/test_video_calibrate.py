@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 from adafocus.apps.cli import main
-from adafocus.apps.video_runs import train_on_videos
+from adafocus.apps.runs.video import train_on_videos
 from adafocus.core.checkpoint import load_checkpoint
 from adafocus.core.exits import exit_scores
 from adafocus.core.run import RunFolder, load_run

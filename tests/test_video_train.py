@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 from adafocus.apps.cli import main as cli_main
-from adafocus.apps.score import read_rows, score_videos
-from adafocus.apps.video_runs import detect_video_data, load_video_data, train_on_videos
+from adafocus.apps.scoring.videos import score_videos
+from adafocus.apps.scoring.outputs import read_rows
+from adafocus.apps.runs.video import detect_video_data, load_video_data, train_on_videos
 from adafocus.core.checkpoint import load_checkpoint
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -136,7 +137,7 @@ def test_train_cli_reports_bad_video_data(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_demo_boxes_match_the_generators_ground_truth(tmp_path):
-    from adafocus.apps.video_demo import run_video_demo
+    from adafocus.apps.demos.video import run_video_demo
 
     torch.manual_seed(0)
     results = run_video_demo(tmp_path / "demo", device="cpu", log=lambda _: None)

@@ -7,7 +7,9 @@ import importlib.util
 import shutil
 from pathlib import Path
 
-import adafocus.core  # noqa: F401  (installs the torchvision shim before torchvision is imported)
+from adafocus.core._torchvision_compat import install_torchvision_shim
+
+install_torchvision_shim()  # before torchvision is imported below
 import av
 import numpy as np
 import pytest

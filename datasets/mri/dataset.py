@@ -55,6 +55,14 @@ class ClipSpec:
         return asdict(self)
 
 
+def clip_spec_of(card) -> ClipSpec:
+    """The ClipSpec a model was trained with, from its model card's input spec (unknown keys ignored).
+    Every consumer (training, `score`, the review app) slices a run's scans through this, never a preset's
+    defaults, so a model trained with `--axis coronal --context 2` is fed coronal 5-channel clips."""
+    fields = ClipSpec.__dataclass_fields__
+    return ClipSpec(**{k: v for k, v in card.input.items() if k in fields})
+
+
 def is_usable(row: ManifestRow) -> bool:
     """A row that can be fed to a model: labelled, preprocessed without error, file present."""
     return (not row.excluded and row.status == STATUS_OK and row.preprocessed_path is not None

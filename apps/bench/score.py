@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from adafocus.apps.score import (
+from adafocus.apps.scoring.videos import (
     ScoreInputs,
     collate_scored,
     collect_inputs,
@@ -22,10 +22,10 @@ from adafocus.apps.score import (
 )
 from adafocus.core.checkpoint import save_checkpoint
 from adafocus.core.config import get_preset
+from adafocus.core.device import cuda_autocast, resolve_device
 from adafocus.core.engine import prepare_for_inference, resolve_engine
 from adafocus.core.model import UniAdaFocus
-from adafocus.core.run import RunFolder
-from adafocus.core.train import cuda_autocast, load_model, resolve_device
+from adafocus.core.run import RunFolder, load_run
 
 
 def sample_video_links(folder: Path, count: int) -> list[str]:
@@ -55,7 +55,7 @@ def model_only_rate(checkpoint: str | Path, paths: Sequence[str], *, batch_size:
                     threads: int, min_seconds: float = 2.0, engine: str = "auto", precision: str = "fp32") -> float:
     """Videos/s of `model.infer` alone on one batch of already decoded clips (after a warm-up pass), with
     `threads` CPU threads on the CPU (as while scoring) and the engine `score_videos` uses."""
-    model, _ = load_model(checkpoint, device=device)
+    model = load_run(checkpoint, device=device).model
     dev = resolve_device(device)
     c = model.config
     inputs = ScoreInputs(list(paths[:batch_size]), c.num_candidates, c.frame_size)
@@ -189,7 +189,7 @@ def bench_score_command(args) -> int:
 
 def _bench_ray_command(args) -> int:
     """`adafocus bench score --ray [ADDRESS]`: the Ray path against the local path on the same files."""
-    from adafocus.apps.score_ray import bench_ray_against_local, format_ray_bench
+    from adafocus.apps.scoring.ray import bench_ray_against_local, format_ray_bench
 
     with tempfile.TemporaryDirectory(prefix="adafocus-bench-") as scratch:
         scratch = Path(scratch)

@@ -9,7 +9,7 @@ Raw scans go through the model's OWN t1-linear settings (its model card), in par
 cache (default OUT/cache, with its manifest.tsv): a re-run, or a run killed midway, reuses every scan
 already preprocessed. Clips are cut with the model's own slice axis, slice count, context and borders.
 
-Outputs (the same guarantees as video scoring, apps/score.py: rows appended and fsynced as produced, a
+Outputs (the same guarantees as video scoring, apps/scoring/videos.py: rows appended and fsynced as produced, a
 re-run scores only inputs without a row):
     OUT/scores.csv     path, status (ok | error), error, note, label (class name), p_<class>, exit_step,
                        gmacs, decode_ms (clip loading), model_ms. A scan that cannot be read, registered or
@@ -31,22 +31,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from adafocus.apps.calibrate import exit_policy_for_budget
-from adafocus.apps.mri_runs import clip_spec_of
-from adafocus.apps.score import (
-    ScoreSummary,
-    csv_columns,
-    finish_summary,
-    output_paths,
-    prepare_outputs,
-)
+from adafocus.apps.scoring.outputs import csv_columns, output_paths
+from adafocus.apps.scoring.videos import ScoreSummary, finish_summary, prepare_outputs
+from adafocus.core.device import cuda_autocast, resolve_device
 from adafocus.core.engine import EngineError, prepare_for_inference
 from adafocus.core.geometry import focus_locations
 from adafocus.core.io import atomic_write_json
-from adafocus.core.run import LoadedRun, load_run
-from adafocus.core.train import cuda_autocast, resolve_device
+from adafocus.core.run import LoadedRun, exit_policy_for_budget, load_run
 from adafocus.datasets.mri.bids import build_bids_manifest, is_bids
-from adafocus.datasets.mri.dataset import ClipSpec, load_preprocessed
+from adafocus.datasets.mri.dataset import ClipSpec, clip_spec_of, load_preprocessed
 from adafocus.datasets.mri.manifest import (
     MANIFEST_NAME,
     STATUS_OK,

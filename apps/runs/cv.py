@@ -26,14 +26,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from adafocus.apps.mri_runs import mri_card, usable_rows
+from adafocus.apps.runs.mri import mri_card, usable_rows
 from adafocus.core.config import Preset, get_preset
+from adafocus.core.device import resolve_device
 from adafocus.core.exits import ExitPolicy, budget_curve, exit_scores
 from adafocus.core.geometry import focus_locations
 from adafocus.core.io import atomic_write_json, atomic_write_text
 from adafocus.core.model import UniAdaFocus
-from adafocus.core.run import RunFolder
-from adafocus.core.train import calibrate, collect_logits, load_model, resolve_device, train
+from adafocus.core.run import RunFolder, load_run
+from adafocus.core.train import calibrate, collect_logits, train
 from adafocus.datasets.mri.dataset import (
     AugmentedCopies,
     ClipSpec,
@@ -122,7 +123,7 @@ def predict_checkpoint(checkpoint: str | Path, rows: Sequence[ManifestRow], spec
     participants recorded in the checkpoint folder's training_participants.tsv are refused unless
     `allow_leakage`."""
     check_no_leakage(checkpoint, [r.participant_id for r in rows], allow_leakage=allow_leakage)
-    model, _ = load_model(checkpoint, device=device)
+    model = load_run(checkpoint, device=device).model
     return predict(model, MRISliceDataset(rows, spec), exit_policy=exit_policy)[0]
 
 
@@ -162,7 +163,7 @@ def run_fold(fold: Fold, rows: Sequence[ManifestRow], preset: Preset, spec: Clip
     train(preset, train_set, val_set, run_dir, device=device, collate_fn=collate_scans, progress=progress, log=log,
           card=card)
 
-    model, _ = load_model(run.best, device=device)
+    model = load_run(run.best, device=device).model
     val_loader = DataLoader(val_set, batch_size=16, collate_fn=collate_scans)
     exit_policy = (calibrate(model, val_loader, budget, criterion=EXIT_CRITERION, device=device, out_dir=run_dir)
                    if budget is not None else None)

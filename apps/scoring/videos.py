@@ -11,22 +11,18 @@ A run killed at any moment (SIGKILL included) leaves at most a trailing partial 
 drops it, drops details lines of files without a CSV row, and scores only files that have no row yet
 (rows with status "error" count as done: delete those rows to retry them).
 
-To score across processes or machines, `score --ray` (apps/score_ray.py) runs the same pieces on Ray Data:
+To score across processes or machines, `score --ray` (apps/scoring/ray.py) runs the same pieces on Ray Data:
 decoding in Ray tasks, the model in an actor pool, rows written by this process as they stream in.
 """
 from __future__ import annotations
 
 import copy
-import csv
 import glob
 import hashlib
-import io
-import json
 import math
 import os
-import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,14 +30,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from adafocus.apps.calibrate import exit_policy_for_budget
+from adafocus.apps.scoring.outputs import OutputFiles, csv_columns, prepare_csv, prune_details, read_rows
+from adafocus.core.device import cuda_autocast, resolve_device
 from adafocus.core.engine import EngineError, format_agreement, prediction_agreement, prepare_for_inference
 from adafocus.core.exits import ExitPolicy
 from adafocus.core.geometry import focus_locations
-from adafocus.core.io import atomic_write, atomic_write_text
+from adafocus.core.io import atomic_write
 from adafocus.core.model import UniAdaFocus
-from adafocus.core.run import load_run
-from adafocus.core.train import cuda_autocast, resolve_device
+from adafocus.core.run import exit_policy_for_budget, load_run
 from adafocus.datasets.video import (
     VIDEO_EXTENSIONS,
     ClipInfo,
@@ -57,8 +53,6 @@ from torch.utils.data import DataLoader, Dataset
 SCORE_EXTENSIONS = VIDEO_EXTENSIONS + (".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp", ".ts", ".mts")
 # A file whose sampled frames would need more raw RGB memory than this is refused, not decoded.
 MAX_DECODE_BYTES = 2 * 1024 ** 3
-BASE_COLUMNS = ("path", "status", "error", "note", "label")
-TAIL_COLUMNS = ("exit_step", "gmacs", "decode_ms", "model_ms")
 _GLOB_CHARS = set("*?[")
 
 
@@ -151,116 +145,6 @@ def collate_scored(items: list[dict[str, Any]]) -> dict[str, Any]:
     """Keep every item in order; stack the clips of the readable ones into "clips" [B_ok, N, 3, S, S]."""
     readable = [item for item in items if item["clip"] is not None]
     return {"items": items, "clips": torch.stack([item["clip"] for item in readable]) if readable else None}
-
-
-# ----------------------------------------------------------------------------------------------------
-# Budget
-
-
-# exit_policy_for_budget lives in apps/calibrate.py (imported above) so scans, videos and the app share it.
-
-
-# ----------------------------------------------------------------------------------------------------
-# Outputs: append-only, fsynced, resumable
-
-
-def csv_columns(class_names: Sequence[str]) -> list[str]:
-    return [*BASE_COLUMNS, *(f"p_{name}" for name in class_names), *TAIL_COLUMNS]
-
-
-def _csv_line(values: Sequence[Any]) -> str:
-    buffer = io.StringIO()
-    csv.writer(buffer, lineterminator="\n").writerow(values)
-    return buffer.getvalue()
-
-
-def _drop_partial_tail(path: Path) -> None:
-    """Cut a file back to its last complete line (a run killed mid-write may leave half a line)."""
-    data = path.read_bytes()
-    end = data.rfind(b"\n") + 1
-    if end < len(data):
-        with open(path, "r+b") as handle:
-            handle.truncate(end)
-            handle.flush()
-            os.fsync(handle.fileno())
-
-
-def read_rows(path: str | Path) -> tuple[list[str], list[dict[str, str]]]:
-    """(header, rows) of a scores CSV, ignoring a trailing partial line and rows with a wrong field count."""
-    text = Path(path).read_text(encoding="utf-8", errors="surrogateescape")
-    text = text[: text.rfind("\n") + 1]
-    records = list(csv.reader(io.StringIO(text)))
-    if not records:
-        return [], []
-    header = records[0]
-    return header, [dict(zip(header, r)) for r in records[1:] if len(r) == len(header)]
-
-
-def prepare_csv(path: Path, columns: list[str]) -> dict[str, str]:
-    """Make `path` a CSV with `columns` ready for appending; return {path: status} of the rows it has."""
-    if path.is_file() and path.stat().st_size > 0:
-        _drop_partial_tail(path)
-        header, rows = read_rows(path)
-        if header and header != columns:
-            raise ValueError(f"{path} has the columns {header}, this model writes {columns}: it was written "
-                             f"by another model; use a new --out")
-        if header:
-            return {row["path"]: row["status"] for row in rows}
-    atomic_write_text(path, _csv_line(columns))
-    return {}
-
-
-def prune_details(path: Path, done: Iterable[str]) -> None:
-    """Keep one complete details line per file that has a CSV row (lines written before a kill but
-    without their CSV row would otherwise be duplicated when those files are scored again)."""
-    if not path.is_file():
-        return
-    done, kept, seen = set(done), [], set()
-    text = path.read_text(encoding="utf-8")
-    lines = _complete_lines(text)
-    for line in lines:
-        record_path = _record_path(line)
-        if record_path in done and record_path not in seen:
-            kept.append(line)
-            seen.add(record_path)
-    if len(kept) != len(lines) or not text.endswith("\n") and text:
-        atomic_write_text(path, "".join(line + "\n" for line in kept))
-
-
-def _complete_lines(text: str) -> list[str]:
-    """The newline-terminated lines of `text`, without their newlines (a partial last line is dropped)."""
-    return text.split("\n")[:-1]
-
-
-def _record_path(line: str) -> str | None:
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError:
-        return None
-    return record.get("path") if isinstance(record, dict) else None
-
-
-def _append_synced(path: Path, text: str) -> None:
-    # surrogateescape: file names that are not valid UTF-8 are written back as their original bytes
-    with open(path, "a", encoding="utf-8", errors="surrogateescape") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-
-
-@dataclass
-class OutputFiles:
-    """Where one process appends: the CSV and (optionally) the details JSONL."""
-
-    csv: Path
-    details: Path | None
-
-    def append(self, rows: list[list[Any]], details: list[dict[str, Any]]) -> None:
-        """Details first, then the CSV rows that mark the files done (one write per file, fsynced)."""
-        if self.details is not None and details:
-            _append_synced(self.details, "".join(json.dumps(d) + "\n" for d in details))
-        if rows:
-            _append_synced(self.csv, "".join(_csv_line(row) for row in rows))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -422,7 +306,7 @@ def score_videos(inputs: Sequence[str], checkpoint: str | Path, out_csv: str | P
     with cpu_threads(dev, model_threads(workers)):
         for batch in loader:
             summary.wait_s += time.perf_counter() - waited_from
-            rows, records = _score_batch(model, batch, policy, class_names, thumb_dir, dev, summary)
+            rows, records = score_batch(model, batch, policy, class_names, thumb_dir, dev, summary)
             final.append(rows, records)
             if bar is not None:
                 bar.update(len(batch["items"]))
@@ -516,7 +400,7 @@ def glance_weights(weights: list[float], config, info: ClipInfo) -> list[dict[st
              "weight": round(w, 5)} for p, w in zip(positions, weights)]
 
 
-def _score_batch(model: UniAdaFocus, batch: dict[str, Any], policy: ExitPolicy | None, class_names: list[str],
+def score_batch(model: UniAdaFocus, batch: dict[str, Any], policy: ExitPolicy | None, class_names: list[str],
                  thumb_dir: Path | None, device: torch.device, summary: ScoreSummary
                  ) -> tuple[list[list[Any]], list[dict[str, Any]]]:
     """Rows (input order) and details records of one collated batch."""
@@ -568,55 +452,3 @@ def _try_contact_sheet(folder: Path, record: dict[str, Any], info: ClipInfo) -> 
     except (VideoDecodeError, OSError, ValueError):
         return None  # the score stands without its picture
     return str(target)
-
-
-def output_paths(out: str | Path, details: str | Path | None = None) -> tuple[Path, Path]:
-    """--out DIR -> (DIR/scores.csv, DIR/details.jsonl); --out FILE.csv keeps the older file form."""
-    out = Path(out)
-    if out.suffix == ".csv":
-        return out, Path(details) if details else out.with_name("details.jsonl")
-    return out / "scores.csv", Path(details) if details else out / "details.jsonl"
-
-
-def score_command(args) -> int:
-    """`adafocus score` (see apps/cli.py for the arguments): score, print the summary, return the exit code."""
-    if args.workers < 0 or args.batch_size < 1:
-        raise ValueError(f"need --workers >= 0 and --batch-size >= 1, got {args.workers} and {args.batch_size}")
-    ray_address = getattr(args, "ray", None)  # --ray: apps/score_ray.py (preprocessing / decoding + model on Ray)
-    if load_run(args.model, device="cpu").card.domain == "mri":
-        from adafocus.apps.score_scans import score_scans  # imports SimpleITK: only for scans
-
-        executor = None
-        if ray_address is not None:
-            from adafocus.apps.score_ray import ray_scan_executor
-
-            executor = ray_scan_executor(ray_address)
-        summary = score_scans(args.inputs, args.model, args.out, details=args.details, budget=args.budget,
-                              cache=args.cache, device=args.device, workers=args.workers,
-                              batch_size=args.batch_size, progress=not args.quiet, executor=executor,
-                              engine=args.engine, precision=args.precision)
-    else:
-        out_csv, details = output_paths(args.out, args.details) if Path(args.out).suffix != ".csv" \
-            else (Path(args.out), args.details)
-        if ray_address is not None:
-            from adafocus.apps.score_ray import score_on_ray
-
-            summary = score_on_ray(args.inputs, args.model, out_csv, details=details, budget=args.budget,
-                                   thumbnails=args.thumbnails, device=args.device, batch_size=args.batch_size,
-                                   address=ray_address, progress=not args.quiet,
-                                   engine=args.engine, precision=args.precision)
-        else:
-            summary = score_videos(args.inputs, args.model, out_csv, details=details, budget=args.budget,
-                                   thumbnails=args.thumbnails, device=args.device, workers=args.workers,
-                                   batch_size=args.batch_size, progress=not args.quiet,
-                                   engine=args.engine, precision=args.precision)
-    return print_summary(summary)
-
-
-def print_summary(summary: ScoreSummary) -> int:
-    """Print what a scoring run did and where its outputs are; return its exit code."""
-    print(summary.line())
-    print("  ".join(f"{name}: {path}" for name, path in summary.outputs.items()))
-    if summary.exit_code:
-        print("nothing could be scored: every input failed (see the error column)", file=sys.stderr)
-    return summary.exit_code

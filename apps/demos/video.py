@@ -14,8 +14,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from adafocus.apps.score import read_rows, score_videos
-from adafocus.apps.video_runs import train_on_videos
+from adafocus.apps.scoring.videos import score_videos
+from adafocus.apps.scoring.outputs import read_rows
+from adafocus.apps.runs.video import train_on_videos
 from adafocus.core.config import get_preset
 from adafocus.core.io import atomic_write_json
 from adafocus.core.run import RunFolder

@@ -11,7 +11,8 @@ multiply-accumulates, so the backbones cost what the plain 2D networks cost.
 """
 from __future__ import annotations
 
-from adafocus.core.backbones import Backbone, mobilenet_v2, register_backbone, resnet50
+from adafocus.core.backbones.base import Backbone, register_backbone
+from adafocus.core.backbones.image import mobilenet_v2, resnet50
 from torch import Tensor, nn
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from adafocus.apps.synthetic_runs import chosen_focus
+from adafocus.apps.runs.synthetic import chosen_focus
 from adafocus.core.config import Preset
 from adafocus.core.geometry import box_contains_points
 from adafocus.core.model import UniAdaFocus

@@ -16,11 +16,20 @@ from pathlib import Path
 
 from adafocus.core.config import Preset
 from adafocus.core.io import atomic_write_text
-from adafocus.core.run import LoadedRun, ModelCard, RunFolder, make_card
-from adafocus.core.train import calibrate, load_model, train
+from adafocus.core.run import (
+    CalibrationDataError,
+    LoadedRun,
+    ModelCard,
+    RunFolder,
+    load_run,
+    make_card,
+    missing_data_message,
+)
+from adafocus.core.train import calibrate, train
 from adafocus.datasets.mri.dataset import (
     ClipSpec,
     MRISliceDataset,
+    clip_spec_of,
     collate_scans,
     is_usable,
     training_augmentation,
@@ -51,12 +60,6 @@ def mri_input_spec(spec: ClipSpec, manifest: str | Path) -> dict:
     """The card's input spec: the clip spec plus the t1-linear settings and template of the manifest's cache."""
     t1 = read_t1_linear_config(Path(manifest).parent)
     return {**spec.to_dict(), "template": TEMPLATE_SPACE, "spacing_mm": t1.get("spacing_mm"), "t1_linear": t1}
-
-
-def clip_spec_of(card: ModelCard) -> ClipSpec:
-    """The ClipSpec a model was trained with, from its card (unknown keys ignored)."""
-    fields = ClipSpec.__dataclass_fields__
-    return ClipSpec(**{k: v for k, v in card.input.items() if k in fields})
 
 
 def mri_card(preset: Preset, rows: Sequence[ManifestRow], spec: ClipSpec, manifest: str | Path,
@@ -108,7 +111,7 @@ def train_on_manifest(manifest: str | Path, preset: Preset, out_dir: str | Path,
     train_set = MRISliceDataset(train_rows, spec, augment=training_augmentation(preset.train.augmentation_copies))
     summary = train(preset, train_set, val_set, run.path, device=device,
                     resume=resume, collate_fn=collate_scans, progress=progress, log=log, card=card)
-    model, _ = load_model(run.best, device=device)
+    model = load_run(run.best, device=device).model
     costs = model.exit_costs()
     budget = 0.5 * (costs[0] + costs[-1])
     calibrate(model, DataLoader(val_set, batch_size=16, collate_fn=collate_scans), budget, device=device,
@@ -121,7 +124,6 @@ def train_on_manifest(manifest: str | Path, preset: Preset, out_dir: str | Path,
 
 def mri_calibration_set(run: LoadedRun, data: str | None) -> tuple[Dataset, object, dict]:
     """The held-out scans of an MRI run (its card's manifest, or `data` where it moved): the same ids."""
-    from adafocus.apps.calibrate import CalibrationDataError, missing_data_message
 
     record = dict(run.card.calibration or {})
     manifest = data or record.get("data")

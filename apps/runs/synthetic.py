@@ -14,8 +14,8 @@ from adafocus.core.exits import ExitPolicy, exit_accuracy, random_exit_accuracy
 from adafocus.core.geometry import box_contains_points
 from adafocus.core.io import atomic_write_json, atomic_write_text
 from adafocus.core.model import UniAdaFocus
-from adafocus.core.run import ModelCard, RunFolder, frames_input, make_card
-from adafocus.core.train import calibrate, load_model, train
+from adafocus.core.run import ModelCard, RunFolder, frames_input, load_run, make_card
+from adafocus.core.train import calibrate, train
 from adafocus.datasets.synthetic import FocusTaskConfig, SyntheticFocusDataset, collate, object_centre
 from torch.utils.data import DataLoader
 
@@ -154,7 +154,7 @@ def run_demo(out_dir: Path, *, epochs: int | None = None, device: str = "auto", 
     run_dir = run.path
     log(f"[1/4] training {preset_name} on the synthetic focus task -> {run_dir}")
     train_synthetic(preset, run_dir, device=device, log=log)
-    model, _ = load_model(run.best, device="cpu")
+    model = load_run(run.best, device="cpu").model
 
     costs = model.exit_costs()
     budget = 0.5 * (costs[0] + costs[-1])

@@ -23,10 +23,18 @@ from pathlib import Path
 
 import torch
 from adafocus.core.config import Preset
+from adafocus.core.device import resolve_device
 from adafocus.core.exits import accuracy_by_exit, exit_accuracy, expected_cost
 from adafocus.core.io import atomic_write_json
-from adafocus.core.run import LoadedRun, RunFolder, make_card
-from adafocus.core.train import calibrate, collect_logits, load_model, resolve_device, train
+from adafocus.core.run import (
+    CalibrationDataError,
+    LoadedRun,
+    RunFolder,
+    load_run,
+    make_card,
+    missing_data_message,
+)
+from adafocus.core.train import calibrate, collect_logits, train
 from adafocus.datasets.video_sets import (
     RLVS,
     ClassFolderVideos,
@@ -152,7 +160,6 @@ def video_card(preset: Preset, videos: VideoData, split_file: Path):
 
 def video_calibration_set(run: LoadedRun, data: str | None) -> tuple[Dataset, object, dict]:
     """The un-augmented val split of a video run (the card's data folder, or `data` where it moved)."""
-    from adafocus.apps.calibrate import CalibrationDataError, missing_data_message
 
     record = dict(run.card.calibration or {})
     where = data or record.get("data")
@@ -181,7 +188,7 @@ def default_budget(exit_costs: list[float]) -> float:
 def evaluate_checkpoint(checkpoint: str | Path, dataset: Dataset, *, exit_policy=None, device: str = "auto",
                         batch_size: int = 32, workers: int = 0) -> dict:
     """Accuracy of every exit, and at `exit_policy`'s budget, of a checkpoint on an un-augmented dataset."""
-    model, _ = load_model(checkpoint, device=device)
+    model = load_run(checkpoint, device=device).model
     loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate_clips, num_workers=workers)
     logits, labels = collect_logits(model, loader, resolve_device(device))
     result = {"samples": len(labels), "accuracy_by_exit": accuracy_by_exit(logits, labels).tolist(),
@@ -224,7 +231,7 @@ def train_on_videos(data: str | Path, preset: Preset, out_dir: str | Path, *, de
         return summary
 
     best = run.best
-    model, _ = load_model(best, device=device)
+    model = load_run(best, device=device).model
     budget = default_budget(model.exit_costs())
     loader = DataLoader(videos.val, batch_size=preset.train.batch_size, collate_fn=collate_clips,
                         num_workers=preset.train.workers)

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from adafocus.apps.synthetic_runs import evaluate_focus, synthetic_splits
+from adafocus.apps.runs.synthetic import evaluate_focus, synthetic_splits
 from adafocus.core.adafocus_v1 import V1Schedule, train_adafocus_v1
 from adafocus.core.config import Preset, as_adafocus_v1, as_adafocus_v2, get_preset
 from adafocus.core.exits import (
@@ -25,8 +25,8 @@ from adafocus.core.exits import (
     solve_budget,
 )
 from adafocus.core.io import atomic_write_json, atomic_write_text
-from adafocus.core.run import RunFolder
-from adafocus.core.train import collect_logits, load_model, train
+from adafocus.core.run import RunFolder, load_run
+from adafocus.core.train import collect_logits, train
 from adafocus.datasets.synthetic import collate
 from torch.utils.data import DataLoader
 
@@ -192,7 +192,7 @@ def run_ablations(out_dir: Path, *, preset_name: str = "cpu-synthetic", quick: b
         log(f"[{index}/{len(keys)}] {key}")
         torch.manual_seed(base.train.seed)
         checkpoint = _train_row(key, preset, splits, out_dir / "runs", device, lambda s: None)
-        model, _ = load_model(checkpoint, device="cpu")
+        model = load_run(checkpoint, device="cpu").model
         metrics = evaluate_focus(model, splits["test"])
         results[key] = {"config": preset.to_dict(), "exit_costs": model.exit_costs(), **metrics}
         atomic_write_json(row_file, results[key])
@@ -215,7 +215,7 @@ def _add_budget_curves(results: dict, rows: list[tuple[str, str]], splits: dict,
     low, high = max(c[0] for c in costs), min(c[-1] for c in costs)
     budgets = [low + f * (high - low) for f in (0.25, 0.5, 0.75, 1.0)]
     for _, key in rows:
-        model, _ = load_model(RunFolder(out_dir / "runs" / key).best, device="cpu")
+        model = load_run(RunFolder(out_dir / "runs" / key).best, device="cpu").model
         results[key]["budget_curve"] = _budget_curve(model, splits, budgets)
 
 

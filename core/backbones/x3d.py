@@ -16,7 +16,7 @@ import re
 
 import torch
 import torch.nn.functional as F
-from adafocus.core.backbones import BODY_PREFIX, Backbone, register_backbone
+from adafocus.core.backbones.base import BODY_PREFIX, Backbone, register_backbone
 from adafocus.core.weights import WeightsError
 from torch import Tensor, nn
 

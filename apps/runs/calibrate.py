@@ -14,56 +14,16 @@ RUN/calibration-external.pt, leaving training's file alone. Thresholds go to RUN
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from pathlib import Path
 
-from adafocus.core.checkpoint import load_checkpoint, save_checkpoint
+from adafocus.core.checkpoint import save_checkpoint
+from adafocus.core.device import resolve_device
 from adafocus.core.exits import ExitPolicy, exit_scores, solve_budget
 from adafocus.core.io import atomic_write_json
-from adafocus.core.model import UniAdaFocus
-from adafocus.core.run import LoadedRun, RunFolder, load_run
-from adafocus.core.train import collect_logits, load_exit_policy, resolve_device
+from adafocus.core.run import CalibrationDataError, LoadedRun, load_run
+from adafocus.core.train import collect_logits
 from torch.utils.data import DataLoader, Dataset
-
-EXTERNAL_CALIBRATION = "calibration-external.pt"
-
-
-class CalibrationDataError(FileNotFoundError):
-    """The run's calibration data cannot be found or used; the message says what to pass."""
-
-
-# ---------------------------------------------------------------------------------------------- budget
-def exit_policy_for_budget(checkpoint: str | Path | RunFolder, budget: float, model: UniAdaFocus) -> ExitPolicy:
-    """Thresholds meeting `budget` GMACs per input, in this order: the policy `calibrate` fitted for exactly
-    this budget; a refit on the run's calibration logits (calibration.pt); exit_policy.json if fitted for it."""
-    folder = checkpoint if isinstance(checkpoint, RunFolder) else RunFolder.locate(checkpoint)
-    fitted = folder.exit_policy(budget)
-    if fitted.is_file():
-        return _checked(load_exit_policy(fitted), model, fitted)
-    if folder.calibration.is_file():
-        state = load_checkpoint(folder.calibration)
-        logits, criterion = state["logits"], state["config"]["criterion"]
-        if logits.ndim != 3 or logits.shape[1] != model.config.num_exits:
-            raise ValueError(f"{folder.calibration} has logits of shape {tuple(logits.shape)}, not for this "
-                             f"model's {model.config.num_exits} exits; re-run `adafocus calibrate`")
-        return solve_budget(exit_scores(logits, criterion), model.exit_costs(), budget, criterion=criterion)
-    default = folder.exit_policy()
-    if default.is_file():
-        policy = load_exit_policy(default)
-        if not math.isclose(policy.budget, budget, rel_tol=1e-3):
-            raise ValueError(f"{default} is fitted for {policy.budget:.6g} GMACs and there is no "
-                             f"{folder.calibration.name} to refit it for {budget:.6g}; run "
-                             f"`adafocus calibrate --model {folder.path} --budget {budget:g}`")
-        return _checked(policy, model, default)
-    raise FileNotFoundError(f"--budget needs {folder.calibration.name} or fitted thresholds in {folder.path} "
-                            f"(run `adafocus calibrate --model {folder.path} --budget {budget:g}`)")
-
-
-def _checked(policy: ExitPolicy, model: UniAdaFocus, path: Path) -> ExitPolicy:
-    if policy.num_exits != model.config.num_exits:
-        raise ValueError(f"{path} has {policy.num_exits} exits, the model {model.config.num_exits}; re-calibrate")
-    return policy
 
 
 # ------------------------------------------------------------------------------------ calibration data
@@ -80,16 +40,16 @@ def calibration_dataset(run: LoadedRun, data: str | None = None) -> tuple[Datase
         raise CalibrationDataError(f"{run.checkpoint}'s model card does not say where its calibration split "
                                    f"lives (an older checkpoint): pass --data with the data it was trained on")
     if card.domain == "video":
-        from adafocus.apps.video_runs import video_calibration_set
+        from adafocus.apps.runs.video import video_calibration_set
         return video_calibration_set(run, data)
     if card.domain == "mri":
-        from adafocus.apps.mri_runs import mri_calibration_set
+        from adafocus.apps.runs.mri import mri_calibration_set
         return mri_calibration_set(run, data)
     raise CalibrationDataError(f"--data {data}: a {card.domain} model calibrates on its own task")
 
 
 def _synthetic(run: LoadedRun) -> tuple[Dataset, Callable, dict]:
-    from adafocus.apps.synthetic_runs import synthetic_splits
+    from adafocus.apps.runs.synthetic import synthetic_splits
     from adafocus.datasets.synthetic import collate
 
     if run.card.domain != "synthetic" and not (run.card.derived and run.card.calibration is None):
@@ -97,11 +57,6 @@ def _synthetic(run: LoadedRun) -> tuple[Dataset, Callable, dict]:
                                    f"calibrate it (drop --data synthetic)")
     return synthetic_splits(run.preset)["calibration"], collate, {"source": "synthetic", "subset": "calibration",
                                                                   "own": run.card.domain == "synthetic"}
-
-
-def missing_data_message(run: LoadedRun, where: str | None, what: str) -> str:
-    return (f"the calibration split of {run.folder.path} ({what}) was at {where}, which is not there any more; "
-            f"pass --data with its new location")
 
 
 # -------------------------------------------------------------------------------------------- the fit
@@ -117,7 +72,7 @@ def calibrate_run(model_arg: str | Path, budget: float, *, data: str | None = No
     costs = run.model.exit_costs()
     policy = solve_budget(exit_scores(logits, criterion), costs, budget, criterion=criterion)
     own = data is None or record.get("own", False)
-    target = run.folder.calibration if own else run.folder.path / EXTERNAL_CALIBRATION
+    target = run.folder.calibration if own else run.folder.external_calibration
     save_checkpoint(target, model_state={}, config={"criterion": criterion, "checkpoint": run.checkpoint.name},
                     logits=logits, labels=labels, exit_costs=costs,
                     source={k: v for k, v in record.items() if k != "ids"})

@@ -1,4 +1,4 @@
-"""Pure logic behind the review app (apps/review_app.py): no Streamlit here, so all of it is unit-testable.
+"""Pure logic behind the review app (apps/review/app.py): no Streamlit here, so all of it is unit-testable.
 
 - Queues: MRI cross-validation predictions (`fold-*/predictions.tsv` of `adafocus cv`) and video scores
   (`scores.csv` + `details.jsonl` of `adafocus score`) become one table per kind, sorted by risk, with a
@@ -122,7 +122,7 @@ def scan_queue(scans_dir: str | Path) -> pd.DataFrame:
                     "slices": row.get("slices", ""), "boxes": row.get("boxes", ""), "fold_dir": str(path.parent),
                     "boxes_voxels": row.get("boxes_voxels", ""), "boxes_mm": row.get("boxes_mm", ""),
                     "fitted_flag": fitted_flag(row.get("needs_review"))})
-    from adafocus.apps.score_scans import scored_scan_records  # the clinical path: `adafocus score` outputs
+    from adafocus.apps.scoring.scans import scored_scan_records  # the clinical path: `adafocus score` outputs
 
     records += scored_scan_records(scans_dir)
     return _finish_queue(records)

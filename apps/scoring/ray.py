@@ -1,7 +1,7 @@
 """`adafocus score --ray` and `adafocus preprocess --ray`: the same jobs on Ray Data, from one laptop to a cluster.
 
-Scoring reuses apps/score.py piece by piece: the input listing, the per-file decoding (`ScoreInputs`), the
-per-batch model call and row formatting (`_score_batch`) and the resumable output files. Only the
+Scoring reuses apps/scoring/videos.py piece by piece: the input listing, the per-file decoding (`ScoreInputs`), the
+per-batch model call and row formatting (`score_batch`) and the resumable output files. Only the
 scheduling differs: files are listed once by this process (the driver); Ray tasks decode them; an actor
 pool runs the model (one model per actor, one GPU per actor where the cluster has GPUs); the rows stream
 back to the driver, which alone appends them to scores.csv / details.jsonl, as the local path does. So the
@@ -30,19 +30,19 @@ from typing import Any
 
 import numpy as np
 import torch
-from adafocus.apps.score import (
+from adafocus.apps.scoring.outputs import csv_columns
+from adafocus.apps.scoring.videos import (
     ScoreInputs,
     ScoreSummary,
-    _score_batch,
     collate_scored,
     collect_inputs,
     cpu_threads,
-    csv_columns,
     finish_summary,
     load_scoring_model,
     prepare_outputs,
+    score_batch,
 )
-from adafocus.core.train import resolve_device
+from adafocus.core.device import resolve_device
 
 LOCAL = "local"            # --ray without an address: start a Ray instance on this machine
 # A worker that dies is replaced and its batch retried this often; a batch that kills its worker every time
@@ -57,7 +57,9 @@ MAX_RETRIES = 3
 
 def worker_setup() -> None:
     """Runs first in every Ray worker process: the torchvision shim, before anything imports torchvision."""
-    import adafocus.core  # noqa: F401
+    from adafocus.core._torchvision_compat import install_torchvision_shim
+
+    install_torchvision_shim()
 
 
 def ray_init_kwargs(address: str | None, num_cpus: int | None = None) -> dict[str, Any]:
@@ -148,7 +150,7 @@ class ModelScorer:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         items = [pickle.loads(blob) for blob in batch["item"]]
         with cpu_threads(self.device, self.threads):
-            rows, records = _score_batch(self.model, collate_scored(items), self.policy, self.class_names,
+            rows, records = score_batch(self.model, collate_scored(items), self.policy, self.class_names,
                                          self.thumb_dir, self.device, ScoreSummary(files=len(items)))
         return {"path": np.array([item["path"] for item in items], dtype=object),
                 "row": np.array([json.dumps(row) for row in rows], dtype=object),
@@ -303,7 +305,8 @@ def bench_ray_against_local(paths: Sequence[str], checkpoint: str | Path, scratc
                             precision: str = "fp32") -> dict[str, Any]:
     """Score `paths` with the local path, then with Ray (into separate CSVs); files/s of each whole scoring
     call (model loading included), Ray's start-up time apart, and whether both wrote the same rows."""
-    from adafocus.apps.score import read_rows, score_videos
+    from adafocus.apps.scoring.outputs import read_rows
+    from adafocus.apps.scoring.videos import score_videos
 
     quiet = {"progress": False, "log": lambda _: None, "engine": engine, "precision": precision}
     local = score_videos(paths, checkpoint, scratch / "local.csv", device=device, workers=workers,

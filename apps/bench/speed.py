@@ -23,11 +23,11 @@ import torch.nn.functional as F
 from adafocus.core.backbones import create_backbone
 from adafocus.core.baseline import StaticBaseline
 from adafocus.core.config import ModelConfig, get_preset
+from adafocus.core.device import cuda_autocast, resolve_device
 from adafocus.core.engine import prediction_agreement, prepare_for_inference, resolve_engine
 from adafocus.core.exits import ExitPolicy, exit_scores, solve_budget
 from adafocus.core.flops import count_gmacs
 from adafocus.core.model import UniAdaFocus
-from adafocus.core.train import cuda_autocast, resolve_device
 from adafocus.core.weights import WeightsError
 
 

@@ -4,7 +4,7 @@ Run with `adafocus app --scans DIR --videos DIR --model CKPT`, which sets the en
 and starts `streamlit run` on 127.0.0.1 with the viewer toolbar (no "Deploy" menu). The app reads only
 under the folders it was given (see review_logic.resolve_inside). It asks the reviewer's name once; every
 decision goes, with that name, the previous decision and the model run's id, to the append-only audit log
-review_decisions.sqlite in each folder (apps/review_audit.py).
+review_decisions.sqlite in each folder (apps/review/audit.py).
 
 Environment: ADAFOCUS_REVIEW_SCANS (a folder with `adafocus cv` outputs: cv.json, fold-*/predictions.tsv,
 and the preprocessing cache its manifest points to), ADAFOCUS_REVIEW_VIDEOS (a folder with `adafocus score`
@@ -23,11 +23,13 @@ import tempfile
 from functools import partial
 from pathlib import Path
 
-import adafocus.core  # noqa: F401  (torchvision shim first)
+from adafocus.core._torchvision_compat import install_torchvision_shim
+
+install_torchvision_shim()  # Streamlit runs this file as a script: an entry point
 import numpy as np
-from adafocus.apps import review_audit as ra
-from adafocus.apps import review_logic as rl
-from adafocus.apps import review_render as rr
+from adafocus.apps.review import audit as ra
+from adafocus.apps.review import logic as rl
+from adafocus.apps.review import render as rr
 
 log = logging.getLogger("adafocus.review")
 
@@ -485,7 +487,7 @@ def score_volume(model, volume: np.ndarray, spacing, clip_spec: dict, policy) ->
     """Run the model on a preprocessed RAS volume. Returns prediction, probabilities, exit, gmacs and the
     selected (slice, box frame fractions) pairs."""
     import torch
-    from adafocus.core.train import cuda_autocast
+    from adafocus.core.device import cuda_autocast
     from adafocus.datasets.mri.slices import volume_to_clip
 
     clip, info = volume_to_clip(volume, spacing, **clip_spec)
@@ -758,7 +760,7 @@ def pick_scan(st, folders, max_mb: float):
 
 
 def score_page(st, folders, roots, threshold) -> None:
-    from adafocus.apps.video_runs import read_class_names
+    from adafocus.apps.runs.video import read_class_names
     from adafocus.datasets.mri.dataset import ClipSpec
     from adafocus.datasets.mri.volume import ScanError
 
@@ -928,9 +930,9 @@ def video_thumbnail(row, roots) -> bytes | None:
 
 # ------------------------------------------------------------------------------------- budget, audit
 def budget_page(st, folders, roots, threshold) -> None:
-    from adafocus.apps.score import exit_policy_for_budget
     from adafocus.core.checkpoint import load_checkpoint
     from adafocus.core.exits import budget_curve, exit_scores
+    from adafocus.core.run import exit_policy_for_budget
 
     st.header("Compute budget")
     if folders["model"] is None:
