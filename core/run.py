@@ -162,6 +162,18 @@ def make_card(domain: str, config: dict[str, Any], class_names: list[str], input
     return ModelCard(domain, list(class_names), dict(input_spec), normalisation_of(model_config), calibration)
 
 
+def class_names_from_text(text: str) -> list[str]:
+    """Class names from a JSON list or from lines of text, one class per line; a leading index, as in the
+    authors' ``classInd.txt`` ("1 ApplyEyeMakeup" / "1,name"), is dropped."""
+    if text.lstrip().startswith("["):
+        return [str(name) for name in json.loads(text)]
+    names = []
+    for line in filter(None, (raw.strip() for raw in text.splitlines())):
+        head, _, rest = line.replace(",", " ", 1).partition(" ")
+        names.append(rest.strip() if head.isdigit() and rest.strip() else line)
+    return names
+
+
 def checkpoint_extra(card: ModelCard | None) -> dict[str, Any]:
     """Extra entries for `save_checkpoint(..., **checkpoint_extra(card))`."""
     return {} if card is None else {CARD_KEY: card.to_dict()}

@@ -20,6 +20,7 @@ from adafocus.reports.plots import plot_accuracy_vs_gmacs, plot_confusion, plot_
 from adafocus.reports.tables import read_tsv, tsv_text
 
 CV_JSON = "cv.json"
+PREDICTIONS_FILE = "predictions.tsv"  # per fold: one row per test scan
 BOOTSTRAP_RESAMPLES = 2000
 FIGURES = {"roc": "roc.png", "confusion": "confusion.png", "accuracy_vs_gmacs": "accuracy_vs_gmacs.png",
            "selected_slices": "selected_slices.png"}
@@ -37,7 +38,7 @@ def load_fold_tables(cv_dir: Path, n_folds: int) -> list[dict]:
     if missing:
         raise ValueError(f"fold(s) {', '.join(map(str, missing))} of {cv_dir} are not finished; run "
                          f"`adafocus cv MANIFEST --out {cv_dir} --fold i` for each, then assemble the report")
-    return [{"predictions": read_tsv(fold_dir(cv_dir, i) / "predictions.tsv"),
+    return [{"predictions": read_tsv(fold_dir(cv_dir, i) / PREDICTIONS_FILE),
              "metrics": {r["metric"]: float(r["value"]) for r in read_tsv(fold_dir(cv_dir, i) / "metrics.tsv")},
              "curve": read_tsv(fold_dir(cv_dir, i) / "budget_curve.tsv")} for i in range(n_folds)]
 

@@ -13,6 +13,7 @@ the timed batch itself, which gives that batch the exit mix a trained model woul
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import statistics
 import time
@@ -24,7 +25,7 @@ from adafocus.core.backbones import create_backbone
 from adafocus.core.baseline import StaticBaseline
 from adafocus.core.config import ModelConfig, get_preset
 from adafocus.core.device import cuda_autocast, resolve_device
-from adafocus.core.engine import prediction_agreement, prepare_for_inference, resolve_engine
+from adafocus.core.engine import format_agreement, prediction_agreement, prepare_for_inference, resolve_engine
 from adafocus.core.exits import ExitPolicy, exit_scores, solve_budget
 from adafocus.core.flops import count_gmacs
 from adafocus.core.model import UniAdaFocus
@@ -460,3 +461,29 @@ def run_bench_speed(preset: str, *, device: str, batch: int, scaling: bool, repe
     if scaling:
         result["scaling"] = scaling_rows(config, device=device, batch=batch, sweep=default_sweep(config))
     return result
+
+
+def bench_speed_command(args) -> int:
+    """`adafocus bench speed` (arguments in apps/cli.py): measure, then print the tables (or JSON)."""
+    result = run_bench_speed(args.preset, device=args.device, batch=args.batch, scaling=args.scaling,
+                             repeats=args.repeats, optimize=not args.no_optimize, engine=args.engine,
+                             precision=args.precision, measure_memory=not args.no_memory)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    print(f"preset {result['preset']} on {result['device']} ({result['cpu']}, {result['torch_threads']} threads), "
+          f"batch {args.batch}, engine {result['engine']} {result['precision']}; ratios against the static "
+          "baseline, measured in this run")
+    print(format_speed_table(result["rows"]))
+    for row in result["rows"]:
+        if "agreement" in row:
+            print(f"{result['precision']} vs torch fp32, {row['name']}: {format_agreement(row['agreement'])}")
+    print("\nwhere the time goes: each encoder alone")
+    print(format_encoder_table(result["encoders"]))
+    if "profile" in result:
+        print("\nwhere the time of one batch goes, per stage")
+        print(format_profile_table(result["profile"]))
+    if "scaling" in result:
+        print("\nUni-AdaFocus without exit as one setting grows (others at the preset's values)")
+        print(format_scaling_table(result["scaling"]))
+    return 0

@@ -29,7 +29,7 @@ from adafocus.datasets.mri.dataset import ClipSpec, MRISliceDataset
 from adafocus.datasets.mri.manifest import read_manifest, write_manifest
 from adafocus.datasets.mri.preprocess import T1LinearConfig, run_preprocess
 from adafocus.datasets.mri.slices import SliceInfo, frame_box_to_voxels, select_slice_indices
-from adafocus.reports.cv_report import fold_dir
+from adafocus.reports.cv_report import CV_JSON, PREDICTIONS_FILE, fold_dir
 from adafocus.reports.metrics import triage_summary
 from adafocus.reports.tables import read_tsv
 
@@ -63,12 +63,12 @@ def score_arriving_scans(out_dir: Path, manifest: Path, *, preset: str, epochs: 
 def band_statistics(cv_dir: Path, manifest: Path, cohort: CohortConfig, n_folds: int) -> dict[str, float]:
     """Fraction of selected (focus) slices inside the atrophy band, for patients and overall, and the
     band's share of the candidate slices (chance level). Preprocessed scans share one MNI grid."""
-    spec = ClipSpec(**json.loads((cv_dir / "cv.json").read_text(encoding="utf-8"))["clip"])
+    spec = ClipSpec(**json.loads((cv_dir / CV_JSON).read_text(encoding="utf-8"))["clip"])
     first = nib.load(str(usable_rows(manifest)[0].preprocessed_path))
     candidates = select_slice_indices(first.shape[0], spec.num_slices, spec.discard_border)
     selected: dict[int, list[bool]] = {0: [], 1: []}
     for i in range(n_folds):
-        for p in read_tsv(fold_dir(cv_dir, i) / "predictions.tsv"):
+        for p in read_tsv(fold_dir(cv_dir, i) / PREDICTIONS_FILE):
             if p["slices"]:
                 slices = np.array([int(s) for s in p["slices"].split(";")])
                 selected[int(p["label"])].extend(slices_in_band(slices, first.affine, cohort.atrophy).tolist())
@@ -111,7 +111,7 @@ def region_hits(steps: Sequence[tuple[int, np.ndarray]], affine: np.ndarray, ext
 def _patient_steps(cv_dir: Path, folds: Iterable[int]) -> list[tuple[int, np.ndarray]]:
     steps = []
     for i in folds:
-        for p in read_tsv(fold_dir(cv_dir, i) / "predictions.tsv"):
+        for p in read_tsv(fold_dir(cv_dir, i) / PREDICTIONS_FILE):
             if int(p["label"]) == 1 and p["slices"]:
                 boxes = [np.array([float(v) for v in b.split()]) for b in p["boxes_mm"].split(";")]
                 steps += list(zip((int(s) for s in p["slices"].split(";")), boxes))
@@ -135,7 +135,7 @@ def patient_box_places(cv_dir: Path, n_folds: int) -> list[dict]:
 
 def region_statistics(cv_dir: Path, manifest: Path, cohort: CohortConfig, n_folds: int) -> dict[str, float]:
     """Share of the patients' focus steps inside the atrophy (see region_hits), its chance level and ratio."""
-    spec = ClipSpec(**json.loads((cv_dir / "cv.json").read_text(encoding="utf-8"))["clip"])
+    spec = ClipSpec(**json.loads((cv_dir / CV_JSON).read_text(encoding="utf-8"))["clip"])
     row = usable_rows(manifest)[0]
     affine = nib.load(str(row.preprocessed_path)).affine
     info = MRISliceDataset([row], spec).slice_info(0)
@@ -152,7 +152,7 @@ def region_statistics(cv_dir: Path, manifest: Path, cohort: CohortConfig, n_fold
 def triage_of_test_scans(cv_dir: Path, n_folds: int) -> dict[str, float]:
     """The test scans' (baseline sessions) split by the folds' fitted "needs review" flags, with the error
     rate among flagged and unflagged scans (reports.metrics.triage_summary)."""
-    base = [p for i in range(n_folds) for p in read_tsv(fold_dir(cv_dir, i) / "predictions.tsv") if int(p["baseline"])]
+    base = [p for i in range(n_folds) for p in read_tsv(fold_dir(cv_dir, i) / PREDICTIONS_FILE) if int(p["baseline"])]
     flagged = np.array([int(p["needs_review"]) for p in base], dtype=float)
     errors = np.array([int(p["prediction"]) != int(p["label"]) for p in base])
     return triage_summary(flagged, errors, 0.5)

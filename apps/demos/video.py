@@ -14,9 +14,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from adafocus.apps.scoring.videos import score_videos
-from adafocus.apps.scoring.outputs import read_rows
 from adafocus.apps.runs.video import train_on_videos
+from adafocus.apps.scoring.outputs import DETAILS_FILE, SCORES_FILE, read_rows
+from adafocus.apps.scoring.videos import score_videos
 from adafocus.core.config import get_preset
 from adafocus.core.io import atomic_write_json
 from adafocus.core.run import RunFolder
@@ -136,7 +136,7 @@ def run_video_demo(out_dir: str | Path, *, epochs: int | None = None, device: st
     budget = DEMO_BUDGET_FRACTION * full_cost
     log(f"[3/3] scoring the folder at {budget:.4g} GMACs/video ({DEMO_BUDGET_FRACTION:.0%} of looking at every "
         f"patch; thresholds refitted from calibration.pt), with contact sheets")
-    scores, details, sheets = out_dir / "scores.csv", out_dir / "details.jsonl", out_dir / "contact_sheets"
+    scores, details, sheets = out_dir / SCORES_FILE, out_dir / DETAILS_FILE, out_dir / "contact_sheets"
     summary = score_videos([str(data_root)], RunFolder(run_dir).best, scores, details=details, budget=budget,
                            thumbnails=sheets, device=device, log=log)
     log(summary.line())

@@ -1,15 +1,15 @@
 """Streamlit review app: clinicians review flagged scans, moderators review flagged videos (`adafocus app`).
 
-Run with `adafocus app --scans DIR --videos DIR --model CKPT`, which sets the environment variables below
+Run with `adafocus app --scans DIR --videos DIR --model RUN`, which sets the environment variables below
 and starts `streamlit run` on 127.0.0.1 with the viewer toolbar (no "Deploy" menu). The app reads only
-under the folders it was given (see review_logic.resolve_inside). It asks the reviewer's name once; every
+under the folders it was given (see logic.resolve_inside). It asks the reviewer's name once; every
 decision goes, with that name, the previous decision and the model run's id, to the append-only audit log
 review_decisions.sqlite in each folder (apps/review/audit.py).
 
 Environment: ADAFOCUS_REVIEW_SCANS (a folder with `adafocus cv` outputs: cv.json, fold-*/predictions.tsv,
 and the preprocessing cache its manifest points to), ADAFOCUS_REVIEW_VIDEOS (a folder with `adafocus score`
-outputs: scores.csv, details.jsonl and the videos), ADAFOCUS_REVIEW_MODEL (a checkpoint for scoring new
-scans; calibration.pt beside it enables the budget page), ADAFOCUS_REVIEW_MAX_UPLOAD_MB.
+outputs: scores.csv, details.jsonl and the videos), ADAFOCUS_REVIEW_MODEL (a run folder for scoring new
+scans; its calibration.pt enables the budget page), ADAFOCUS_REVIEW_MAX_UPLOAD_MB.
 
 Views: Scans, Score a scan, Videos, Budget, Decisions. Keyboard: A confirm, X dismiss, J next, K previous.
 Everything below `main()` is plain functions so tests can import them without running the app.
@@ -30,6 +30,8 @@ import numpy as np
 from adafocus.apps.review import audit as ra
 from adafocus.apps.review import logic as rl
 from adafocus.apps.review import render as rr
+from adafocus.apps.scoring.outputs import DETAILS_FILE, SCORES_FILE, read_details
+from adafocus.reports.cv_report import CV_JSON, PREDICTIONS_FILE
 
 log = logging.getLogger("adafocus.review")
 
@@ -52,12 +54,16 @@ def configured_folders() -> dict[str, Path | None]:
         folders[key] = Path(os.path.realpath(value)) if value else None
         if folders[key] is not None and not folders[key].exists():
             raise FileNotFoundError(f"{env}={value} does not exist")
+    if folders["model"] is not None:  # a run folder (RUN/best.pt is accepted and means RUN)
+        from adafocus.core.run import RunFolder
+
+        folders["model"] = RunFolder.locate(folders["model"]).path
     return folders
 
 
 def readable_roots(folders: dict[str, Path | None]) -> list[Path]:
-    """Folders the app may read: scans, videos and the model's folder (for calibration.pt)."""
-    roots = [folders["scans"], folders["videos"], folders["model"].parent if folders["model"] else None]
+    """Folders the app may read: scans, videos and the model's run folder (for calibration.pt)."""
+    roots = [folders["scans"], folders["videos"], folders["model"]]
     return [r for r in roots if r is not None]
 
 
@@ -115,7 +121,7 @@ def cached_queue(kind: str, folder: str):
     def build(kind: str, folder: str, fingerprints: tuple):
         return rl.scan_queue(folder) if kind == "scan" else rl.video_queue(folder)
 
-    pattern = "predictions.tsv" if kind == "scan" else "scores.csv"
+    pattern = PREDICTIONS_FILE if kind == "scan" else SCORES_FILE
     files = tuple(rr.file_fingerprint(p) for p in sorted(Path(folder).rglob(pattern)))
     return build(kind, folder, files)
 
@@ -123,7 +129,7 @@ def cached_queue(kind: str, folder: str):
 def cached_details(path: str) -> dict[str, dict]:
     @_cached("cache_data", max_entries=16)
     def read(path: str, fingerprint: str):
-        return rl.read_details(path)
+        return read_details(path)
 
     return read(path, rr.file_fingerprint(path)) if Path(path).is_file() else {}
 
@@ -136,7 +142,7 @@ def cached_run_id(path: str | None) -> str:
     if path is None:
         return ""
     target = Path(path)
-    probe = next((p for p in (target, target / "best.pt", target.parent / "cv.json") if p.is_file()), None)
+    probe = next((p for p in (target, target / "best.pt", target.parent / CV_JSON) if p.is_file()), None)
     return run_id(str(path), rr.file_fingerprint(probe)) if probe else ""
 
 
@@ -423,7 +429,7 @@ def prediction_header(st, title: str, prediction: str, row) -> None:
 # ---------------------------------------------------------------------------------------- MRI helpers
 def experiment_of(fold_dir: Path, roots: list[Path]) -> dict:
     """cv.json of the CV folder holding `fold_dir` (read inside the allowed roots)."""
-    path = rl.resolve_inside(fold_dir.parent / "cv.json", roots)
+    path = rl.resolve_inside(fold_dir.parent / CV_JSON, roots)
     return json.loads(path.read_text(encoding="utf-8"))
 
 
@@ -483,34 +489,6 @@ def _box_text(corners: np.ndarray) -> str:
     return " – ".join("(" + ", ".join(f"{v:.0f}" for v in corner) + ")" for corner in corners)
 
 
-def score_volume(model, volume: np.ndarray, spacing, clip_spec: dict, policy) -> dict:
-    """Run the model on a preprocessed RAS volume. Returns prediction, probabilities, exit, gmacs and the
-    selected (slice, box frame fractions) pairs."""
-    import torch
-    from adafocus.core.device import cuda_autocast
-    from adafocus.datasets.mri.slices import volume_to_clip
-
-    clip, info = volume_to_clip(volume, spacing, **clip_spec)
-    device = model.pixel_mean.device
-    with torch.inference_mode(), cuda_autocast(device):
-        result = model.infer(clip[None].to(device), policy)
-    chosen = result.frame_indices[0].cpu().tolist()
-    boxes = result.boxes[0].cpu().tolist()
-    selected = [(info.slice_indices[c], tuple(b)) for c, b in zip(chosen, boxes) if c >= 0]
-    return {"probabilities": result.probabilities[0].cpu().tolist(), "prediction": int(result.prediction[0]),
-            "exit": int(result.exit_index[0]), "gmacs": float(result.gmacs[0]), "selected": selected}
-
-
-def preprocess_for_model(source: Path):
-    """t1-linear (RAS, N4, affine to MNI, crop, normalise) without writing cache files -> (array, spacing)."""
-    from adafocus.datasets.mri.preprocess import SaveNifti, SaveQCPng, run_pipeline, t1_linear_pipeline
-
-    steps = [s for s in t1_linear_pipeline(Path("unused.nii.gz"), Path("unused.png"))
-             if not isinstance(s, (SaveNifti, SaveQCPng))]
-    volume = run_pipeline(steps, source)
-    return volume.array, volume.spacing
-
-
 # ------------------------------------------------------------------------------------------ scan view
 def _given(value) -> bool:
     return isinstance(value, str) and value.strip() != ""
@@ -564,7 +542,7 @@ def scored_scan(row, roots) -> dict | None:
     """A scan scored by `adafocus score`: the cached volume and the regions (preprocessed voxels, MNI mm,
     native voxels) from details.jsonl; class names from scoring.json."""
     folder = Path(row["scores_dir"])
-    record = cached_details(str(folder / "details.jsonl")).get(row["item_id"], {})
+    record = cached_details(str(folder / DETAILS_FILE)).get(row["item_id"], {})
     preprocessed = rl.resolve_inside(record.get("preprocessed") or row.get("preprocessed"), roots, base=folder)
     volume, _, affine = cached_volume(str(preprocessed))
     regions = [{"slice": s["slice"], "corners": np.asarray(s["box_voxels"]), "mm": s.get("box_mm"),
@@ -722,18 +700,19 @@ def native_view(st, scan: dict) -> None:
                      caption=f"native {plane} {cursor[rr.plane_axes(plane)[0]]}")
 
 
-def cached_model(path: str):
-    """The checkpoint's model, loaded once per process (st.cache_resource; the GPU when there is one)."""
+def cached_run(path: str):
+    """The run folder's model (`load_run`: its own card and input spec), loaded once per process
+    (st.cache_resource; the GPU when there is one)."""
     import streamlit as st
 
     @st.cache_resource(show_spinner="Loading the model…")
-    def load(checkpoint: str):
+    def load(model_dir: str):
         from adafocus.core.engine import prepare_from_environment
-        from adafocus.core.train import load_model
+        from adafocus.core.run import load_run
 
-        model, preset = load_model(checkpoint, device="auto")
-        prepare_from_environment(model)  # `adafocus app --engine`: OpenVINO encoders on the CPU by default
-        return model, preset
+        run = load_run(model_dir, device="auto")
+        prepare_from_environment(run.model)  # `adafocus app --engine`: OpenVINO encoders on the CPU by default
+        return run
 
     return load(path)
 
@@ -760,13 +739,11 @@ def pick_scan(st, folders, max_mb: float):
 
 
 def score_page(st, folders, roots, threshold) -> None:
-    from adafocus.apps.runs.video import read_class_names
-    from adafocus.datasets.mri.dataset import ClipSpec
-    from adafocus.datasets.mri.volume import ScanError
-
+    """Score one scan exactly as `adafocus score` does (apps/scoring: the run's own t1-linear settings, axis
+    and context), into a private folder, and show what the model looked at."""
     st.header("Score a new scan")
     if folders["model"] is None:
-        st.info("Start the app with --model CKPT to score new scans.")
+        st.info("Start the app with --model RUN to score new scans.")
         return
     max_mb = float(os.environ.get(ENV_MAX_UPLOAD, rl.DEFAULT_MAX_UPLOAD_MB))
     try:
@@ -775,34 +752,21 @@ def score_page(st, folders, roots, threshold) -> None:
         st.error(f"This file cannot be scored: {error}")
         log.info("rejected a scan: %s", error)
         return
-    preprocess = st.checkbox("Run t1-linear preprocessing first (uncheck for files from the preprocessing cache)",
-                             value=True, key="score_preprocess")
     if validated is None:
         return
     st.table([rl.header_summary(validated.image, show_identifiers=st.session_state.get("show_identifiers", False))])
     if not st.button("Score", key="score_run"):
         return
-    model, preset = cached_model(str(folders["model"]))
-    clip_spec = ClipSpec.for_preset(preset).to_dict()
-    try:
-        with st.spinner("Preprocessing and scoring…"):
-            if preprocess:
-                volume, spacing = preprocess_for_model(source)
-            else:
-                import nibabel as nib
-
-                image = nib.as_closest_canonical(validated.image)
-                volume = np.asarray(image.dataobj, dtype=np.float32).reshape(image.shape[:3])
-                spacing = tuple(float(z) for z in image.header.get_zooms()[:3])
-            result = score_volume(model, volume, spacing, clip_spec, st.session_state.get("policy"))
-    except (ScanError, ValueError) as error:
-        st.error(f"Scoring failed: {error}")
+    work = Path(tempfile.mkdtemp(prefix="adafocus-review-score-"))
+    with st.spinner("Preprocessing and scoring…"):
+        record = rl.score_new_scan(folders["model"], source, work, budget=st.session_state.get("budget"))
+    if record.get("status") != "ok":
+        st.error(f"Scoring failed: {record.get('error') or 'no result'}")
         return
-    names = read_class_names(folders["model"], len(result["probabilities"]))
-    st.success(f"Prediction: {names[result['prediction']]} (confidence {max(result['probabilities']):.2f}), "
-               f"exit {result['exit']}, {result['gmacs']:.4g} GMACs")
-    st.dataframe(region_table(focus_regions(volume.shape, spacing, clip_spec, result["selected"]), np.eye(4)),
-                 hide_index=True)
+    probs = record["probs"]
+    st.success(f"Prediction: {record['label']} (confidence {max(probs.values()):.2f}), exit {record['exit_step']}, "
+               f"{record['gmacs']:.4g} GMACs")
+    st.dataframe(rl.selected_regions_table(record), hide_index=True)
 
 
 # ----------------------------------------------------------------------------------------- video view
@@ -815,7 +779,7 @@ def video_view(st, row, roots, folder: Path) -> None:
     except rl.UnsafePathError as error:
         st.error(f"Cannot open this video: {error}")
         return
-    record = cached_details(str(Path(row["scores_dir"]) / "details.jsonl")).get(row["item_id"], {})
+    record = cached_details(str(Path(row["scores_dir"]) / DETAILS_FILE)).get(row["item_id"], {})
     selected = record.get("selected", [])
     start_key = f"start::{row['item_id']}"
     timeline(st, record, selected, start_key)
@@ -918,7 +882,7 @@ def video_thumbnail(row, roots) -> bytes | None:
         path = rl.resolve_inside(row["path"], roots, base=row["scores_dir"])
     except rl.UnsafePathError:
         return None
-    record = cached_details(str(Path(row["scores_dir"]) / "details.jsonl")).get(row["path"], {})
+    record = cached_details(str(Path(row["scores_dir"]) / DETAILS_FILE)).get(row["path"], {})
     selected = record.get("selected", [])
     if not selected:
         return None
@@ -936,9 +900,11 @@ def budget_page(st, folders, roots, threshold) -> None:
 
     st.header("Compute budget")
     if folders["model"] is None:
-        st.info("Start the app with --model CKPT to choose a budget.")
+        st.info("Start the app with --model RUN to choose a budget.")
         return
-    calibration = folders["model"].parent / "calibration.pt"
+    from adafocus.core.run import RunFolder
+
+    calibration = RunFolder(folders["model"]).calibration
     if not calibration.is_file():
         st.info("No calibration.pt beside the model (run `adafocus calibrate`): scoring uses every exit.")
         return
@@ -957,9 +923,9 @@ def budget_page(st, folders, roots, threshold) -> None:
                        float(st.session_state.get("budget") or costs[-1]), key="budget_slider",
                        format="%.5f")
     if st.button("Use this budget", key="budget_apply"):
-        model, _ = cached_model(str(folders["model"]))
+        run = cached_run(str(folders["model"]))
         try:
-            st.session_state["policy"] = exit_policy_for_budget(folders["model"], chosen, model)
+            st.session_state["policy"] = exit_policy_for_budget(run.folder, chosen, run.model)
         except (ValueError, FileNotFoundError) as error:
             st.error(str(error))
         else:

@@ -27,7 +27,9 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pandas as pd
+from adafocus.apps.scoring.outputs import SCORES_FILE
 from adafocus.reports import metrics
+from adafocus.reports.cv_report import CV_JSON, PREDICTIONS_FILE
 
 DEFAULT_MAX_UPLOAD_MB = 100
 DEFAULT_REVIEW_ENTROPY = 0.8
@@ -79,7 +81,7 @@ def normalised_entropy(probabilities: Sequence[float] | np.ndarray) -> float:
 
 def find_prediction_files(scans_dir: str | Path) -> list[Path]:
     """Every predictions.tsv under `scans_dir` (one per CV fold), sorted."""
-    return sorted(p for p in Path(scans_dir).rglob("predictions.tsv") if p.is_file())
+    return sorted(p for p in Path(scans_dir).rglob(PREDICTIONS_FILE) if p.is_file())
 
 
 def cv_verdicts(scans_dir: str | Path) -> list[tuple[str, bool, str]]:
@@ -90,7 +92,7 @@ def cv_verdicts(scans_dir: str | Path) -> list[tuple[str, bool, str]]:
     verdicts = []
     for metrics_file in sorted(Path(scans_dir).rglob("metrics.tsv")):
         folder = metrics_file.parent
-        if not (folder / "cv.json").is_file():
+        if not (folder / CV_JSON).is_file():
             continue  # a fold's own metrics.tsv
         try:
             row = balanced_accuracy_row(folder)
@@ -128,27 +130,11 @@ def scan_queue(scans_dir: str | Path) -> pd.DataFrame:
     return _finish_queue(records)
 
 
-def read_details(path: str | Path) -> dict[str, dict]:
-    """details.jsonl -> {path: record}; unreadable lines are skipped (a killed run may leave a partial one)."""
-    records = {}
-    path = Path(path)
-    if not path.is_file():
-        return records
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(record, dict) and "path" in record:
-            records[record["path"]] = record
-    return records
-
-
 def video_queue(videos_dir: str | Path) -> pd.DataFrame:
     """One row per successfully scored video from every scores.csv under `videos_dir` (QUEUE_COLUMNS plus
     path, scores_dir). item_id is the path as written in scores.csv."""
     records = []
-    for scores in sorted(Path(videos_dir).rglob("scores.csv")):
+    for scores in sorted(Path(videos_dir).rglob(SCORES_FILE)):
         with scores.open(newline="", encoding="utf-8") as handle:
             reader = csv.DictReader(handle)
             classes = [c[2:] for c in (reader.fieldnames or []) if c.startswith("p_")]
@@ -253,11 +239,11 @@ def model_run_id(path: str | Path | None) -> str:
     if path is None:
         return ""
     path = Path(path)
-    candidates = [path] if path.is_file() else [path / "best.pt", path.parent / "cv.json"]
+    candidates = [path] if path.is_file() else [path / "best.pt", path.parent / CV_JSON]
     for candidate in candidates:
         if candidate.is_file():
             digest = hashlib.sha256(candidate.read_bytes()).hexdigest()[:12]
-            folder = candidate.parent if candidate.name != "cv.json" else path
+            folder = candidate.parent if candidate.name != CV_JSON else path
             return f"{folder.name}@{digest}"
     return ""
 
@@ -407,3 +393,24 @@ def header_summary(image: nib.Nifti1Image, *, show_identifiers: bool = False) ->
         if text:
             summary[field] = text if show_identifiers else HIDDEN
     return summary
+
+
+# ------------------------------------------------------------------------------------- scoring a new scan
+def score_new_scan(model: str | Path, source: str | Path, work_dir: str | Path, *,
+                   budget: float | None = None) -> dict:
+    """Score one scan through apps/scoring exactly as `adafocus score --model RUN` would (the run's own
+    t1-linear settings and clip spec); the details record (status ok or error with a reason)."""
+    from adafocus.apps.scoring.scans import score_one_scan
+
+    return score_one_scan(model, source, work_dir, budget=budget)
+
+
+def selected_regions_table(record: dict) -> list[dict]:
+    """One row per slice the model looked at: the slice, its axis and the box in MNI mm."""
+    rows = []
+    for chosen in record.get("selected", []):
+        box = chosen.get("box_mm")
+        rows.append({"slice": chosen.get("slice"), "axis": chosen.get("axis"),
+                     "box (MNI mm)": " – ".join("(" + ", ".join(f"{v:.0f}" for v in corner) + ")"
+                                                for corner in box) if box else ""})
+    return rows

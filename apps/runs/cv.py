@@ -54,6 +54,7 @@ from adafocus.datasets.splits import (
 from adafocus.reports.cv_report import CV_JSON, cv_summary_line, fold_dir, write_cv_report
 from adafocus.reports.metrics import binary_metrics, fit_review_threshold, normalised_entropy, triage_summary
 from adafocus.reports.tables import read_tsv, tsv_text
+from adafocus.reports.cv_report import PREDICTIONS_FILE
 from torch.utils.data import DataLoader
 
 PREDICTION_COLUMNS = ("participant_id", "session_id", "baseline", "label", "prediction", "probability", "exit",
@@ -174,7 +175,7 @@ def run_fold(fold: Fold, rows: Sequence[ManifestRow], preset: Preset, spec: Clip
     check_no_leakage(run_dir, [r.participant_id for r in test_rows])
     predictions, test_logits = predict(model, MRISliceDataset(test_rows, spec), exit_policy=exit_policy,
                                        review_threshold=review_threshold)
-    atomic_write_text(run_dir / "predictions.tsv", tsv_text(PREDICTION_COLUMNS, predictions))
+    atomic_write_text(run_dir / PREDICTIONS_FILE, tsv_text(PREDICTION_COLUMNS, predictions))
     labels = torch.tensor([r.label for r in test_rows])
     curve = budget_curve(exit_scores(test_logits, EXIT_CRITERION), test_logits, labels, model.exit_costs(),
                          CURVE_QS, calibration_scores=exit_scores(val_logits, EXIT_CRITERION))
@@ -260,3 +261,20 @@ def run_cv(manifest: str | Path, out_dir: str | Path, *, preset: str | Preset = 
         log(cv_summary_line(out_dir))
         log(f"report: {report}")
     return {"folds": results, "report": str(report) if report else None}
+
+
+def cv_command(args) -> int:
+    """`adafocus cv --data MANIFEST --out DIR` (arguments in apps/cli.py); --report-only re-assembles the report."""
+    from adafocus.reports.cv_report import write_cv_report
+
+    if args.report_only:
+        print(f"report: {write_cv_report(args.out)}")
+        return 0
+    if not args.data:
+        raise ValueError("--data MANIFEST is required (only --report-only works without one)")
+    if not Path(args.data).is_file():
+        raise FileNotFoundError(f"no manifest at {args.data}; write one with `adafocus preprocess`")
+    run_cv(args.data, args.out, preset=args.preset, folds=args.folds, fold=args.fold, budget=args.budget,
+           epochs=args.epochs, axis=args.axis, context=args.context, seed=args.seed, device=args.device,
+           progress=not args.quiet)
+    return 0

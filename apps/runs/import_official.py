@@ -10,7 +10,7 @@ import torch
 from adafocus.core.checkpoint import save_checkpoint
 from adafocus.core.io import atomic_write_json
 from adafocus.core.official import OfficialCheckpointError, import_official
-from adafocus.core.run import BEST_FILE, RunFolder, checkpoint_extra, frames_input, make_card
+from adafocus.core.run import BEST_FILE, RunFolder, checkpoint_extra, class_names_from_text, frames_input, make_card
 from adafocus.datasets.video import EVAL_CROP_PAPER
 
 
@@ -34,24 +34,14 @@ def load_official_file(path: str | Path) -> dict:
         raise OfficialCheckpointError(f"cannot read {path}: truncated or not a torch checkpoint ({error})") from error
 
 
-def read_class_names(path: str | Path, num_classes: int) -> list[str]:
-    """Class names from a JSON list or a text file with one class per line (a leading index, as in their
-    ``classInd.txt`` "1 ApplyEyeMakeup" / "1,name", is dropped)."""
-    text = Path(path).read_text(encoding="utf-8")
-    if text.lstrip().startswith("["):
-        names = [str(name) for name in json.loads(text)]
-    else:
-        names = []
-        for line in filter(None, (raw.strip() for raw in text.splitlines())):
-            head, _, rest = line.replace(",", " ", 1).partition(" ")
-            names.append(rest.strip() if head.isdigit() and rest.strip() else line)
+def checked_class_names(names: list[str], num_classes: int, source: object) -> list[str]:
     if len(names) != num_classes:
-        raise ValueError(f"{path} lists {len(names)} class names; the checkpoint has {num_classes} classes")
+        raise ValueError(f"{source} lists {len(names)} class names; the checkpoint has {num_classes} classes")
     return names
 
 
 def import_official_run(checkpoint: str | Path, out: str | Path, *, variant: str = "auto",
-                        classes: str | Path | None = None, patch_size: int = 128, focus_frames: int | None = None,
+                        classes: list[str] | None = None, patch_size: int = 128, focus_frames: int | None = None,
                         candidates: int | None = None, allow_partial: bool = False) -> dict:
     """Convert the authors' checkpoint into the run folder ``out``; returns a summary. Refuses an existing run
     folder, and a checkpoint that does not fill the model exactly unless ``allow_partial``."""
@@ -64,7 +54,7 @@ def import_official_run(checkpoint: str | Path, out: str | Path, *, variant: str
         raise OfficialCheckpointError(f"{checkpoint} does not fit the {report.variant} model: {report.problems()} "
                                       "(--allow-partial imports it anyway)")
     num_classes = preset.model.num_classes
-    names = read_class_names(classes, num_classes) if classes else [f"class_{i}" for i in range(num_classes)]
+    names = checked_class_names(list(classes), num_classes, "--classes") if classes else [f"class_{i}" for i in range(num_classes)]
     config = preset.to_dict()
     card = make_card("video", config, names, frames_input(config["model"], eval_crop=EVAL_CROP_PAPER))
     source = {"file": Path(checkpoint).name, "variant": report.variant, "loaded_tensors": report.loaded,

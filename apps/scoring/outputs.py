@@ -155,3 +155,91 @@ def read_details(path: str | Path) -> dict[str, dict]:
         if isinstance(record, dict) and isinstance(record.get("path"), str):
             records[record["path"]] = record
     return records
+
+
+# ----------------------------------------------------------------------------------------------------
+# Long videos scored in windows (`score --windows`): extra scores columns, segments.csv, per-window progress
+#
+# A long file is folded into its outputs only when its last window is scored: details line, then its
+# segments.csv rows, then its scores.csv row (the mark that it is done). Until then every scored window is
+# appended (fsynced) to OUT/progress/<name>-<hash>.jsonl, whose first line records the window plan; a run
+# killed mid-file resumes from the last window in that file. `prune_rows` drops segments rows of files
+# without a scores row (written before a kill, they are written again when the file is folded).
+
+WINDOW_COLUMNS = ("windows", "gap_windows", "peak_start_s", "peak_end_s", "segments")
+SEGMENT_COLUMNS = ("path", "label", "start_s", "end_s", "peak_score", "peak_start_s", "mean_score",
+                   "first_window", "last_window")
+PROGRESS_DIR = "progress"
+
+
+def window_csv_columns(class_names: Sequence[str]) -> list[str]:
+    """scores.csv columns of a windowed run: the usual ones (p_<class> = max over windows) + WINDOW_COLUMNS."""
+    return [*csv_columns(class_names), *WINDOW_COLUMNS]
+
+
+def prune_rows(path: Path, done: Iterable[str]) -> None:
+    """Keep only the complete rows of CSV `path` whose "path" is in `done` (header kept)."""
+    if not path.is_file():
+        return
+    _drop_partial_tail(path)
+    header, rows = read_rows(path)
+    done = set(done)
+    kept = [row for row in rows if row.get("path") in done]
+    if header and len(kept) != len(rows):
+        atomic_write_text(path, csv_line(header) + "".join(csv_line([row[c] for c in header]) for row in kept))
+
+
+def progress_path(folder: Path, video_path: str) -> Path:
+    """The per-window progress file of one input: <stem>-<hash of the path>.jsonl in `folder`."""
+    import hashlib
+
+    digest = hashlib.sha1(video_path.encode("utf-8", errors="surrogateescape")).hexdigest()[:12]
+    return folder / f"{Path(video_path).stem[:40]}-{digest}.jsonl"
+
+
+def read_progress(path: Path, plan: dict[str, Any]) -> dict[int, dict[str, Any]]:
+    """{window index: record} of the windows finished in an earlier run with the same `plan` (its first
+    line); a missing file, another plan or an unreadable header gives {} (and the file is started again by
+    `start_progress`). A partial last line (a kill mid-write) is ignored; a window recorded twice keeps its
+    first record."""
+    if not path.is_file():
+        return {}
+    lines = _complete_lines(path.read_text(encoding="utf-8", errors="surrogateescape"))
+    try:
+        if not lines or json.loads(lines[0]).get("plan") != json.loads(json.dumps(plan)):
+            return {}
+    except (json.JSONDecodeError, AttributeError):
+        return {}
+    done: dict[int, dict[str, Any]] = {}
+    for line in lines[1:]:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("index"), int):
+            done.setdefault(record["index"], record)
+    return done
+
+
+def start_progress(path: Path, plan: dict[str, Any], done: dict[int, dict[str, Any]]) -> None:
+    """Make `path` the progress file of `plan` holding exactly the windows in `done` (atomically)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps({"plan": plan}) + "\n"
+                      + "".join(json.dumps(done[k]) + "\n" for k in sorted(done)))
+
+
+def append_windows(path: Path, records: list[dict[str, Any]]) -> None:
+    """Append finished windows to a progress file in one fsynced write."""
+    if records:
+        append_synced(path, "".join(json.dumps(r) + "\n" for r in records))
+
+
+def append_segments(path: Path, rows: list[list[Any]]) -> None:
+    if rows:
+        append_synced(path, "".join(csv_line(row) for row in rows))
+
+
+def read_segments(path: str | Path) -> list[dict[str, str]]:
+    """segments.csv -> its rows (dicts); [] when there is none."""
+    path = Path(path)
+    return read_rows(path)[1] if path.is_file() else []

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from adafocus.apps.scoring.outputs import csv_columns, output_paths
+from adafocus.apps.scoring.outputs import DETAILS_FILE, SCORES_FILE, csv_columns, output_paths, read_details
 from adafocus.apps.scoring.videos import ScoreSummary, finish_summary, prepare_outputs
 from adafocus.core.device import cuda_autocast, resolve_device
 from adafocus.core.engine import EngineError, prepare_for_inference
@@ -287,11 +287,11 @@ def scored_scan_records(folder: str | Path) -> list[dict]:
     records = []
     for marker in sorted(Path(folder).rglob(SCORING_FILE)):
         info = json.loads(marker.read_text(encoding="utf-8"))
-        scores = marker.parent / "scores.csv"
+        scores = marker.parent / SCORES_FILE
         if info.get("domain") != "mri" or not scores.is_file():
             continue
         names = info["class_names"]
-        details = _details_by_path(marker.parent / "details.jsonl")
+        details = read_details(marker.parent / DETAILS_FILE)
         with scores.open(newline="", encoding="utf-8") as handle:
             for row in csv.DictReader(handle):
                 if row.get("status") != "ok":
@@ -311,22 +311,10 @@ def scored_scan_records(folder: str | Path) -> list[dict]:
     return records
 
 
-def _details_by_path(path: Path) -> dict[str, dict]:
-    found = {}
-    if path.is_file():
-        for line in path.read_text(encoding="utf-8").split("\n")[:-1]:
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            found[record.get("path")] = record
-    return found
-
-
 def score_one_scan(model: str | Path, path: str | Path, out_dir: str | Path, *, budget: float | None = None,
                    device: str = "auto") -> dict:
     """Score one scan (e.g. an upload in the review app) exactly as `adafocus score` would, with the model's
     own t1-linear settings and clip spec, into `out_dir`; returns its details record (status ok or error)."""
     score_scans([str(path)], model, out_dir, budget=budget, device=device, workers=1, progress=False,
                 log=lambda message: None)
-    return _details_by_path(output_paths(out_dir)[1]).get(str(Path(path).absolute()), {})
+    return read_details(output_paths(out_dir)[1]).get(str(Path(path).absolute()), {})

@@ -325,14 +325,23 @@ def load_scoring_model(checkpoint: str | Path, device: torch.device, budget: flo
     for `budget` or None, the card's evaluation crop). `checkpoint` is a run folder or its best.pt / last.pt
     (RunFolder.locate). ``precision="int8"`` calibrates on the readable ones of `calibration_paths` (the
     first files to be scored) and logs its agreement with torch fp32 on them."""
+    run, policy, eval_crop = load_scoring_run(checkpoint, device, budget, engine=engine, precision=precision,
+                                              calibration_paths=calibration_paths, log=log)
+    return run.model, run.card.class_names, policy, eval_crop
+
+
+def load_scoring_run(checkpoint: str | Path, device: torch.device, budget: float | None, *, engine: str = "auto",
+                     precision: str = "fp32", calibration_paths: Sequence[str] = (),
+                     log: Callable[[str], None] = print):
+    """`load_scoring_model` keeping the whole LoadedRun (its model card included): (run, exit policy or None,
+    the card's evaluation crop)."""
     run = load_run(checkpoint, device=str(device))
     if run.card.domain == "mri":
         raise ValueError(f"{run.checkpoint} is an MRI model: score scans with it (NIfTI, DICOM, BIDS, a manifest)")
-    model, class_names = run.model, run.card.class_names
-    policy = None if budget is None else exit_policy_for_budget(run.folder, budget, model)
+    policy = None if budget is None else exit_policy_for_budget(run.folder, budget, run.model)
     eval_crop = float(run.card.input.get("eval_crop", 1.0))
-    prepare_scoring_engine(model, engine, precision, calibration_paths, eval_crop, policy, log)
-    return model, class_names, policy, eval_crop
+    prepare_scoring_engine(run.model, engine, precision, calibration_paths, eval_crop, policy, log)
+    return run, policy, eval_crop
 
 
 def prepare_scoring_engine(model: UniAdaFocus, engine: str, precision: str, calibration_paths: Sequence[str],
