@@ -1,0 +1,1 @@
+"""Making run folders: `train` (per domain: synthetic, video, mri), `calibrate`, `cv`, `import-official`."""
