@@ -120,7 +120,8 @@ def cmd_setup_weights(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from adafocus.apps.demos.run import run_demo_parts
 
-    return run_demo_parts(Path(args.out), args.parts, epochs=args.epochs, device=args.device, seed=args.seed)
+    return run_demo_parts(Path(args.out), args.parts, epochs=args.epochs, device=args.device, seed=args.seed,
+                          results_dir=Path(args.results) if args.results else None)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -241,6 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--parts", default=",".join(DEMO_PARTS), help=f"comma-separated subset of {','.join(DEMO_PARTS)}")
     p.add_argument("--epochs", type=int, default=None, help="override every part's epochs (smoke runs)")
     p.add_argument("--seed", type=int, default=0, help="split and training seed of the MRI part (default 0)")
+    p.add_argument("--results", default=None, metavar="DIR",
+                   help="also write the numbers as DIR/demo.json (e.g. docs/results; see `adafocus report results`)")
     add_device(p)
     p.set_defaults(func=cmd_demo)
 

@@ -81,6 +81,24 @@ def save_result(name: str, command: str, summary: dict[str, Any], *, title: str 
     return path
 
 
+def flatten_numbers(data: dict[str, Any], prefix: str = "", max_depth: int = 4) -> dict[str, Any]:
+    """{"a": {"b": 0.5, "c": "x"}} -> {"a.b": 0.5}: the numeric leaves of nested results, for a summary
+    table (lists of numbers are kept as lists; strings, paths and deeper levels are left out)."""
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, bool):
+            flat[name] = value
+        elif isinstance(value, (int, float)):
+            flat[name] = value
+        elif isinstance(value, list) and value and all(isinstance(v, (int, float)) for v in value) \
+                and len(value) <= 8:
+            flat[name] = value
+        elif isinstance(value, dict) and max_depth > 1:
+            flat.update(flatten_numbers(value, f"{name}.", max_depth - 1))
+    return flat
+
+
 # -------------------------------------------------------------------------------------------- rendering
 def format_value(value: Any) -> str:
     if isinstance(value, bool) or value is None:

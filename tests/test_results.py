@@ -49,3 +49,12 @@ def test_a_file_that_is_not_a_result_is_a_one_line_error(tmp_path, capsys):
 
 def test_markdown_table_takes_the_union_of_columns_in_order():
     assert markdown_table([{"a": 1}, {"b": "x|y"}]) == "| a | b |\n|---|---|\n| 1 |  |\n|  | x\\|y |\n"
+
+
+def test_flatten_numbers_keeps_numeric_leaves_with_their_path():
+    from adafocus.reports.results import flatten_numbers
+
+    nested = {"focus": {"policies": {"learned": {"accuracy": 1.0, "name": "x"}}, "costs": [0.1, 0.2]},
+              "path": "/tmp/x", "ok": True}
+    assert flatten_numbers(nested) == {"focus.policies.learned.accuracy": 1.0, "focus.costs": [0.1, 0.2],
+                                       "ok": True}
