@@ -12,6 +12,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
+from adafocus.datasets.mri.analyze import write_oasis_analyze
 
 
 @contextmanager
@@ -61,11 +62,17 @@ def write_nifti(path: Path, array: np.ndarray, affine: np.ndarray | None = None)
 def write_analyze(
     hdr_path: Path, array: np.ndarray, voxel_mm: tuple[float, float, float] = (1, 1, 1)
 ) -> Path:
-    """An Analyze 7.5 .hdr/.img pair (as OASIS-1 ships)."""
+    """A plain Analyze 7.5 .hdr/.img pair as nibabel writes one (little-endian here, orient 0: L, A, S)."""
     hdr_path.parent.mkdir(parents=True, exist_ok=True)
     image = nib.AnalyzeImage(array.astype(np.int16), np.diag([*voxel_mm, 1.0]))
     nib.save(image, str(hdr_path))
     return hdr_path
+
+
+def write_oasis(hdr_path: Path, ras_array: np.ndarray, ras_voxel_mm: tuple[float, float, float] = (1, 1, 1)) -> Path:
+    """An OASIS-1 Analyze pair as OASIS-1 writes it: sagittal, orient 2, big-endian int16, voxel order A, S, L,
+    no .mat (datasets/mri/analyze.py). `ras_array` is indexed [x, y, z] (RAS), `ras_voxel_mm` its voxel size."""
+    return write_oasis_analyze(hdr_path, ras_array, ras_voxel_mm)
 
 
 def write_dicom_series(

@@ -13,7 +13,7 @@ from _mri_fixtures import (
     blob_volume,
     loni_image_folder,
     loni_record,
-    write_analyze,
+    write_oasis,
     write_csv,
     write_dicom_series,
     write_nifti,
@@ -144,11 +144,11 @@ def test_session_naming_rules():
 def oasis_tree(tmp_path: Path) -> tuple[Path, Path]:
     raw = tmp_path / "oasis"
     s1 = raw / "disc1" / "OAS1_0001_MR1"
-    write_analyze(s1 / "PROCESSED/MPRAGE/SUBJ_111/OAS1_0001_MR1_mpr_n4_anon_sbj_111.hdr", blob_volume(seed=1))
-    write_analyze(s1 / "RAW/OAS1_0001_MR1_mpr-1_anon.hdr", blob_volume(seed=2))
-    write_analyze(raw / "disc1/OAS1_0002_MR1/RAW/OAS1_0002_MR1_mpr-1_anon.hdr", blob_volume(seed=3))
-    write_analyze(raw / "disc1/OAS1_0002_MR2/RAW/OAS1_0002_MR2_mpr-1_anon.hdr", blob_volume(seed=4))
-    write_analyze(raw / "disc2/OAS1_0003_MR1/RAW/OAS1_0003_MR1_mpr-1_anon.hdr", blob_volume(seed=5))
+    write_oasis(s1 / "PROCESSED/MPRAGE/SUBJ_111/OAS1_0001_MR1_mpr_n4_anon_sbj_111.hdr", blob_volume(seed=1))
+    write_oasis(s1 / "RAW/OAS1_0001_MR1_mpr-1_anon.hdr", blob_volume(seed=2), (1.25, 1.0, 1.0))
+    write_oasis(raw / "disc1/OAS1_0002_MR1/RAW/OAS1_0002_MR1_mpr-1_anon.hdr", blob_volume(seed=3), (1.25, 1, 1))
+    write_oasis(raw / "disc1/OAS1_0002_MR2/RAW/OAS1_0002_MR2_mpr-1_anon.hdr", blob_volume(seed=4), (1.25, 1, 1))
+    write_oasis(raw / "disc2/OAS1_0003_MR1/RAW/OAS1_0003_MR1_mpr-1_anon.hdr", blob_volume(seed=5), (1.25, 1, 1))
     (raw / "disc2/OAS1_0004_MR1/RAW").mkdir(parents=True)  # session folder without an image
     csv_path = write_csv(
         tmp_path / "oasis_cross-sectional.csv",

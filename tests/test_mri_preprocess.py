@@ -18,6 +18,7 @@ from _mri_fixtures import (
     write_csv,
     write_dicom_series,
     write_nifti,
+    write_oasis,
 )
 from adafocus.apps.cli import main
 from adafocus.datasets.mri import preprocess
@@ -277,7 +278,7 @@ def test_run_preprocess_oasis_end_to_end_then_resume(tmp_path, monkeypatch):
     for k, session in enumerate(("OAS1_0001_MR1", "OAS1_0001_MR2")):
         scan = synthetic_scan(rng, spacing_mm=4.0)
         hdr = raw / "disc1" / session / "RAW" / f"{session}_mpr-1_anon.hdr"
-        write_analyze(hdr, np.clip(scan.array, 0, 32767), voxel_mm=(4.0, 4.0, 4.0))
+        write_oasis(hdr, np.clip(scan.array, 0, 32767), (4.0, 4.0, 4.0))  # sagittal, orient 2, big-endian
     csv_path = write_csv(
         tmp_path / "oasis_cross-sectional.csv",
         OASIS_COLUMNS,

@@ -2,8 +2,21 @@
 
 Every adapter returns `list[ManifestRow]` sorted by (participant_id, session_id). Scans that are not part of
 the experiment stay in the list with `label = EXCLUDED_LABEL` and `status = "error: <reason>"` (diagnosis
-outside the chosen classes, no metadata row, missing CDR, duplicate scan of a session); all others are
-"pending". Only counts and the datasets' own participant codes are logged, never DICOM header fields.
+outside the chosen classes, no metadata row, missing CDR, duplicate scan of a session naming the scan kept,
+an image-id folder or OASIS session folder without an image); all others are "pending". Unreadable scans
+and failed registrations are recorded later, by preprocessing (status) and QC (qc_flag, qc_reason).
+Metadata CSV rows without any image on disk are counted in the log, not listed (a partial download of
+OASIS discs or LONI collections is normal).
+
+What the scanners' files hold, per archive (read by volume.py / analyze.py):
+- ADNI (LONI IDA): DICOM series (MPRAGE / IR-SPGR, usually sagittal; geometry from ImageOrientationPatient
+  and ImagePositionPatient; gantry-tilted or mosaic series are refused with a reason) or NIfTI files made
+  by LONI's pipelines (sform/qform: the sform is used and a disagreement recorded).
+- PPMI (LONI IDA): the same two forms (DICOM 3D T1 series, or NIfTI).
+- OASIS-1: Analyze 7.5, sagittal orient 2, big-endian int16, voxel order A, S, L (analyze.py); RAW scans
+  256 x 256 x 128 at 1 x 1 x 1.25 mm, SUBJ_111 256 x 256 x 160 at 1 mm. nibabel's own Analyze reader
+  would lay these on their side.
+- BIDS (bids.py): NIfTI with sform/qform, as for ADNI. Only counts and the datasets' own participant codes are logged, never DICOM header fields.
 
 Layouts and columns
 - ADNI and PPMI (LONI IDA downloads): `<subject>/<description>/<acquisition date>/<image id>/` holding one
@@ -59,6 +72,7 @@ class _LoniScan:
     image_id: str | None
     subject_dir: str | None
     date_dir: str | None
+    empty: bool = False  # an image-id folder holding no NIfTI file and no DICOM series
 
 
 def validate_classes(classes: tuple[str, ...] | list[str]) -> tuple[str, ...]:
@@ -172,6 +186,8 @@ def _find_loni_scans(raw_dir: Path, subject_pattern: re.Pattern) -> list[_LoniSc
         if dicom:
             match = _IMAGE_ID_IN_NAME.search(dicom[0])
             scans.append(_LoniScan(folder, folder_id or (match.group(1) if match else None), subject, date))
+        if not nifti and not dicom and not dirnames and _IMAGE_ID_DIR.match(folder.name):
+            scans.append(_LoniScan(folder, folder.name, subject, date, empty=True))
     return scans
 
 
@@ -179,6 +195,8 @@ def _loni_row(scan: _LoniScan, meta: dict[str, str] | None, classes: tuple[str, 
     date_session = session_from_date(scan.date_dir or "")
     if meta is None:
         reason = (
+            f"image folder {scan.image_id} holds no NIfTI file or DICOM series, and has no metadata CSV row"
+            if scan.empty else
             f"no row for image {scan.image_id} in the metadata CSV"
             if scan.image_id
             else "no image id (I<digits>) in the folder or file name to match the metadata CSV"
@@ -205,6 +223,9 @@ def _loni_row(scan: _LoniScan, meta: dict[str, str] | None, classes: tuple[str, 
         label, status = EXCLUDED_LABEL, error_status("no visit or acquisition date to name the session")
     if not participant:
         label, status = EXCLUDED_LABEL, error_status("no Subject in the metadata CSV row or folder path")
+    if scan.empty:
+        label, status = EXCLUDED_LABEL, error_status(f"image folder {scan.image_id} holds no NIfTI file or DICOM "
+                                                     f"series (incomplete download?)")
     return ManifestRow(
         participant_id=participant,
         session_id=session or "",

@@ -4,13 +4,18 @@ Layout read: `<root>/sub-<label>/[ses-<label>/]anat/sub-<label>[_ses-<label>]_*T
 `<root>/participants.tsv` (tab-separated, a `participant_id` column "sub-<label>" and a diagnosis column
 chosen by the caller, e.g. "diagnosis" or "group"). Sessions without a `ses-` folder get session "ses-1".
 When a session holds several T1w images (runs, acquisitions), the first in name order is kept and the
-others are recorded as excluded duplicates. Participants missing from participants.tsv, or with a
-diagnosis outside the chosen classes, are excluded with the reason in `status` (see manifest.py).
+others are recorded as excluded duplicates naming the image kept. Participants missing from
+participants.tsv, or with a diagnosis outside the chosen classes, are excluded with the reason in `status`
+(see manifest.py).
+
+Nothing the layout or participants.tsv names is dropped silently: a session folder (or a subject folder
+without sessions) whose anat/ holds no T1w image, and a participant listed in participants.tsv with no
+sub-<label>/ folder, each become an excluded row (source_path empty) whose status says why.
 """
 from __future__ import annotations
 
 import csv
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from adafocus.datasets.mri.manifest import EXCLUDED_LABEL, ManifestRow, error_status, parse_number
@@ -31,6 +36,15 @@ def is_bids(folder: str | Path) -> bool:
     """A folder with participants.tsv or sub-*/ folders holding anat/ T1w images."""
     folder = Path(folder)
     return folder.is_dir() and ((folder / PARTICIPANTS_FILE).is_file() or bool(find_bids_scans(folder)))
+
+
+def bids_sessions(root: str | Path) -> list[tuple[str, str, Path]]:
+    """(participant_id, session_id, session folder) of every sub-*/[ses-*] folder, sorted."""
+    found = []
+    for subject in sorted(p for p in Path(root).glob("sub-*") if p.is_dir()):
+        sessions = sorted(p for p in subject.glob("ses-*") if p.is_dir())
+        found += [(subject.name, s.name, s) for s in sessions] or [(subject.name, "ses-1", subject)]
+    return found
 
 
 def find_bids_scans(root: str | Path) -> list[BidsScan]:
@@ -84,13 +98,42 @@ def build_bids_manifest(root: str | Path, *, diagnosis_column: str = DEFAULT_DIA
         columns = ", ".join(next(iter(participants.values())))
         raise ValueError(f"{root / PARTICIPANTS_FILE} has no column {diagnosis_column!r} (columns: {columns}); "
                          f"choose one with --diagnosis-column")
-    rows, seen = [], set()
+    rows, kept = [], {}
     for scan in scans:
         row = _row(scan, participants.get(scan.participant_id), diagnosis_column, classes)
         key = (scan.participant_id, scan.session_id)
-        if key in seen and not row.excluded:
-            row = row.with_status(error_status("another T1w image of this session was kept"))
-            row = ManifestRow(**{**row.__dict__, "label": EXCLUDED_LABEL})
-        seen.add(key)
+        if key in kept and not row.excluded:
+            row = replace(row, label=EXCLUDED_LABEL,
+                          status=error_status(f"another T1w image of this session was kept: {kept[key]}"))
+        kept.setdefault(key, scan.path.name)
         rows.append(row)
+    rows += missing_rows(root, {(s.participant_id, s.session_id) for s in scans}, participants, diagnosis_column)
+    return sorted(rows, key=lambda r: (r.participant_id, r.session_id, str(r.source_path or "")))
+
+
+def missing_rows(root: Path, found: set[tuple[str, str]], participants: dict[str, dict[str, str]],
+                 column: str) -> list[ManifestRow]:
+    """Excluded rows for sessions whose anat/ holds no T1w image and for participants.tsv entries without a
+    sub-<label>/ folder (session_id "" for those)."""
+    rows = []
+    for participant, session, folder in bids_sessions(root):
+        if (participant, session) in found:
+            continue
+        anat = folder / "anat"
+        where = anat.relative_to(root).as_posix()
+        reason = (f"no T1w image in {where}/ (expected *_T1w.nii[.gz])" if anat.is_dir()
+                  else f"no anat/ folder in {folder.relative_to(root).as_posix()}/, so no T1w image")
+        rows.append(_missing(participant, session, participants.get(participant), column, reason))
+    folders = {p.name for p in root.glob("sub-*") if p.is_dir()}
+    for participant, meta in participants.items():
+        if participant not in folders:
+            rows.append(_missing(participant, "", meta, column,
+                                 f"listed in {PARTICIPANTS_FILE} but there is no {participant}/ folder"))
     return rows
+
+
+def _missing(participant: str, session: str, meta: dict[str, str] | None, column: str, reason: str) -> ManifestRow:
+    sex = (meta or {}).get("sex", "").strip().upper()[:1]
+    return ManifestRow(participant, session, EXCLUDED_LABEL, (meta or {}).get(column, "").strip(),
+                       parse_number((meta or {}).get("age")), sex if sex in ("M", "F") else "", None,
+                       status=error_status(reason))

@@ -9,6 +9,9 @@ the affected slices are those with |x| within `AtrophyRegion.band_mm`.
 
 Layout written (as the OASIS-1 discs unpack; the adapter reads it):
     <out>/disc1/OAS1_0001_MR1/PROCESSED/MPRAGE/SUBJ_111/OAS1_0001_MR1_mpr_n4_anon_sbj_111.{hdr,img}
+        sagittal Analyze 7.5 as OASIS-1 writes it: orient 2, big-endian int16, voxel order A, S, L
+        (analyze.py); the field of view is the template's, at `spacing_mm` (the real SUBJ_111 grid is
+        256 x 256 x 160 at 1 mm)
     <out>/oasis_cross-sectional.csv   ID, M/F, Hand, Age, Educ, SES, MMSE, CDR, eTIV, nWBV, ASF, Delay
     <out>/cohort_truth.tsv            participant_id, session_id, group, atrophy (ground truth for checks)
 Some participants also get a reliability re-scan `_MR2` (new pose, bias and noise; same anatomy) whose
@@ -18,14 +21,13 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 from adafocus.core.io import atomic_write_text
-from adafocus.datasets.mri.preprocess import mni_template
+from adafocus.datasets.mri.analyze import write_oasis_analyze
+from adafocus.datasets.mri.template import mni_template
 from adafocus.datasets.mri.volume import Volume, sitk_to_volume
 from scipy import ndimage
 
@@ -147,19 +149,12 @@ def scanner_nuisance(scan: Volume, rng: np.random.Generator, config: CohortConfi
 
 
 def write_analyze_atomic(hdr_path: Path, volume: Volume) -> None:
-    """Write an int16 Analyze 7.5 pair as OASIS-1 ships it (radiological: array x runs right -> left).
-
-    Analyze stores only voxel sizes; nibabel reads such a file with an L-A-S affine, so the RAS array is
-    flipped along x to keep anatomy on the correct side. The .img goes into place before the .hdr, so a
-    visible .hdr always has its complete image."""
-    hdr_path.parent.mkdir(parents=True, exist_ok=True)
+    """Write a RAS volume as OASIS-1 ships its images (analyze.write_oasis_analyze): sagittal Analyze 7.5,
+    orient 2, big-endian int16, voxel order A, S, L (i posterior -> anterior, j inferior -> superior,
+    k right -> left), no .mat file. Intensities are scaled to 0..1000. The .img goes into place before the
+    .hdr, so a visible .hdr always has its complete image."""
     scaled = volume.array / max(float(volume.array.max()), 1e-8) * 1000.0
-    image = nib.AnalyzeImage(np.ascontiguousarray(scaled[::-1]).astype(np.int16), None)
-    image.header.set_zooms(tuple(float(s) for s in np.linalg.norm(volume.affine[:3, :3], axis=0)))
-    tmp_stem = hdr_path.parent / f".{hdr_path.stem}.{os.getpid()}.tmp"
-    nib.save(image, str(tmp_stem) + ".hdr")
-    os.replace(str(tmp_stem) + ".img", hdr_path.with_suffix(".img"))
-    os.replace(str(tmp_stem) + ".hdr", hdr_path)
+    write_oasis_analyze(hdr_path, scaled, tuple(float(s) for s in np.linalg.norm(volume.affine[:3, :3], axis=0)))
 
 
 def session_image_path(raw_dir: Path, participant: str, session: str) -> Path:

@@ -3,7 +3,7 @@
 The pipeline is a list of small named steps (MONAI / TorchIO style), each a callable with a `name`:
 
     LoadImage -> OrientationRAS -> N4BiasCorrection -> RegisterToMNI -> CropToBox -> NormaliseIntensity
-    -> SaveNifti -> SaveQCPng
+    -> SaveNifti -> SaveQCPng -> SaveQCScores
 
 Like Clinica's t1-linear: N4 bias-field correction, affine registration to an MNI152 2009 symmetric template,
 then a fixed crop (169 x 208 x 179 mm, ClinicaDL's box), no skull stripping. Differences: SimpleITK instead
@@ -13,14 +13,14 @@ Intensities end in [0, 1] (percentile min-max, the normalisation ClinicaDL appli
 
 Cache layout (BIDS/CAPS-like): `<out>/sub-<pid>/ses-<sid>/t1_linear/
 sub-<pid>_ses-<sid>_space-MNI152NLin2009aSym_desc-Crop_res-1x1x1_T1w.nii.gz` plus `..._qc.png` (three
-mid-planes), where <pid>/<sid> are the manifest ids with non-alphanumerics removed; `<out>/manifest.tsv`.
+mid-planes) and `..._qc.json` (registration QC, qc.py; copied into the manifest's qc_* columns), where
+<pid>/<sid> are the manifest ids with non-alphanumerics removed; `<out>/manifest.tsv`.
+Analyze files are read with FreeSurfer's orientation rules (analyze.py), not nibabel's.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
-import importlib.util
 import json
 import logging
 import multiprocessing
@@ -48,7 +48,14 @@ from adafocus.datasets.mri.manifest import (
     read_manifest,
     write_manifest,
 )
+from adafocus.datasets.mri.qc import check_registration, read_qc_json, write_qc_json
 from adafocus.datasets.mri.slices import PLANES, plane_frame
+from adafocus.datasets.mri.template import (  # noqa: F401 - re-exported: preprocess.mni_template etc.
+    MNI_TEMPLATE_FILE,
+    TEMPLATE_SPACE,
+    mni_template,
+    mni_template_path,
+)
 from adafocus.datasets.mri.volume import ScanError, Volume, load_volume, sitk_to_volume, volume_to_sitk
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -57,8 +64,6 @@ from tqdm.auto import tqdm
 
 log = logging.getLogger(__name__)
 
-MNI_TEMPLATE_FILE = "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
-TEMPLATE_SPACE = "MNI152NLin2009aSym"
 CLINICADL_CROP_MM = (169.0, 208.0, 179.0)
 
 
@@ -104,44 +109,6 @@ class Step(Protocol):
     name: ClassVar[str]
 
     def __call__(self, item): ...
-
-
-# ------------------------------------------------------------------------------------------------ template
-def mni_template_path() -> Path:
-    """Path of the MNI152 2009a T1 template inside the installed nilearn package (nilearn is not imported)."""
-    spec = importlib.util.find_spec("nilearn")
-    if spec is None or spec.origin is None:
-        raise FileNotFoundError("nilearn is not installed; it ships the MNI152 template this pipeline needs")
-    path = Path(spec.origin).parent / "datasets" / "data" / MNI_TEMPLATE_FILE
-    if not path.exists():
-        raise FileNotFoundError(f"MNI template not found in nilearn's package data: {path}")
-    return path
-
-
-@functools.lru_cache(maxsize=4)
-def mni_template(spacing_mm: float) -> sitk.Image:
-    """The MNI T1 template (float32) on its own field of view at isotropic `spacing_mm`.
-
-    Coarser grids are Gaussian-smoothed first (sigma = spacing / 2) so downsampling does not alias.
-    """
-    image = sitk.Cast(sitk.ReadImage(str(mni_template_path())), sitk.sitkFloat32)
-    if spacing_mm == image.GetSpacing()[0]:
-        return image
-    if spacing_mm > image.GetSpacing()[0]:
-        image = sitk.SmoothingRecursiveGaussian(image, spacing_mm / 2)
-    extent = np.asarray(image.GetSize()) * np.asarray(image.GetSpacing())
-    size = [int(n) for n in np.ceil(extent / spacing_mm)]
-    return sitk.Resample(
-        image,
-        size,
-        sitk.Transform(),
-        sitk.sitkLinear,
-        image.GetOrigin(),
-        [spacing_mm] * 3,
-        image.GetDirection(),
-        0.0,
-        sitk.sitkFloat32,
-    )
 
 
 # --------------------------------------------------------------------------------------------------- steps
@@ -222,11 +189,13 @@ def register_affine(moving: sitk.Image, fixed: sitk.Image, seed: int) -> sitk.Tr
 @dataclass(frozen=True)
 class RegisterToMNI:
     """Affine registration to the MNI template, output resampled (linear) onto the template grid at
-    `spacing_mm`; voxels outside the scan's field of view are 0."""
+    `spacing_mm`; voxels outside the scan's field of view are 0. With `quality_check` (and a loaded scan,
+    i.e. `native` set) the registration's QC (qc.py: scores, flag, reason) goes into native["qc"]."""
 
     spacing_mm: float = 1.0
     registration_spacing_mm: float = 2.0
     seed: int = 0
+    quality_check: bool = True
     name: ClassVar[str] = "register"
 
     def __call__(self, volume: Volume) -> Volume:
@@ -235,8 +204,13 @@ class RegisterToMNI:
         transform = register_affine(moving, mni_template(self.registration_spacing_mm), self.seed)
         grid = mni_template(self.spacing_mm)
         registered = sitk_to_volume(sitk.Resample(moving, grid, transform, sitk.sitkLinear, 0.0, sitk.sitkFloat32))
-        native = None if volume.native is None else \
-            {**volume.native, "mni_to_native_world": ras_matrix_of(transform)}
+        if volume.native is None:
+            return Volume(registered.array, registered.affine, None)
+        to_native = ras_matrix_of(transform)
+        native = {**volume.native, "mni_to_native_world": to_native}
+        if self.quality_check:
+            native["qc"] = check_registration(moving, transform, registered.array, self.spacing_mm,
+                                              np.asarray(to_native), volume.native.get("warnings", ()))
         return Volume(registered.array, registered.affine, native)
 
 
@@ -384,6 +358,21 @@ class SaveQCPng:
         return volume
 
 
+@dataclass(frozen=True)
+class SaveQCScores:
+    """Write the registration QC (native["qc"], see qc.py) as `<stem>_qc.json` beside `nifti_path`, atomically;
+    passes the volume through (nothing is written when the registration recorded no QC)."""
+
+    nifti_path: Path
+    name: ClassVar[str] = "qc-scores"
+
+    def __call__(self, volume: Volume) -> Volume:
+        result = None if volume.native is None else volume.native.get("qc")
+        if result is not None:
+            write_qc_json(self.nifti_path, result)
+        return volume
+
+
 def _display_aspect(spacing: tuple[float, float, float], plane: str) -> float:
     _, row_axis, col_axis = PLANES[plane]
     return spacing[row_axis] / spacing[col_axis]
@@ -403,6 +392,7 @@ def t1_linear_pipeline(
         NormaliseIntensity(),
         SaveNifti(nifti_path),
         SaveQCPng(qc_path),
+        SaveQCScores(nifti_path),
     ]
 
 
@@ -500,10 +490,14 @@ def preprocess_manifest(
     }
 
     def finish(i: int, status: str) -> None:
-        rows[i] = rows[i].with_status(status, jobs[i][1] if status == STATUS_OK else None)
+        qc = read_qc_json(jobs[i][1]) if status == STATUS_OK else None
+        rows[i] = rows[i].with_status(status, jobs[i][1] if status == STATUS_OK else None).with_qc(
+            None if qc is None else qc.to_dict())
         write_manifest(rows, manifest_path)
         if status != STATUS_OK:
             log.warning("%s %s: %s", rows[i].participant_id, rows[i].session_id, status)
+        elif qc is not None and qc.flag != "pass":
+            log.warning("%s %s: QC %s: %s", rows[i].participant_id, rows[i].session_id, qc.flag, qc.reason)
 
     with tqdm(total=len(todo), disable=not progress, unit="scan", desc="t1-linear") as bar:
         for i, status in (executor or local_scan_executor)(jobs, workers):
