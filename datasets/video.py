@@ -684,3 +684,155 @@ def load_clip(
                     output_size=(height, width))
     return ClipTransform(size, train=train, eval_crop=eval_crop)(frames, info, rng)
 
+
+
+# ----------------------------------------------------------------------------------------------------
+# Streaming long videos
+
+
+@dataclass
+class StreamedFrame:
+    """One wanted frame from `stream_frames`: `frame` uint8 [H, W, 3] (RGB) and the source frame index
+    actually served (`position`), or `frame=None` and `reason` when the file cannot supply it (a broken
+    stretch or the end of the data)."""
+
+    index: int
+    frame: np.ndarray | None
+    position: int = -1
+    reason: str = ""
+
+
+@dataclass
+class StreamStats:
+    """Work done by `stream_frames`: frames decoded, forward seeks, and the wanted indices lost to broken
+    stretches or the end of the data [(first lost index, last lost index, reason)]."""
+
+    frames_decoded: int = 0
+    seeks: int = 0
+    broken: list[tuple[int, int, str]] = field(default_factory=list)
+
+
+def stream_frames(path: str | Path, wanted: Sequence[int], *, seek_gap: int = 4 * _DEFAULT_SEEK_GAP_FRAMES,
+                  stats: StreamStats | None = None):
+    """Decode a file once, in order, and yield a `StreamedFrame` per wanted index (sorted ascending, unique).
+
+    For long videos: memory stays bounded whatever the length (only the last decoded frame is held), the
+    stream is read forward only (a forward seek to the keyframe before a wanted frame more than `seek_gap`
+    frames ahead, e.g. to resume mid-file), and a broken stretch (packets FFmpeg rejects, frames it flags
+    as corrupt) does not end decoding: the wanted indices between the last good frame before it and the
+    first good frame after it come out with ``frame=None`` and a reason, and decoding goes on. Wanted
+    indices past the end of the data come out the same way. Index ``w`` is served by the last good frame
+    whose position is <= w + 1/2 (see the module docstring).
+
+    Raises VideoDecodeError when the file cannot be opened at all (PyAV only: no OpenCV fallback here).
+    """
+    path = Path(path)
+    wanted = [int(i) for i in wanted]
+    if any(b <= a for a, b in zip(wanted, wanted[1:])) or (wanted and wanted[0] < 0):
+        raise ValueError("stream_frames needs sorted, unique, non-negative indices")
+    stats = stats if stats is not None else StreamStats()
+    head = _read_head(path)
+    container = _open_pyav(path)
+    if container is None:
+        raise VideoDecodeError(_unopenable_reason(head), path)
+    with container:
+        stream = _video_stream(container, path)
+        stream.thread_type = "AUTO"
+        yield from _stream_pyav(container, stream, wanted, seek_gap, stats)
+
+
+def _stream_pyav(container, stream, wanted: list[int], seek_gap: int, stats: StreamStats):
+    fps = _stream_rate(stream) or Fraction(25)
+    start_pts = stream.start_time or 0
+    time_base = stream.time_base
+
+    def position_of(frame: av.VideoFrame, last: Fraction) -> Fraction:
+        return last + 1 if frame.pts is None else (frame.pts - start_pts) * time_base * fps
+
+    def served(index: int, item: tuple[av.VideoFrame, Fraction]) -> StreamedFrame:
+        return StreamedFrame(index, item[0].to_ndarray(format="rgb24", threads=1), max(0, round(item[1])))
+
+    i = 0
+    previous: tuple[av.VideoFrame, Fraction] | None = None  # the last good frame
+    last_position = Fraction(-1)  # the last frame decoded (good or not)
+    broken_reason = ""  # set when data was lost after `previous`
+    floor = Fraction(-1)  # frames at or before this position were already passed (after a seek)
+
+    def lose(until: Fraction, reason: str):
+        """Yield the wanted indices lost before position `until` (exclusive of those `previous` serves)."""
+        nonlocal i
+        lost = []
+        while i < len(wanted) and wanted[i] + _INDEX_TOLERANCE < until:
+            lost.append(StreamedFrame(wanted[i], None, reason=reason))
+            i += 1
+        if lost:
+            stats.broken.append((lost[0].index, lost[-1].index, reason))
+        return lost
+
+    def frames_after_seek():
+        nonlocal previous, floor, last_key, broken_reason
+        target = wanted[i]
+        floor = previous[1] if previous is not None else floor
+        container.seek(start_pts + math.floor(max(0, target - 1) / fps / time_base), stream=stream, backward=True)
+        stats.seeks += 1
+        previous, last_key, broken_reason = None, None, ""
+
+    gap, last_key = seek_gap, None
+    if wanted and wanted[0] > seek_gap:
+        frames_after_seek()
+    while i < len(wanted):
+        packets_done = True
+        for packet in container.demux(stream):
+            try:
+                decoded = packet.decode()
+            except (av.error.FFmpegError, ValueError) as error:
+                broken_reason = broken_reason or f"corrupt data ({type(error).__name__})"
+                continue
+            for frame in decoded:
+                stats.frames_decoded += 1
+                position = position_of(frame, last_position)
+                last_position = position
+                if position <= floor:
+                    continue  # a seek landed before where decoding already was
+                if frame.is_corrupt:
+                    broken_reason = broken_reason or "corrupt frames"
+                    continue
+                if broken_reason:
+                    # data was lost between `previous` and this frame: `previous` still serves its own frame
+                    # period, the indices after it are a gap
+                    while previous is not None and i < len(wanted) and wanted[i] + _INDEX_TOLERANCE < previous[1] + 1:
+                        yield served(wanted[i], previous)
+                        i += 1
+                    yield from lose(position, broken_reason)
+                    broken_reason = ""
+                while i < len(wanted) and position > wanted[i] + _INDEX_TOLERANCE:
+                    yield served(wanted[i], previous if previous is not None else (frame, position))
+                    i += 1
+                previous = (frame, position)
+                if frame.key_frame:
+                    if last_key is not None:  # never seek less than the keyframe spacing: it would land behind
+                        gap = max(gap, math.ceil(position - last_key))
+                    last_key = position
+                if i >= len(wanted):
+                    break
+                if wanted[i] - position > gap:
+                    packets_done = False
+                    break
+            if i >= len(wanted) or not packets_done:
+                break
+        if i >= len(wanted):
+            return
+        if not packets_done:
+            frames_after_seek()
+            continue
+        break  # end of the data
+    # End of the data: the last good frame serves indices just past it (estimated frame counts), unless
+    # data was lost after it; the rest are lost.
+    if previous is not None and not broken_reason:
+        while i < len(wanted) and wanted[i] - previous[1] <= _TAIL_SLACK_FRAMES + _INDEX_TOLERANCE:
+            yield served(wanted[i], previous)
+            i += 1
+    end = "no decodable frames" if previous is None and not broken_reason else (
+        f"{broken_reason} to the end of the file" if broken_reason else
+        f"the video ends after frame {max(0, round(previous[1]))}")
+    yield from lose(Fraction(10 ** 12), end)

@@ -158,7 +158,7 @@ class FileOutcome:
         self.decode_ms = 0.0
         self.model_ms = 0.0
         self.fps = 0.0
-        self.source_size: list[int] = []
+        self.max_frames_held = 0  # the most decoded frames kept at once (memory: flat in the file's length)
 
 
 def score_file(path: str, scorer: WindowScorer, settings: dict[str, Any], progress_file: Path, *,
@@ -239,6 +239,7 @@ def _stream_windows(path: str, remaining: list[Window], scorer: WindowScorer, nu
             kept[item.index] = (tensor[0], item.position, "")
             if view is None:
                 view = (info, (height, width))
+        outcome.max_frames_held = max(outcome.max_frames_held, len(kept))
         while next_window < len(remaining) and remaining[next_window].frames[-1] <= item.index:
             window = remaining[next_window]
             next_window += 1
