@@ -265,6 +265,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=16)
     add_quiet(p)
     add_ray(p, "decode in Ray tasks and score in a Ray actor pool (Ray Data)")
+    p.add_argument("--windows", default=None, metavar="auto|SECONDS",
+                   help="videos: score long files in windows of SECONDS (auto: the training clips' duration from "
+                        "the model card, else 4 s; files no longer than a window stay one clip); adds "
+                        "peak_start_s etc. to scores.csv, the windows to details.jsonl and OUT/segments.csv")
+    p.add_argument("--stride", type=float, default=None, metavar="SECONDS",
+                   help="with --windows: seconds between window starts (default: half a window)")
+    p.add_argument("--threshold", type=float, default=0.5,
+                   help="with --windows: a window is flagged when its class score reaches this (default 0.5)")
+    p.add_argument("--flag-classes", default=None, metavar="NAME,...",
+                   help="with --windows: classes to flag segments for (default: the second class of a two-class "
+                        "model, every class otherwise)")
     add_device(p)
     add_engine(p)
     p.set_defaults(func=cmd_score)

@@ -223,6 +223,22 @@ def test_corrupt_middle_is_a_gap_with_a_reason_and_the_rest_is_scored(long_video
     assert record["gaps"][0]["start_s"] <= 13.0 and record["gaps"][-1]["end_s"] >= 15.0
 
 
+def test_score_command_windows_flags(long_videos, tiny_run, tmp_path, capsys):
+    from adafocus.apps.cli import main as cli_main
+
+    code = cli_main(["score", str(long_videos["long"]), str(long_videos["short"]), "--model", str(tiny_run),
+                     "--out", str(tmp_path), "--windows", "6", "--stride", "3", "--threshold", "0.0",
+                     "--flag-classes", "Violence", "--quiet", "--device", "cpu"])
+    assert code == 0 and "segments:" in capsys.readouterr().out
+    rows = {Path(r["path"]).name: r for r in read_rows(tmp_path / "scores.csv")[1]}
+    assert rows["long.mp4"]["windows"] == "9" and rows["short.mp4"]["windows"] == "1"  # 0, 3, ..., 21, 24 s
+    segments = {(Path(s["path"]).name, s["start_s"], s["end_s"]) for s in read_segments(tmp_path / "segments.csv")}
+    assert segments == {("long.mp4", "0.0", "30.0"), ("short.mp4", "0.0", "3.0")}  # threshold 0: all flagged
+    code = cli_main(["score", str(long_videos["long"]), "--model", str(tiny_run), "--out", str(tmp_path / "x"),
+                     "--windows", "soon", "--quiet", "--device", "cpu"])
+    assert code != 0 and "--windows takes auto or a number of seconds" in capsys.readouterr().err
+
+
 def test_a_file_that_cannot_be_read_becomes_an_error_row(tiny_run, tmp_path):
     junk = tmp_path / "junk.mp4"
     junk.write_bytes(b"not a video at all")

@@ -5,6 +5,7 @@ import sys
 
 from adafocus.apps.scoring.outputs import output_paths
 from adafocus.apps.scoring.videos import ScoreSummary, score_videos
+from adafocus.apps.scoring.windows import parse_windows
 from adafocus.core.run import load_run
 
 
@@ -14,6 +15,8 @@ def score_command(args) -> int:
         raise ValueError(f"need --workers >= 0 and --batch-size >= 1, got {args.workers} and {args.batch_size}")
     ray_address = getattr(args, "ray", None)  # --ray: apps/scoring/ray.py (preprocessing / decoding + model on Ray)
     if load_run(args.model, device="cpu").card.domain == "mri":
+        if getattr(args, "windows", None) is not None:
+            raise ValueError("--windows cuts long videos; this is an MRI model")
         from adafocus.apps.scoring.scans import score_scans  # imports SimpleITK: only for scans
 
         executor = None
@@ -27,7 +30,18 @@ def score_command(args) -> int:
                               engine=args.engine, precision=args.precision)
     else:
         out_csv, details = output_paths(args.out, args.details)
-        if ray_address is not None:
+        windows = parse_windows(getattr(args, "windows", None))
+        if windows is not None:
+            if ray_address is not None or args.thumbnails:
+                raise ValueError("--windows scores in this process, without --ray or --thumbnails")
+            from adafocus.apps.scoring.long_videos import score_long_videos
+
+            flag = [c.strip() for c in args.flag_classes.split(",") if c.strip()] if args.flag_classes else None
+            summary = score_long_videos(args.inputs, args.model, out_csv, windows=windows, stride=args.stride,
+                                        threshold=args.threshold, flag=flag, details=details, budget=args.budget,
+                                        device=args.device, batch_size=args.batch_size, progress=not args.quiet,
+                                        engine=args.engine, precision=args.precision)
+        elif ray_address is not None:
             from adafocus.apps.scoring.ray import score_on_ray
 
             summary = score_on_ray(args.inputs, args.model, out_csv, details=details, budget=args.budget,
