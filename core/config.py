@@ -211,7 +211,7 @@ def _cpu_video() -> Preset:
 
     Sized on the fine-detail task (datasets.fine_detail: 2-pixel stripes on an object 15% of a 160 x 120 frame,
     on screen for a third of the clip): frames of 64 with 24-pixel patches lost the stripes to aliasing, and
-    8 candidates of 48 frames saw the object in under 3 of them (README, "Glance low, focus native")."""
+    8 candidates of 48 frames saw the object in under 3 of them (docs/notes/glance-low-focus-native.md, "Glance low, focus native")."""
     preset = _cpu_synthetic()
     preset.model = dataclasses.replace(preset.model, num_classes=2, frame_size=128, glance_size=64,
                                        num_candidates=12, num_glance=12, num_focus=3, patch_size=32,
@@ -320,14 +320,14 @@ def _cpu_mri() -> Preset:
     model.cell_proxy). Sized so a 5-fold CV of the demo cohort (about 30 participants) trains in minutes on 2
     cores. With the authors' box proxy the boxes sat at one arbitrary place per fold on the demo's cohort
     (0.9x-1.8x chance in the atrophy over six runs); with the cell proxy every fold's boxes went to the atrophy
-    (README, "MRI demo"). With the authors' dense head the fold-to-fold accuracy swung. ``cpu-mri-imagenet``
+    (docs/notes/mri-demo-recipe.md, "MRI demo"). With the authors' dense head the fold-to-fold accuracy swung. ``cpu-mri-imagenet``
     is the recipe that also learned with the dense head, at about 4x the CPU per training step.
 
     TorchIO augmentation is drawn from 8 copies per scan made once (``augmentation_copies``,
     datasets.mri.dataset.AugmentedCopies; fresh augmentation at every draw was about half of each fold's time),
     for 40 epochs (80 scored the same on the demo's two seeds, at twice the time). Those 40 epochs are sized for
     the demo's cohort: on 100 participants with a change of shape (ventricles, hippocampi) it reached 0.64, with
-    120 epochs 0.88, ``cpu-mri-imagenet`` 0.90 (README, "On cohorts the demo did not make")."""
+    120 epochs 0.88, ``cpu-mri-imagenet`` 0.90 (docs/notes/mri-demo-recipe.md, "On cohorts the demo did not make")."""
     preset = _cpu_synthetic()
     preset.model = dataclasses.replace(
         preset.model, num_classes=2, num_candidates=16, num_glance=16, num_focus=4, patch_size=24,
@@ -339,11 +339,11 @@ def _cpu_mri() -> Preset:
 
 def _cpu_mri_imagenet() -> Preset:
     """``cpu-mri``'s sizes (boxes 24-48, the authors' box proxy, as when it was measured) with the recipe that
-    learned reliably on the demo's cohort (README, "MRI demo"):
+    learned reliably on the demo's cohort (docs/notes/mri-demo-recipe.md, "MRI demo"):
 
     - ImageNet initialisation for the 2.5D inputs (neighbouring slices as RGB, ImageNet normalisation): the
       glance is MobileNetV2's first 7 blocks (D=32, stride 8), the local encoder its first 14 (D=96); tiny
-      random-initialised nets stayed at chance on a demo fold where these learned (measured; README);
+      random-initialised nets stayed at chance on a demo fold where these learned (measured; docs/notes/mri-demo-recipe.md);
     - class-balanced sampling (balance_classes); TorchIO augmentation as every MRI training run gets it
       (datasets.mri.dataset.ClipAugmentation); best.pt ties on validation accuracy go to the lower loss;
     - SGD lr 0.02 (cosine), batches of 4 scans, 40 epochs, every LR multiplier 1.

@@ -1,6 +1,6 @@
 """CPU inference engine for the encoders: OpenVINO runs the glance and local encoders, torch the rest.
 
-Measured side by side on batches of 16 images (see README, "Performance"), OpenVINO ran MobileNetV2 at 224
+Measured side by side on batches of 16 images (see docs/notes/cpu-performance.md, "Performance"), OpenVINO ran MobileNetV2 at 224
 about 1.6-1.9x and ResNet-50 at 128 about 1.0-1.1x as fast as PyTorch's eager CPU kernels (batch norms
 folded, channels-last), and ONNX Runtime was not faster than OpenVINO on either. The policies and the
 classifier are a few percent of the cost and stay in torch, so ``UniAdaFocus.infer`` is unchanged: each

@@ -18,7 +18,7 @@ Variants are switches of ``ModelConfig``, not copies of this file:
   of a clip at once, so there are two exits, glance-only and fused (a sample exits by skipping the local encoder);
 - AdaFocusV2 (``patch_shape="fixed"``, ``policy_gradient="pixel"``): the task loss trains the policy;
 - the cell proxy (``spatial_proxy="cells"``, soft_argmax head): the proxy is scored at every glance-map cell
-  and the cell scores learn where it is right (``cell_proxy``; not the authors', see README "MRI demo");
+  and the cell scores learn where it is right (``cell_proxy``; not the authors', see docs/notes/mri-demo-recipe.md, "MRI demo");
 - AdaFocusV1 (``patch_policy="ppo_grid"``): a categorical actor-critic picks patch centres on a grid; it is
   trained by PPO in ``adafocus.core.adafocus_v1`` and here only sampled (training) or argmax-ed (inference);
 - ablation baselines: random / centre / gaussian patches, random shapes, full frames; uniform / random /

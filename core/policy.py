@@ -34,18 +34,18 @@ class SpatialPolicy(nn.Module):
       mean of the cell centres ((i + 0.5) / n of the frame), and its two scales come from the softmax-weighted
       features. A cell is scored the same wherever it lies, so what is learned about an object at one place
       holds everywhere in the frame; the dense head has to learn each place separately, which needs far more
-      clips than a small dataset has (the MRI focus proof in the README). The head needs the box side range
+      clips than a small dataset has (the MRI focus proof, docs/notes/mri-focus-history.md). The head needs the box side range
       (``side_range``, fractions of the frame) to turn the centre into the action's position.
 
     ``context`` (default 3, the authors'): a cell's score reads glance features up to ``context // 2 * 2`` cells
     away, so the policy can learn to point beside the evidence; at 1 it scores each cell from its own features
-    (README, "Where the fixed offset comes from").
+    (docs/notes/mri-focus-history.md, "Where the fixed offset comes from").
 
     ``window`` (soft_argmax only; default None, all cells): in eval mode the box centre is the softmax-weighted
     mean of the cell centres in the ``window`` x ``window`` cells around the best-scoring cell (window_weights).
     Over all cells, the little weight that every far cell keeps pulls each box towards the frame centre: on the
     MRI lesion task the boxes moved only 0.45x as far as the lesion did. Training keeps all cells: trained with
-    the window, the boxes held the lesion no more often (README, "A finer glance map"). With a window, the
+    the window, the boxes held the lesion no more often (docs/notes/mri-focus-history.md, "A finer glance map"). With a window, the
     chosen frames between glance frames are decoded from their blended cell weights (``peak_actions_at``).
 
     The soft_argmax head's forward is ``actions(cells(maps))``: the cell proxy (model.cell_proxy) needs the cell
@@ -88,7 +88,7 @@ class SpatialPolicy(nn.Module):
             # Cell scores are multiplied by a learned sharpness, started at e^1.5 (about 4.5). With plain scores
             # the softmax over cells stays nearly flat early on and pulls every box towards the frame centre: on
             # the MRI lesion task the boxes then held the lesion on 0.47 of lesion slices and the accuracy stayed
-            # at the random-selection baseline's (seed 0); started sharper, 0.89 and +17 points (README, "Does
+            # at the random-selection baseline's (seed 0); started sharper, 0.89 and +17 points (docs/notes/mri-focus-history.md, "Does
             # the MRI focus find the lesion?", which also lists the seeds that fall short).
             self.log_sharpness = nn.Parameter(torch.tensor(INITIAL_LOG_SHARPNESS))
             self.scale = nn.Linear(hidden, 2)
@@ -131,7 +131,7 @@ class SpatialPolicy(nn.Module):
         (``window_weights``). Blending the actions instead (``UniAdaFocus.actions_at``, the authors') puts the box
         of a frame between a glance frame that shows the object and one that does not between the two peaks, on
         neither: on the MRI lesion task that missed the lesion in 0.08-0.25 of lesion slices over six seeds, this
-        in 0.01-0.05 (README, "Boxes for the slices between glance frames")."""
+        in 0.01-0.05 (docs/notes/mri-focus-history.md, "Boxes for the slices between glance frames")."""
         left, right, t = glance_brackets(positions, frames)
         values = torch.cat([choice.weights, choice.scales], dim=-1)  # [B, T_g, h*w + 2]
         blended = (values.take_along_dim(left[..., None], dim=1) * (1 - t[..., None])

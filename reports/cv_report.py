@@ -141,7 +141,7 @@ def chance_verdict(balanced_accuracy: dict) -> str:
                 f"labels (class order, --classes).")
     return (f"**Not distinguishable from chance**: the pooled balanced accuracy's 95% CI {interval} includes 0.5. "
             f"The slices and regions the model chose then carry no evidence about the diagnosis; more participants, "
-            f"more epochs or the cpu-mri-imagenet recipe may help (README: \"On cohorts the demo did not make\").")
+            f"more epochs or the cpu-mri-imagenet recipe may help (docs/notes/mri-demo-recipe.md).")
 
 
 def balanced_accuracy_row(cv_dir: str | Path) -> dict[str, float]:

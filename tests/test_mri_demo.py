@@ -1,7 +1,7 @@
 """The demo's MRI part as `adafocus demo --parts mri` runs it (about 5 minutes on 2 cores): the cohort's
 atrophy is the ground truth, so the test checks what the demo prints. Targets of issue 12: balanced accuracy
 >= 0.90 mean with SD <= 0.10 over the folds, and the patients' focus regions inside the atrophy at least twice
-as often as chance (README, "MRI demo": 4.0x and 3.4x measured at seeds 0 and 1 with 2 threads)."""
+as often as chance (4.0x and 3.4x measured at seeds 0 and 1 with 2 threads)."""
 from __future__ import annotations
 
 import json

@@ -31,15 +31,15 @@ from adafocus.reports.metrics import best_fixed_place_hit_rate, follow_correlati
 #   (1 of 8 runs passed);
 # - boxes decoded at the peak in eval mode (spatial_window=3, core.policy.window_weights): over all cells the
 #   boxes moved only 0.45x as far as the lesion, and held its centre in 0.73-0.82 of lesion slices over four
-#   runs; decoded in a 3 x 3 window, 0.83-0.98 on the same checkpoints (README, "A finer glance map"); a chosen
+#   runs; decoded in a 3 x 3 window, 0.83-0.98 on the same checkpoints (docs/notes/mri-focus-recipe.md); a chosen
 #   slice between two glance frames gets its box from their blended cell weights, decoded at the peak
 #   (policy.peak_actions_at), not from the blend of their boxes, which missed the lesion in 0.08-0.25 of lesion
-#   slices over six seeds where this misses 0.01-0.05 (README, "Boxes for the slices between glance frames");
+#   slices over six seeds where this misses 0.01-0.05 (docs/notes/mri-focus-recipe.md);
 # - training seeds chosen on the validation subjects, never the test ones: seed 0 (TrainConfig's default) first,
 #   then the next seed while the best run so far stays under VAL_ENOUGH validation accuracy, up to
 #   TRAINING_SEEDS; one torch thread whatever the machine has (at 2 threads a seed's run changed with the CPU;
 #   at 1, seeds 0 and 1 gave the same numbers on an Intel Xeon and an AMD EPYC). With this recipe seeds 0, 1,
-#   2 and 4 met every check; seeds 3 and 5 missed only the both-axes r (row 0.65, 0.61; README, "Boxes for the
+#   2 and 4 met every check; seeds 3 and 5 missed only the both-axes r (row 0.65, 0.61; docs/notes/mri-focus-recipe.md; "Boxes for the
 #   slices between glance frames");
 # - the temporal policy at the paper's 0.2 LR ratio (as cpu-video), batches of 8 and few epochs over many
 #   subjects instead of many epochs over a few; classes are balanced by construction (labels alternate);
@@ -154,5 +154,5 @@ def test_learned_selection_follows_the_lesion(measured):
 def test_learned_boxes_move_with_the_lesion_on_both_axes(measured):
     """The lesion's row varies by SD 10 px, less than the boxes, so a box could hold the centre without moving
     up and down. With the recipe above the row r was 0.61-0.95 over six seeds, the check closest to failing: it
-    fails seeds 3 and 5, where a tenth of the subjects' boxes sit 12+ px off the lesion (README)."""
+    fails seeds 3 and 5, where a tenth of the subjects' boxes sit 12+ px off the lesion (docs/notes/mri-focus-recipe.md)."""
     assert measured["following"]["learned"]["follow"] >= FOLLOW_MIN

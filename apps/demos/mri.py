@@ -7,7 +7,7 @@ The cohort's patients carry simulated atrophy at a known place (datasets.mri.coh
 accuracy the demo reports how many of the patients' focus regions lie in the atrophy (slice in its sagittal
 band and box holding its centre) against the same boxes placed at random, and how many chosen slices fall in
 the band against the band's share of the candidate slices. The model is the `cpu-mri` recipe
-(core.config); DEMO_COHORT is sized so that recipe learns reliably (README, "MRI demo").
+(core.config); DEMO_COHORT is sized so that recipe learns reliably (docs/notes/mri-demo-recipe.md, "MRI demo").
 """
 from __future__ import annotations
 
