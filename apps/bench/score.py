@@ -160,6 +160,10 @@ def bench_score_command(args) -> int:
     """`adafocus bench score` (arguments in apps/cli.py)."""
     if getattr(args, "ray", None) is not None:
         return _bench_ray_command(args)
+    if getattr(args, "long", False):
+        from adafocus.apps.bench.long_score import bench_long_command
+
+        return bench_long_command(args)
     if args.files:
         rows = score_scaling(args.files, preset=args.preset, workers=args.workers, batch_size=args.batch_size,
                              device=args.device, engine=args.engine, precision=args.precision)
