@@ -271,3 +271,34 @@ def test_carry_over_keeps_only_finished_scans(tmp_path):
     carried = carry_over_finished(fresh, previous)
     assert carried[0].status == "ok" and carried[0].preprocessed_path == tmp_path / "out1.nii.gz"
     assert carried[1].status == "pending" and carried[1].preprocessed_path is None
+
+
+# ------------------------------------------------------------------------------------- no silent drops
+def test_bids_sessions_without_t1w_and_listed_participants_without_folders_get_rows(tmp_path):
+    root = tmp_path / "bids"
+    write_nifti(root / "sub-01/ses-M000/anat/sub-01_ses-M000_T1w.nii.gz", blob_volume())
+    write_nifti(root / "sub-01/ses-M000/anat/sub-01_ses-M000_run-2_T1w.nii.gz", blob_volume(seed=1))
+    write_nifti(root / "sub-01/ses-M012/anat/sub-01_ses-M012_FLAIR.nii.gz", blob_volume())  # no T1w
+    (root / "sub-01/ses-M024").mkdir(parents=True)  # no anat/ at all
+    (root / "participants.tsv").write_text("participant_id\tdiagnosis\tage\nsub-01\tAD\t71\nsub-09\tCN\t60\n")
+    rows = {(r.participant_id, r.session_id, r.source_path.name if r.source_path else ""): r
+            for r in build_manifest("bids", root, None)}
+    assert set(rows) == {("sub-01", "ses-M000", "sub-01_ses-M000_T1w.nii.gz"),
+                         ("sub-01", "ses-M000", "sub-01_ses-M000_run-2_T1w.nii.gz"),
+                         ("sub-01", "ses-M012", ""), ("sub-01", "ses-M024", ""), ("sub-09", "", "")}
+    assert rows[("sub-01", "ses-M000", "sub-01_ses-M000_T1w.nii.gz")].status == "pending"
+    duplicate = rows[("sub-01", "ses-M000", "sub-01_ses-M000_run-2_T1w.nii.gz")]
+    assert duplicate.excluded and duplicate.status.endswith("was kept: sub-01_ses-M000_T1w.nii.gz")
+    no_t1w = rows[("sub-01", "ses-M012", "")]
+    assert no_t1w.excluded and no_t1w.status == "error: no T1w image in sub-01/ses-M012/anat/ (expected *_T1w.nii[.gz])"
+    assert no_t1w.diagnosis == "AD" and no_t1w.age == 71.0
+    assert "no anat/ folder in sub-01/ses-M024/" in rows[("sub-01", "ses-M024", "")].status
+    assert "listed in participants.tsv but there is no sub-09/ folder" in rows[("sub-09", "", "")].status
+
+
+def test_loni_image_folder_without_an_image_gets_a_row(adni_tree):
+    raw, csv_path = adni_tree
+    loni_image_folder(raw, "005_S_0221", "MPRAGE", "2006-02-10", "I44444").mkdir(parents=True)
+    rows = build_adni_manifest(raw, csv_path)
+    empty = [r for r in rows if r.source_path is not None and r.source_path.name == "I44444"]
+    assert len(empty) == 1 and empty[0].excluded and "holds no NIfTI file or DICOM series" in empty[0].status

@@ -2,7 +2,8 @@
 
 Columns (in this order): participant_id, session_id, label, diagnosis, age, sex, source_path,
 preprocessed_path, status, then the registration QC of preprocessed rows (qc.py): qc_ncc, qc_nmi,
-qc_coverage, qc_rotation_deg, qc_scale_min, qc_scale_max, qc_shear, qc_probe_gain, qc_probe_best, qc_flag
+qc_coverage, qc_rotation_deg, qc_scale_min, qc_scale_max, qc_shear, qc_probe_gain, qc_probe_best,
+qc_probe_ncc, qc_flag
 ("pass" / "warn" / "fail", "" when not checked) and qc_reason. Manifests written before the QC columns
 existed read with those fields empty.
 
@@ -60,6 +61,7 @@ class ManifestRow:
     qc_shear: float | None = None
     qc_probe_gain: float | None = None
     qc_probe_best: str = ""
+    qc_probe_ncc: float | None = None
     qc_flag: str = ""
     qc_reason: str = ""
 

@@ -17,7 +17,8 @@ Scores
   template by its intensity centroid (a moments alignment) in each of the 24 proper axis
   permutations/flips; probe_gain = best NCC among the 23 others minus the NCC of the header's own
   orientation (negative when the header's orientation is the best match), probe_best = where the template's
-  x, y, z axes land in the scan's world in the best of all 24 ("RAS" = as the header says). Mirror images are
+  x, y, z axes land in the scan's world in the best of all 24 ("RAS" = as the header says), probe_ncc = that
+  best orientation's NCC (a permutation only counts when it also matches well). Mirror images are
   not probed: the template is left-right symmetric, so a left-right flip cannot be told apart.
 
 Flags (every threshold is a named constant below; values chosen from the measurements in
@@ -49,6 +50,7 @@ SHEAR_MAX = 0.15           # largest plausible |U_ij / U_ii|
 ROTATION_WARN_DEG = 20.0   # rotation relative to the header's orientation worth a look
 ROTATION_FAIL_DEG = 45.0   # beyond this the header's orientation is not the head's
 PROBE_MARGIN = 0.10        # another orientation beats the header's by this much NCC: "clearly better"
+PROBE_MATCH_MIN = 0.50     # ... and itself matches the template at least this well
 PROBE_SPACING_MM = 6.0     # grid of the orientation probe
 NMI_BINS = 32
 
@@ -70,6 +72,7 @@ class QCScores:
     shear: float
     probe_gain: float
     probe_best: str
+    probe_ncc: float
 
     def rounded(self) -> QCScores:
         """Values rounded so that the manifest's text form reads back exactly (4 decimals; angles 2)."""
@@ -214,7 +217,7 @@ def _centroid_lps(image: sitk.Image) -> np.ndarray:
 
 
 def orientation_probe(moving: sitk.Image) -> tuple[float, str, float]:
-    """(probe_gain, probe_best, header NCC) of a scan (LPS SimpleITK image as the header orients it)."""
+    """(probe_gain, probe_best, probe_ncc) of a scan (LPS SimpleITK image as the header orients it)."""
     fixed = mni_template(PROBE_SPACING_MM)
     mask = mni_brain_mask(PROBE_SPACING_MM)
     factors = [max(1, int(PROBE_SPACING_MM / 2 // s)) for s in moving.GetSpacing()]
@@ -234,7 +237,7 @@ def orientation_probe(moving: sitk.Image) -> tuple[float, str, float]:
     header = scores[0][0]
     best_other = max(score for score, _ in scores[1:])
     best_score, best_rotation = max(scores, key=lambda item: item[0])
-    return best_other - header, axis_codes(best_rotation), header
+    return best_other - header, axis_codes(best_rotation), best_score
 
 
 def registration_scores(moving: sitk.Image, transform: sitk.Transform, registered: np.ndarray,
@@ -248,11 +251,12 @@ def registration_scores(moving: sitk.Image, transform: sitk.Transform, registere
     fov = sitk.Resample(ones, mni_template(spacing_mm), transform, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
     received = (sitk.GetArrayViewFromImage(fov).transpose(2, 1, 0) > 0) & (registered != 0)
     parts = decompose_linear(mni_to_native_world)
-    gain, best, _ = orientation_probe(moving)
+    gain, best, best_ncc = orientation_probe(moving)
     return QCScores(ncc=ncc(registered, template, mask), nmi=nmi(registered, template, mask),
                     coverage=coverage(received, mask), rotation_deg=parts["rotation_deg"] + 180.0 * parts["mirrored"],
                     scale_min=float(min(parts["scales"])), scale_max=float(max(parts["scales"])),
-                    shear=parts["shear"], probe_gain=float(gain), probe_best=best).rounded()
+                    shear=parts["shear"], probe_gain=float(gain), probe_best=best,
+                    probe_ncc=float(best_ncc)).rounded()
 
 
 # ------------------------------------------------------------------------------------------------ verdict
@@ -282,7 +286,7 @@ def qc_verdict(scores: QCScores, warnings: tuple[str, ...] | list[str] = ()) -> 
                      f"orientation (at most {ROTATION_FAIL_DEG:.0f})")
     elif scores.rotation_deg > ROTATION_WARN_DEG:
         warns.append(f"the head is turned {scores.rotation_deg:.0f} degrees from the header's orientation")
-    if scores.probe_gain > PROBE_MARGIN:
+    if scores.probe_gain > PROBE_MARGIN and scores.probe_ncc >= PROBE_MATCH_MIN:
         fails.append(f"the head may be {describe_rotation(scores.probe_best)} (a permuted orientation matches "
                      f"the template better by {scores.probe_gain:.2f} NCC): the header's orientation is "
                      f"probably wrong")
