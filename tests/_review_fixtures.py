@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 from fractions import Fraction
 from pathlib import Path
@@ -13,7 +14,10 @@ from _video_fixtures import write_counter_video
 from adafocus.core.checkpoint import save_checkpoint
 from adafocus.core.config import get_preset
 from adafocus.core.model import UniAdaFocus
+from adafocus.core.run import checkpoint_extra, make_card
+from adafocus.datasets.mri.dataset import ClipSpec
 from adafocus.datasets.mri.manifest import STATUS_OK, ManifestRow, write_manifest
+from adafocus.datasets.mri.preprocess import TEMPLATE_SPACE, T1LinearConfig
 from adafocus.datasets.mri.slices import select_slice_indices
 
 CLIP = {"axis": "sagittal", "num_slices": 8, "discard_border": 0.15, "context": 1, "size": 32}
@@ -94,21 +98,26 @@ def write_videos(root: Path) -> Path:
 
 
 def write_model(folder: Path) -> Path:
-    """An untrained tiny MRI model (8 sagittal slices of 32 x 32) with a calibration.pt. Returns best.pt."""
+    """An untrained tiny MRI run folder (8 sagittal slices of 32 x 32, t1-linear at 4 mm) with its model card
+    and a calibration.pt. Returns the run folder."""
     torch.manual_seed(0)
     preset = get_preset("cpu-mri", num_candidates=8, num_glance=8, num_focus=2, frame_size=32, glance_size=32,
                         patch_size=16, min_patch_side=16, max_patch_side=24)
     model = UniAdaFocus(preset.model)
     folder.mkdir(parents=True, exist_ok=True)
     checkpoint = folder / "best.pt"
-    save_checkpoint(checkpoint, model_state=model.state_dict(), config=preset.to_dict())
+    t1 = dataclasses.asdict(T1LinearConfig(spacing_mm=4.0, registration_spacing_mm=4.0))
+    spec = ClipSpec(num_slices=8, size=32).to_dict()
+    card = make_card("mri", preset.to_dict(), ["CN", "AD"], {**spec, "template": TEMPLATE_SPACE,
+                                                             "spacing_mm": 4.0, "t1_linear": t1})
+    save_checkpoint(checkpoint, model_state=model.state_dict(), config=preset.to_dict(), **checkpoint_extra(card))
     generator = torch.Generator().manual_seed(0)
     num_exits = model.config.num_exits
     logits = torch.randn(64, num_exits, 2, generator=generator) * torch.linspace(0.5, 3, num_exits)[None, :, None]
     labels = logits[:, -1].argmax(-1)
     save_checkpoint(folder / "calibration.pt", model_state={}, config={"criterion": "entropy"}, logits=logits,
                     labels=labels, exit_costs=model.exit_costs())
-    return checkpoint
+    return folder
 
 
 def write_all(root: Path) -> dict[str, Path]:
