@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from pathlib import Path
 
@@ -92,12 +93,17 @@ def add_slicing(parser: argparse.ArgumentParser) -> None:
 def add_engine(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--engine", default="auto", choices=["auto", "torch", "openvino"],
                         help="inference engine: auto = openvino on the CPU, torch with AMP on CUDA")
-    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "int8"],
-                        help="openvino precision. auto (default): bf16 where the CPU has AVX512-BF16 / AMX, else "
-                             "int8 where the run's agreement with torch fp32 (measured once on its calibration "
-                             "split, kept in RUN/engine_agreement.json) is >= 99%% top-1 and >= 98%% identical "
-                             "exits, else fp32; torch / CUDA: fp32 (AMP). bf16 only on CPUs with native bf16; "
-                             "int8: post-training quantization (nncf) calibrated on the data, agreement printed")
+    from adafocus.core.engine import ENV_PRECISION, PRECISION_CHOICES
+
+    default = os.environ.get(ENV_PRECISION) or "auto"
+    parser.add_argument("--precision", default=default if default in PRECISION_CHOICES else "auto",
+                        choices=list(PRECISION_CHOICES),
+                        help="openvino precision. auto (the default, unless $ADAFOCUS_PRECISION names another): "
+                             "bf16 where the CPU has AVX512-BF16 / AMX, else int8 where the run's agreement with "
+                             "torch fp32 (measured once on its calibration split, kept in RUN/engine_agreement.json) "
+                             "is >= 99%% top-1 and >= 98%% identical exits, else fp32; torch / CUDA: fp32 (AMP). "
+                             "bf16 only on CPUs with native bf16; int8: post-training quantization (nncf) "
+                             "calibrated on the data, agreement printed")
 
 
 def add_ray(parser: argparse.ArgumentParser, what: str) -> None:

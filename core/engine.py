@@ -20,6 +20,11 @@ encoder's ``body`` is swapped for an ``EngineBody`` that takes and returns torch
   plugin otherwise leaves the thread's alternate signal stack in freed memory, and the process died with
   SIGSEGV when a DataLoader worker exited (see ``keep_signal_stack``).
 - ``auto`` is OpenVINO on the CPU (when it is installed) and torch with AMP on CUDA. Training never uses it.
+- ``--precision auto`` (see ``auto_candidate`` / ``auto_decision``): with OpenVINO on the CPU, bf16 where the
+  CPU has AVX512-BF16 or AMX, else int8 where a measured agreement with torch fp32 allows it
+  (``agreement_allows``: >= ``MIN_TOP1_AGREEMENT`` top-1 and >= ``MIN_SAME_EXITS`` identical exit decisions),
+  else fp32; with torch (CUDA: AMP) fp32. A run's agreement is measured once per precision, engine version,
+  CPU flags and checkpoint (``agreement_key``) and kept in its run folder (apps/runs/agreement.py).
 
 OpenVINO is imported lazily: ``adafocus.core`` imports without it.
 """
@@ -42,6 +47,15 @@ from torch import nn
 
 ENGINES = ("auto", "torch", "openvino")
 PRECISIONS = ("fp32", "bf16", "int8")
+PRECISION_CHOICES = ("auto", *PRECISIONS)  # what --precision accepts
+# --precision auto: a precision other than fp32 is used only when its predictions agree with torch fp32 this well
+MIN_TOP1_AGREEMENT = 0.99  # share of samples with the same top-1 class (each at the exit it takes)
+MIN_SAME_EXITS = 0.98      # share of samples taking the same exit under the run's exit policy
+AGREEMENT_CLIPS = 64       # at most this many clips of the run's calibration split are compared
+BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo flags of native bf16
+# The CPU features that decide which precision and kernels OpenVINO uses (part of an agreement's key)
+PRECISION_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "avx512_fp16", "amx_tile",
+                   "amx_bf16", "amx_int8", "amx_fp16")
 FORMAT_VERSION = 1
 FP32_TOLERANCE = 1e-4  # largest |engine - torch| relative to the largest |torch| output accepted at export
 CALIBRATION_IMAGES = 128  # int8: encoder inputs (frames, patches) spread over the calibration clips
@@ -75,6 +89,74 @@ def bf16_supported() -> bool:
     if not openvino_available():
         return False
     return "BF16" in cpu_core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
+def cpu_flags(cpuinfo: str | None = None) -> tuple[str, ...]:
+    """The PRECISION_FLAGS this CPU has (from the text of /proc/cpuinfo; read when not given), in that order.
+    Empty where /proc/cpuinfo does not exist."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            cpuinfo = ""
+    found: set[str] = set()
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "flags":
+            found = set(value.split())
+            break
+    return tuple(flag for flag in PRECISION_FLAGS if flag in found)
+
+
+def auto_candidate(engine: str, flags, *, bf16_available: bool = True, int8_available: bool = True) -> str:
+    """The precision ``--precision auto`` tries for the resolved ``engine`` ("torch" or "openvino") on a CPU with
+    ``flags``: fp32 with torch (on CUDA that is AMP, as always); with OpenVINO bf16 where the flags show native
+    bf16 (and OpenVINO offers it: ``bf16_available``), else int8 (when nncf is there: ``int8_available``;
+    it still needs a measured agreement, ``auto_decision``), else fp32."""
+    if engine != "openvino":
+        return "fp32"
+    if bf16_available and any(flag in flags for flag in BF16_FLAGS):
+        return "bf16"
+    return "int8" if int8_available else "fp32"
+
+
+def agreement_allows(agreement: dict | None) -> bool:
+    """Whether a measured agreement with torch fp32 (``prediction_agreement``) is good enough to use that
+    precision: top-1 agreement >= MIN_TOP1_AGREEMENT and identical exit decisions on >= MIN_SAME_EXITS."""
+    if not agreement or not agreement.get("clips"):
+        return False
+    return (float(agreement["top1_agreement"]) >= MIN_TOP1_AGREEMENT
+            and float(agreement.get("same_exits", 0.0)) >= MIN_SAME_EXITS)
+
+
+def auto_decision(candidate: str, agreement: dict | None) -> str:
+    """The precision ``--precision auto`` uses, given the candidate (``auto_candidate``) and its measured
+    agreement (None: not measured, e.g. the run's calibration data is gone): fp32 stays fp32; bf16 (chosen by
+    the CPU) is kept unless a measured agreement fails the thresholds; int8 needs a measured agreement that
+    passes them. Anything refused falls back to fp32."""
+    if candidate == "fp32":
+        return "fp32"
+    if agreement is None:
+        return "bf16" if candidate == "bf16" else "fp32"
+    return candidate if agreement_allows(agreement) else "fp32"
+
+
+def engine_version(precision: str) -> str:
+    """The software an agreement at ``precision`` depends on, e.g. "openvino 2026.4.1" (int8: + nncf)."""
+    import openvino as ov
+
+    version = f"openvino {ov.__version__.split('-')[0]}"
+    if precision == "int8":
+        import nncf
+
+        version += f", nncf {nncf.__version__}"
+    return version
+
+
+def agreement_key(precision: str, version: str, flags, checkpoint: str) -> str:
+    """The key a measured agreement is stored under: precision, engine version, CPU flags and the checkpoint's
+    content digest, e.g. "bf16 | openvino 2026.4.1 | avx2,fma,... | 3f2a..."."""
+    return " | ".join([precision, version, ",".join(flags) or "no-flags", checkpoint])
 
 
 class _SignalStack(ctypes.Structure):  # stack_t of <signal.h>
@@ -121,12 +203,13 @@ def compile_for_cpu(model, config: dict):
 
 
 def resolve_engine(engine: str, device: torch.device | str, precision: str = "fp32") -> str:
-    """The engine that ``engine`` stands for on ``device``: "torch" or "openvino". Raises EngineError."""
+    """The engine that ``engine`` stands for on ``device``: "torch" or "openvino". Raises EngineError.
+    ``precision="auto"`` is accepted on every engine (``resolve_precision``)."""
     device = torch.device(device)
     if engine not in ENGINES:
         raise EngineError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
-    if precision not in PRECISIONS:
-        raise EngineError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    if precision not in PRECISION_CHOICES:
+        raise EngineError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISION_CHOICES)}")
     if engine == "auto":
         engine = "openvino" if device.type == "cpu" and openvino_available() else "torch"
     if engine == "openvino":
@@ -146,6 +229,19 @@ def resolve_engine(engine: str, device: torch.device | str, precision: str = "fp
         if not bf16_supported():
             raise EngineError("this CPU has no native bf16 support (no AVX512-BF16 / AMX); use --precision fp32")
     return engine
+
+
+def resolve_precision(engine: str, device: torch.device | str, precision: str = "auto", *,
+                      allow_int8: bool = False) -> str:
+    """The precision ``precision`` stands for where no run's agreement is at hand: explicit ones as they are;
+    auto by the CPU alone (``auto_candidate``): bf16 where the CPU has it, else fp32, or int8 with
+    ``allow_int8`` (``bench speed``, which prints int8's agreement on its timed batch). A run's own choice,
+    with its measured agreement, is apps/runs/agreement.py's. Raises EngineError."""
+    used = resolve_engine(engine, device, precision)
+    if precision != "auto":
+        return precision
+    return auto_candidate(used, cpu_flags(), bf16_available=used == "openvino" and bf16_supported(),
+                          int8_available=allow_int8 and nncf_available())
 
 
 def default_cache_dir() -> Path:
@@ -321,11 +417,13 @@ def prepare_for_inference(model: nn.Module, *, engine: str = "auto", precision: 
     inference with ``engine`` and return the engine it runs: "torch" (batch norms folded, channels-last, see
     ``optimize_for_inference``) or "openvino" (both frame encoders exported; an encoder whose export fails
     stays in torch, optimised, with one warning line). Raises EngineError for an option this machine lacks.
+    ``precision="auto"`` here (no run to measure on) is bf16 where the CPU has it, else fp32 (``resolve_precision``).
     ``precision="int8"`` needs ``calibration`` clips (a few batches of the data to be scored): the encoders
     are quantized on their inputs from those clips; the spatial policy stays fp32."""
     from adafocus.core.backbones import cpu_micro_batch
 
     device = model.pixel_mean.device
+    precision = resolve_precision(engine, device, precision)  # "auto" without a run: bf16 or fp32 by the CPU
     chosen = resolve_engine(engine, device, precision)
     if chosen == "torch":
         model.optimize_for_inference()
@@ -372,32 +470,54 @@ def encoder_inputs(model: nn.Module, clips: torch.Tensor, batch: int = 16) -> di
     return seen
 
 
-def prediction_agreement(reference: nn.Module, engine: nn.Module, clips: torch.Tensor, policy=None,
-                         batch: int = 16) -> dict:
-    """How far ``engine``'s predictions are from ``reference``'s (torch fp32) on ``clips`` under the exit
-    ``policy`` (None: everyone runs to the last exit): top-1 agreement of the predictions each sample exits
-    with and, with a policy, the share of samples whose exit changed and the largest change in exit step."""
-    def run(model):
-        results = [model.infer(part, policy) for part in clips.split(batch)]
-        exits = torch.cat([r.exit_index for r in results])
-        logits = torch.cat([r.logits for r in results])
-        return logits[torch.arange(len(exits)), exits].argmax(-1), exits
-
+def all_exit_logits(model: nn.Module, clips: torch.Tensor, batch: int = 16) -> torch.Tensor:
+    """Every exit's logits ``[N, K, C]`` (float, CPU) of ``model.infer`` on ``clips`` without early exit."""
     with torch.inference_mode():
-        (ref_top1, ref_exit), (eng_top1, eng_exit) = run(reference), run(engine)
-    agreement = {"clips": len(clips), "top1_agreement": float((ref_top1 == eng_top1).float().mean())}
+        return torch.cat([model.infer(part).logits.float().cpu() for part in clips.split(batch)])
+
+
+def logits_agreement(reference: torch.Tensor, engine: torch.Tensor, policy=None) -> dict:
+    """``prediction_agreement`` of two models' ``all_exit_logits`` (reference: torch fp32)."""
+    last = torch.full((len(reference),), reference.shape[1] - 1, dtype=torch.long)
+    ref_exit = policy.assign(reference) if policy is not None else last
+    eng_exit = policy.assign(engine) if policy is not None else last
+    rows = torch.arange(len(reference))
+    ref_top1, eng_top1 = reference[rows, ref_exit].argmax(-1), engine[rows, eng_exit].argmax(-1)
+    prob_diff = (reference.softmax(-1) - engine.softmax(-1)).abs().nan_to_num(0.0)
+    same_exits = float((ref_exit == eng_exit).float().mean())
+    agreement = {"clips": len(reference), "top1_agreement": float((ref_top1 == eng_top1).float().mean()),
+                 "max_prob_diff": float(prob_diff.max()) if prob_diff.numel() else 0.0, "same_exits": same_exits}
     if policy is not None:
-        agreement.update(exits_changed=float((ref_exit != eng_exit).float().mean()),
-                         largest_exit_change=int((ref_exit - eng_exit).abs().max()))
+        agreement.update(exits_changed=1.0 - same_exits, largest_exit_change=int((ref_exit - eng_exit).abs().max()))
     return agreement
 
 
+def prediction_agreement(reference: nn.Module, engine: nn.Module, clips: torch.Tensor, policy=None,
+                         batch: int = 16) -> dict:
+    """How far ``engine``'s predictions are from ``reference``'s (torch fp32) on ``clips``:
+
+    - ``top1_agreement``: share of samples whose predicted class is the same, each model's taken at the exit
+      that model's logits choose under the exit ``policy`` (None: everyone runs to the last exit);
+    - ``max_prob_diff``: the largest difference of any class probability at any exit;
+    - ``same_exits``: share of samples that take the same exit under ``policy`` (1.0 without a policy);
+    - with a policy also ``exits_changed`` (1 - same_exits) and ``largest_exit_change`` (steps).
+
+    Both models run every clip to the last exit and the exits are assigned from all exits' logits
+    (``ExitPolicy.assign``): what early-exit inference decides step by step, sample by sample."""
+    return logits_agreement(all_exit_logits(reference, clips, batch), all_exit_logits(engine, clips, batch), policy)
+
+
 def format_agreement(agreement: dict) -> str:
-    """One line, e.g. "top-1 agreement 94% on 16 clips; exits changed for 6%, largest exit change 1 step"."""
+    """One line, e.g. "top-1 agreement 100% on 64 clips, largest probability difference 0.0031, identical exits
+    98% (largest exit change 1 step)"."""
     line = f"top-1 agreement {agreement['top1_agreement']:.0%} on {agreement['clips']} clips"
-    if "exits_changed" in agreement:
-        line += (f"; exits changed for {agreement['exits_changed']:.0%}, "
-                 f"largest exit change {agreement['largest_exit_change']} steps")
+    if "max_prob_diff" in agreement:
+        line += f", largest probability difference {agreement['max_prob_diff']:.2g}"
+    if "same_exits" in agreement:
+        line += f", identical exits {agreement['same_exits']:.0%}"
+    if "largest_exit_change" in agreement:
+        steps = agreement["largest_exit_change"]
+        line += f" (largest exit change {steps} step{'' if steps == 1 else 's'})"
     return line
 
 

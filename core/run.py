@@ -18,11 +18,16 @@ this module; no other module spells a run file's name.
       exit_policy.json          thresholds for the default budget (written by train)
       exit_policies/budget-<G>.json   thresholds fitted by `adafocus calibrate --budget G`
       evaluation.json           test-split evaluation written by train, where the data has a test split
+      engine_agreement.json     CPU engine precisions measured against torch fp32 on the calibration split
+                                (`--precision auto`, apps/runs/agreement.py), keyed by precision, engine
+                                version, CPU flags and checkpoint digest (core.engine.agreement_key)
 
 API
     folder = RunFolder(path)                 # any folder (need not exist yet); properties give file paths:
     folder.best, .last, .config, .card_file, .log, .classes, .split, .participant_split,
-    folder.training_participants, .calibration, .evaluation, .exit_policy(budget=None), .exit_policies()
+    folder.training_participants, .calibration, .evaluation, .exit_policy(budget=None), .exit_policies(),
+    folder.engine_agreement                  # + .engine_agreements() / .record_engine_agreement(key, entry)
+    folder.checkpoint_digest()               # sha256 of the chosen checkpoint's content (first 16 hex digits)
     folder = RunFolder.locate(model_arg)     # a user's --model: RUN/, RUN/best.pt or RUN/last.pt; anything
                                              # else (RUN/calibration.pt, other.pt, a missing path) raises
                                              # RunFolderError with one line saying what to pass instead
@@ -81,6 +86,7 @@ EXTERNAL_CALIBRATION_FILE = "calibration-external.pt"  # logits on data given wi
 EXIT_POLICY_FILE = "exit_policy.json"
 EXIT_POLICY_DIR = "exit_policies"
 EVALUATION_FILE = "evaluation.json"
+ENGINE_AGREEMENT_FILE = "engine_agreement.json"
 CV_FILE = "cv.json"  # an `adafocus cv` output folder (parent of its fold run folders)
 FINAL_FILE = "final.pt"  # AdaFocus V1 after its last stage (core.adafocus_v1)
 MODEL_FILES = (BEST_FILE, LAST_FILE, FINAL_FILE)
@@ -204,6 +210,7 @@ class RunFolder:
     calibration = property(lambda self: self.path / CALIBRATION_FILE)
     external_calibration = property(lambda self: self.path / EXTERNAL_CALIBRATION_FILE)
     evaluation = property(lambda self: self.path / EVALUATION_FILE)
+    engine_agreement = property(lambda self: self.path / ENGINE_AGREEMENT_FILE)
 
     def exit_policy(self, budget: float | None = None) -> Path:
         """The default thresholds (budget None) or those `calibrate` fitted for `budget` GMACs."""
@@ -244,6 +251,33 @@ class RunFolder:
                                  f"or its {BEST_FILE}")
         raise RunFolderError(f"{path} is not a run folder's model; pass a run folder (RUN) or RUN/{BEST_FILE} "
                              f"(or RUN/{LAST_FILE})")
+
+    # ---------------------------------------------------------------------------- engine agreement
+    def engine_agreements(self) -> dict[str, dict[str, Any]]:
+        """Every stored agreement of a CPU engine precision with torch fp32: {key: entry} (empty when none or
+        when the file is unreadable: it is then measured again)."""
+        try:
+            data = json.loads(self.engine_agreement.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        return {str(k): v for k, v in data.items() if isinstance(v, dict)} if isinstance(data, dict) else {}
+
+    def record_engine_agreement(self, key: str, entry: dict[str, Any]) -> None:
+        """Add (or replace) one agreement under ``key``, keeping the others (written atomically)."""
+        from adafocus.core.io import atomic_write_json
+
+        atomic_write_json(self.engine_agreement, {**self.engine_agreements(), key: entry})
+
+    def checkpoint_digest(self) -> str:
+        """The first 16 hex digits of the sha256 of the chosen checkpoint's bytes (what an agreement was
+        measured on; a retrained best.pt gets a new one)."""
+        import hashlib
+
+        digest = hashlib.sha256()
+        with open(self.checkpoint, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 22), b""):
+                digest.update(block)
+        return digest.hexdigest()[:16]
 
     # ------------------------------------------------------------------------------------ class names
     def write_classes(self, class_names: list[str]) -> None:

@@ -10,3 +10,8 @@ from adafocus.core._torchvision_compat import install_torchvision_shim
 
 install_torchvision_shim()  # the test suite is an entry point like the CLI
 os.environ.setdefault("ADAFOCUS_ENGINE", "torch")
+# `--precision` defaults to auto (bf16 where the CPU has it, else int8 where a run's measured agreement allows
+# it): on a bf16 CPU every command-line test would then measure and score in bf16, and tests that compare
+# scores exactly with fp32 numbers would depend on the CPU. The suite keeps fp32 unless a test asks for auto
+# (tests/test_precision_auto.py).
+os.environ.setdefault("ADAFOCUS_PRECISION", "fp32")

@@ -249,9 +249,12 @@ def test_int8_quantizes_the_encoders_on_calibration_clips_and_reports_agreement(
     with torch.inference_mode():
         policy = spread_policy(plain, clips)
     same = engine_module.prediction_agreement(plain, plain, clips, policy)
-    assert same == {"clips": 16, "top1_agreement": 1.0, "exits_changed": 0.0, "largest_exit_change": 0}
+    assert same == {"clips": 16, "top1_agreement": 1.0, "max_prob_diff": 0.0, "same_exits": 1.0,
+                    "exits_changed": 0.0, "largest_exit_change": 0}
     measured = engine_module.prediction_agreement(plain, quantized, clips, policy)
     assert measured["top1_agreement"] >= 0.75 and measured["exits_changed"] <= 0.5
+    assert measured["same_exits"] == pytest.approx(1.0 - measured["exits_changed"])
+    assert 0.0 <= measured["max_prob_diff"] <= 1.0
     line = engine_module.format_agreement(measured)
     assert "\n" not in line and line.startswith("top-1 agreement") and "largest exit change" in line
 

@@ -12,7 +12,7 @@ APPS_LAYERS = {
     "bench": {"scoring", "runs"},
     "review": {"scoring", "runs"},
     "demos": {"scoring", "runs"},
-    "scoring": set(),
+    "scoring": {"runs"},  # the run's own calibration split (apps/runs/agreement.py: --precision auto)
     "runs": set(),
 }
 

@@ -707,11 +707,15 @@ def cached_run(path: str):
 
     @st.cache_resource(show_spinner="Loading the model…")
     def load(model_dir: str):
-        from adafocus.core.engine import prepare_from_environment
+        from adafocus.apps.runs.agreement import prepare_run
+        from adafocus.core.engine import ENV_ENGINE, ENV_PRECISION
         from adafocus.core.run import load_run
 
         run = load_run(model_dir, device="auto")
-        prepare_from_environment(run.model)  # `adafocus app --engine`: OpenVINO encoders on the CPU by default
+        # `adafocus app --engine/--precision`: OpenVINO encoders on the CPU by default, at the precision auto
+        # chooses (bf16 where the CPU has it and the run's measured agreement allows it; no int8 in the app)
+        prepare_run(run, engine=os.environ.get(ENV_ENGINE) or "auto", precision=os.environ.get(ENV_PRECISION) or "fp32",
+                    allow_int8=False, log=log.info)
         return run
 
     return load(path)

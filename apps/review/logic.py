@@ -401,8 +401,11 @@ def score_new_scan(model: str | Path, source: str | Path, work_dir: str | Path, 
     """Score one scan through apps/scoring exactly as `adafocus score --model RUN` would (the run's own
     t1-linear settings and clip spec); the details record (status ok or error with a reason)."""
     from adafocus.apps.scoring.scans import score_one_scan
+    from adafocus.core.engine import ENV_ENGINE, ENV_PRECISION
 
-    return score_one_scan(model, source, work_dir, budget=budget)
+    # `adafocus app --engine/--precision` (auto by default: the precision the run's agreement allows)
+    return score_one_scan(model, source, work_dir, budget=budget, engine=os.environ.get(ENV_ENGINE) or "auto",
+                          precision=os.environ.get(ENV_PRECISION) or "fp32")
 
 
 def selected_regions_table(record: dict) -> list[dict]:

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from adafocus.apps.runs.agreement import prepare_run
 from adafocus.apps.scoring.outputs import DETAILS_FILE, SCORES_FILE, csv_columns, output_paths, read_details
 from adafocus.apps.scoring.videos import ScoreSummary, finish_summary, prepare_outputs
 from adafocus.core.device import cuda_autocast, resolve_device
@@ -243,7 +244,7 @@ def score_scans(inputs: Sequence[str], model: str | Path, out: str | Path, *, de
                 engine: str = "auto", precision: str = "fp32") -> ScoreSummary:
     """Preprocess (cached) and score scans with an MRI run folder; see the module docstring for outputs.
     `executor` runs the preprocessing (datasets/mri/preprocess.py; `score --ray` passes Ray's); `engine` and
-    `precision` as for videos (adafocus.core.engine; int8 is for videos only so far)."""
+    `precision` as for videos (adafocus.core.engine; int8 is for videos only so far, so auto is bf16 or fp32)."""
     started = time.perf_counter()
     dev = resolve_device(device)
     run = load_run(model, device=str(dev))
@@ -252,7 +253,10 @@ def score_scans(inputs: Sequence[str], model: str | Path, out: str | Path, *, de
     policy = None if budget is None else exit_policy_for_budget(run.folder, budget, run.model)
     if precision == "int8":
         raise EngineError("--precision int8 scores videos; scans run fp32 (or bf16 where the CPU has it)")
-    prepare_for_inference(run.model, engine=engine, precision=precision)
+    if precision == "auto":  # bf16 where the CPU has it (agreement measured on the run's own split), else fp32
+        prepare_run(run, engine=engine, precision="auto", allow_int8=False, log=log)
+    else:
+        prepare_for_inference(run.model, engine=engine, precision=precision)
     scans = collect_scan_inputs(inputs)
     out_csv, out_details = output_paths(out, details)
     final, _, done = prepare_outputs(out_csv, out_details, None, csv_columns(run.card.class_names))
@@ -312,9 +316,9 @@ def scored_scan_records(folder: str | Path) -> list[dict]:
 
 
 def score_one_scan(model: str | Path, path: str | Path, out_dir: str | Path, *, budget: float | None = None,
-                   device: str = "auto") -> dict:
+                   device: str = "auto", engine: str = "auto", precision: str = "fp32") -> dict:
     """Score one scan (e.g. an upload in the review app) exactly as `adafocus score` would, with the model's
     own t1-linear settings and clip spec, into `out_dir`; returns its details record (status ok or error)."""
     score_scans([str(path)], model, out_dir, budget=budget, device=device, workers=1, progress=False,
-                log=lambda message: None)
+                log=lambda message: None, engine=engine, precision=precision)
     return read_details(output_paths(out_dir)[1]).get(str(Path(path).absolute()), {})

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from adafocus.apps.runs.agreement import prepare_run
 from adafocus.apps.scoring.outputs import OutputFiles, csv_columns, prepare_csv, prune_details, read_rows
 from adafocus.core.device import cuda_autocast, resolve_device
 from adafocus.core.engine import EngineError, format_agreement, prediction_agreement, prepare_for_inference
@@ -334,13 +335,17 @@ def load_scoring_run(checkpoint: str | Path, device: torch.device, budget: float
                      precision: str = "fp32", calibration_paths: Sequence[str] = (),
                      log: Callable[[str], None] = print):
     """`load_scoring_model` keeping the whole LoadedRun (its model card included): (run, exit policy or None,
-    the card's evaluation crop)."""
+    the card's evaluation crop). ``precision="auto"``: apps/runs/agreement.py (bf16 where the CPU has it, else
+    int8 where the run's measured agreement allows it, else fp32; one line says which and why)."""
     run = load_run(checkpoint, device=str(device))
     if run.card.domain == "mri":
         raise ValueError(f"{run.checkpoint} is an MRI model: score scans with it (NIfTI, DICOM, BIDS, a manifest)")
     policy = None if budget is None else exit_policy_for_budget(run.folder, budget, run.model)
     eval_crop = float(run.card.input.get("eval_crop", 1.0))
-    prepare_scoring_engine(run.model, engine, precision, calibration_paths, eval_crop, policy, log)
+    if precision == "auto":  # the best CPU precision whose agreement was measured on the run's calibration split
+        prepare_run(run, engine=engine, precision="auto", log=log)
+    else:
+        prepare_scoring_engine(run.model, engine, precision, calibration_paths, eval_crop, policy, log)
     return run, policy, eval_crop
 
 
