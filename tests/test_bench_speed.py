@@ -27,6 +27,16 @@ def test_bench_speed_rows_are_measured_and_consistent():
         assert r["videos_per_s"] > 0
         assert r["theoretical_ratio"] == pytest.approx(base["gmacs"] / r["gmacs"])
         assert r["efficiency"] == pytest.approx(r["practical_ratio"] / r["theoretical_ratio"])
+        # the per-component roofline: each component alone at the batch it ran in, summed
+        assert set(r["components_s"]) == {"glance encoder", "policy", "local encoder", "classifier"}
+        assert r["roofline_s"] == pytest.approx(sum(r["components_s"].values())) and r["roofline_s"] > 0
+        assert r["practical_over_roofline"] == pytest.approx(r["seconds"] / r["roofline_s"])
+        assert r["roofline_ratio"] == pytest.approx(base["roofline_s"] / r["roofline_s"])
+    assert base["components_s"]["policy"] == 0.0 and full["components_s"]["policy"] > 0
+    assert full["components_s"]["local encoder"] > 0 and early["components_s"]["glance encoder"] > 0
+    from adafocus.apps.bench.speed import format_roofline_table
+
+    assert "practical/roofline" in format_roofline_table(rows, "torch fp32")
 
 
 def test_scaling_sweep_grows_cost_with_each_setting():
@@ -97,7 +107,7 @@ def test_engine_variants_are_timed_side_by_side_with_torch(tmp_path, monkeypatch
     pytest.importorskip("openvino")
     monkeypatch.setenv("ADAFOCUS_ENGINE_CACHE", str(tmp_path))
     rows = bench_speed(get_preset("cpu-synthetic").model, device="cpu", batch=4, warmup=1, repeats=1,
-                       budget_fractions=(0.5,), measure_memory=False, engine="openvino")
+                       budget_fractions=(0.5,), measure_memory=False, engine="openvino", roofline=False)
     assert len(rows) == 3 and list(tmp_path.rglob("body.xml"))  # the encoders were exported
     for r in rows:
         assert r["engine"] == "openvino fp32" and r["torch_videos_per_s"] > 0
@@ -113,12 +123,14 @@ def test_int8_rows_carry_their_agreement_with_torch_fp32(tmp_path, monkeypatch):
     pytest.importorskip("nncf")
     monkeypatch.setenv("ADAFOCUS_ENGINE_CACHE", str(tmp_path))
     rows = bench_speed(get_preset("cpu-synthetic").model, device="cpu", batch=4, warmup=1, repeats=1,
-                       budget_fractions=(0.5,), measure_memory=False, engine="openvino", precision="int8")
+                       budget_fractions=(0.5,), measure_memory=False, engine="openvino", precision="int8",
+                       roofline=False)
     assert [r["engine"] for r in rows] == ["openvino int8"] * 3 and list(tmp_path.rglob("*-int8-*/body.xml"))
     assert "agreement" not in rows[0]  # the static baseline has no exits to compare
     no_exit, budget = rows[1]["agreement"], rows[2]["agreement"]
     assert no_exit["clips"] == budget["clips"] == 4 and 0.0 <= no_exit["top1_agreement"] <= 1.0
     assert "exits_changed" not in no_exit and 0 <= budget["largest_exit_change"] <= 4
+    assert no_exit["same_exits"] == 1.0 and budget["same_exits"] == pytest.approx(1 - budget["exits_changed"])
 
 
 def test_profile_accounts_for_every_stage_of_one_call():

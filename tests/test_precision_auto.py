@@ -1,7 +1,9 @@
 """`--precision auto`: the choice as small pure functions (CPU flags -> precision, stored agreement -> allowed,
 the thresholds), and on a tiny trained run: the agreement is measured once on the run's own calibration split,
 stored in the run folder and reused, and a stored agreement below the thresholds falls back to fp32."""
+import argparse
 import dataclasses
+import json
 
 import pytest
 import torch
@@ -226,3 +228,49 @@ def test_auto_without_calibration_data_keeps_bf16_and_refuses_int8(tiny_run, mon
     assert "int8 needs it" in lines[0]
     lines.clear()
     assert agreement.choose_run_precision(run, "torch", log=lines.append) == ("fp32", None) and lines == []
+
+
+# ---------------------------------------------------------------------------------------- bench speed
+def _bench_speed_args(tmp_path, engine):
+    return argparse.Namespace(preset="cpu-synthetic", batch=2, repeats=1, scaling=False, no_optimize=False,
+                              no_memory=True, json=False, device="cpu", engine=engine, precision="auto",
+                              results=str(tmp_path / "results"))
+
+
+def _check_speed_result(tmp_path, out, chosen, engine):
+    assert f"precision auto -> {chosen} (engine {engine})" in out and "CPU flags: " in out
+    assert "per-component roofline" in out and "practical/roofline" in out
+    record = json.loads((tmp_path / "results" / f"speed-cpu-synthetic-{chosen}.json").read_text(encoding="utf-8"))
+    assert record["summary"]["precision"] == chosen and record["summary"]["requested_precision"] == "auto"
+    assert "--precision auto" in record["command"] and record["summary"]["cpu_flags"] == ", ".join(cpu_flags())
+    rows = record["tables"]["variants (seconds per batch)"]
+    assert [r["variant"] for r in rows][:2] == ["static baseline", "uni-adafocus, no exit"] and len(rows) == 4
+    for row in rows:
+        parts = [row[f"{p}_s"] for p in ("glance_encoder", "policy", "local_encoder", "classifier")]
+        assert row["roofline_s"] == pytest.approx(sum(parts)) and row["roofline_s"] > 0
+        assert row["practical_over_roofline"] == pytest.approx(row["practical_s"] / row["roofline_s"])
+    assert rows[0]["policy_s"] == 0.0 and rows[1]["policy_s"] > 0  # the static baseline has no policy
+    return record
+
+
+def test_bench_speed_auto_with_torch_is_fp32_and_writes_a_result_with_the_roofline(tmp_path, capsys):
+    from adafocus.apps.bench.speed import bench_speed_command
+
+    assert bench_speed_command(_bench_speed_args(tmp_path, "torch")) == 0
+    _check_speed_result(tmp_path, capsys.readouterr().out, "fp32", "torch")
+
+
+@pytest.mark.slow
+def test_bench_speed_auto_on_openvino_picks_by_the_cpu_flags_and_measures_agreement(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("openvino")
+    from adafocus.apps.bench.speed import bench_speed_command
+    from adafocus.core.engine import resolve_precision
+
+    monkeypatch.setenv("ADAFOCUS_ENGINE_CACHE", str(tmp_path / "cache"))
+    assert bench_speed_command(_bench_speed_args(tmp_path, "auto")) == 0
+    chosen = resolve_precision("auto", "cpu", "auto", allow_int8=True)
+    record = _check_speed_result(tmp_path, capsys.readouterr().out, chosen, "openvino")
+    rows = record["tables"]["variants (seconds per batch)"]
+    assert all(row["torch_fp32_roofline_s"] > 0 for row in rows)  # torch fp32 beside, with its own roofline
+    if chosen != "fp32":
+        assert all(0.0 <= row["agreement_top1_agreement"] <= 1.0 for row in rows[1:])

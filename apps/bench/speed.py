@@ -9,6 +9,16 @@ are installed locally (otherwise random ones), the rest is random. Exit scores o
 signal, so thresholds fitted on other clips would not transfer; they are fitted by the budget solver on
 the timed batch itself, which gives that batch the exit mix a trained model would have at that budget
 (the measured GMACs column shows how close it came).
+
+Against the per-component roofline: each variant's call is recorded once, component by component (glance
+encoder, policies, local encoder, classifier: every call with the inputs it got, so at the batch it runs in,
+which shrinks as samples exit), and each component's calls are then replayed alone and timed. The roofline
+time is the sum of those times: what the call would take with nothing between the components (no gathering,
+cropping, resizing or exit bookkeeping). It is printed beside the practical time and the GMACs theory, for
+the engine's precision and for torch fp32.
+
+``--precision auto`` picks by the CPU's flags alone here (no run folder, untrained weights): bf16 where the CPU
+has AVX512-BF16 or AMX, else int8 (nncf), else fp32; its agreement with torch fp32 is measured on the timed batch.
 """
 from __future__ import annotations
 
@@ -16,6 +26,7 @@ import dataclasses
 import json
 import os
 import statistics
+import sys
 import time
 from collections.abc import Callable
 
@@ -25,7 +36,14 @@ from adafocus.core.backbones import create_backbone
 from adafocus.core.baseline import StaticBaseline
 from adafocus.core.config import ModelConfig, get_preset
 from adafocus.core.device import cuda_autocast, resolve_device
-from adafocus.core.engine import format_agreement, prediction_agreement, prepare_for_inference, resolve_engine
+from adafocus.core.engine import (
+    cpu_flags,
+    format_agreement,
+    prediction_agreement,
+    prepare_for_inference,
+    resolve_engine,
+    resolve_precision,
+)
 from adafocus.core.exits import ExitPolicy, exit_scores, solve_budget
 from adafocus.core.flops import count_gmacs
 from adafocus.core.model import UniAdaFocus
@@ -205,15 +223,84 @@ def _variants(model: UniAdaFocus, baseline: StaticBaseline, clip: torch.Tensor,
     return variants
 
 
+# (component, ((owner attribute or "" for the model itself, method), ...)): what the roofline times alone.
+# Encoders are timed through their forward (as they run: in micro-batch chunks on the CPU); the static
+# baseline has encoders and a head.
+ROOFLINE_PARTS = (("glance encoder", (("glance_encoder", "forward"),)),
+                  ("policy", (("", "frame_logits"), ("", "patch_actions"))),
+                  ("local encoder", (("local_encoder", "forward"),)),
+                  ("classifier", (("classifier", "glance_logits"), ("classifier", "focus_logits"),
+                                  ("classifier", "focus_step"), ("", "glance_exit"), ("head", "forward"))))
+
+
+def _detached(value):
+    if isinstance(value, torch.Tensor):
+        return value.detach().clone()
+    if isinstance(value, (tuple, list)):
+        return type(value)(_detached(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _detached(v) for k, v in value.items()}
+    return value
+
+
+def record_component_calls(module, call: Callable[[], object]) -> dict[str, list[tuple[Callable, tuple, dict]]]:
+    """Run ``call()`` once and return, per ROOFLINE_PARTS component, every call ``module``'s component got:
+    (the method, its arguments (copies), its keyword arguments). A component called from inside another is
+    counted in the outer one only. The recorders are set on the instances for the call and removed after it."""
+    calls: dict[str, list] = {name: [] for name, _ in ROOFLINE_PARTS}
+    depth = [0]
+    wrapped = []
+    for name, methods in ROOFLINE_PARTS:
+        for owner_name, method in methods:
+            owner = getattr(module, owner_name, None) if owner_name else module
+            if owner is None or not callable(getattr(owner, method, None)):
+                continue
+            original = getattr(owner, method)
+
+            def recorder(*args, _original=original, _name=name, **kwargs):
+                if depth[0] == 0:
+                    calls[_name].append((_original, _detached(args), _detached(kwargs)))
+                depth[0] += 1
+                try:
+                    return _original(*args, **kwargs)
+                finally:
+                    depth[0] -= 1
+            setattr(owner, method, recorder)
+            wrapped.append((owner, method))
+    try:
+        call()
+    finally:
+        for owner, method in wrapped:
+            delattr(owner, method)
+    return calls
+
+
+def component_seconds(module, call: Callable[[], object], device: torch.device, *, warmup: int = 1,
+                      repeats: int = 3) -> dict[str, float]:
+    """Seconds per call of each ROOFLINE_PARTS component of ``module`` alone: its calls during one ``call()``
+    (``record_component_calls``) replayed back to back, median of ``repeats`` (components timed in turns)."""
+    calls = record_component_calls(module, call)
+    names = [name for name, _ in ROOFLINE_PARTS]
+    replays = [lambda recorded=calls[name]: [method(*args, **kwargs) for method, args, kwargs in recorded]
+               for name in names]
+    seconds = time_round_robin(replays, device, warmup=warmup, repeats=repeats)
+    return {name: (spent if calls[name] else 0.0) for name, spent in zip(names, seconds)}
+
+
 def bench_speed(model_config: ModelConfig, *, device: str = "auto", batch: int = 8, warmup: int = 2,
                 repeats: int = 5, budget_fractions: tuple[float, ...] = (0.25, 0.5),
                 amp: bool = True, seed: int = 0, measure_memory: bool = True, optimize: bool = True,
-                engine: str = "torch", precision: str = "fp32") -> list[dict]:
-    """Rows of {name, engine, gmacs, videos_per_s, peak_mb, theoretical_ratio, practical_ratio, efficiency};
-    with an engine other than torch also {torch_videos_per_s, speedup}: the same variant with torch fp32,
-    timed in the same turns; with a precision other than fp32 also {agreement}: the Uni-AdaFocus rows'
-    predictions and exits against torch fp32 on the timed clips (``prediction_agreement``)."""
+                engine: str = "torch", precision: str = "fp32", roofline: bool = True) -> list[dict]:
+    """Rows of {name, engine, gmacs, videos_per_s, seconds (per batch), peak_mb, theoretical_ratio,
+    practical_ratio, efficiency}; with an engine other than torch also {torch_videos_per_s, speedup}: the same
+    variant with torch fp32, timed in the same turns; with a precision other than fp32 also {agreement}: the
+    Uni-AdaFocus rows' predictions and exits against torch fp32 on the timed clips (``prediction_agreement``).
+    With ``roofline``: {components_s, roofline_s, roofline_ratio, practical_over_roofline} (and torch_... for
+    torch fp32): each component alone at the batch it ran in (``component_seconds``), their sum, the
+    baseline's roofline over this one, and the practical time over the roofline. ``precision="auto"``: by the
+    CPU's flags (``resolve_precision``)."""
     dev = resolve_device(device)
+    precision = resolve_precision(engine, dev, precision, allow_int8=True)
     torch.manual_seed(seed)
     cfg = offline_weights(model_config)
     model = UniAdaFocus(cfg).eval().to(dev)
@@ -235,8 +322,8 @@ def bench_speed(model_config: ModelConfig, *, device: str = "auto", batch: int =
         policies = budget_policies(model if reference is None else reference[0], clip, budget_fractions)
         variants = _variants(model, baseline, clip, policies)
         calls = [run for _, run, _ in variants]
-        if reference is not None:
-            calls += [run for _, run, _ in _variants(*reference, clip, policies)]
+        reference_variants = _variants(*reference, clip, policies) if reference is not None else []
+        calls += [run for _, run, _ in reference_variants]
         seconds = time_round_robin(calls, dev, warmup=warmup, repeats=repeats)
         rows = []
         for i, (name, run, fraction) in enumerate(variants):
@@ -244,14 +331,22 @@ def bench_speed(model_config: ModelConfig, *, device: str = "auto", batch: int =
             gmacs = baseline_gmacs if i == 0 else (exit_costs[-1] if fraction is None
                                                    else float(run().gmacs.mean()))
             row = {"name": name, "engine": used if used == "torch" else f"{used} {precision}", "gmacs": gmacs,
-                   "videos_per_s": batch / seconds[i],
+                   "videos_per_s": batch / seconds[i], "seconds": seconds[i],
                    "peak_mb": peak_memory_mb(kind, cfg, batch, dev, fraction, engine, precision)
                    if measure_memory else None}
             if reference is not None:
-                row["torch_videos_per_s"] = batch / seconds[len(variants) + i]
+                row["torch_seconds"] = seconds[len(variants) + i]
+                row["torch_videos_per_s"] = batch / row["torch_seconds"]
                 row["speedup"] = row["videos_per_s"] / row["torch_videos_per_s"]
             if reference is not None and precision != "fp32" and i > 0:
                 row["agreement"] = prediction_agreement(reference[0], model, clip, policies.get(fraction))
+            if roofline:
+                row["components_s"] = component_seconds(baseline if i == 0 else model, run, dev, warmup=1,
+                                                        repeats=repeats)
+                if reference is not None:
+                    row["torch_components_s"] = component_seconds(reference[1] if i == 0 else reference[0],
+                                                                  reference_variants[i][1], dev, warmup=1,
+                                                                  repeats=repeats)
             rows.append(row)
     base = rows[0]
     for row in rows:
@@ -260,6 +355,14 @@ def bench_speed(model_config: ModelConfig, *, device: str = "auto", batch: int =
         row["efficiency"] = row["practical_ratio"] / row["theoretical_ratio"]
         if reference is not None:
             row["torch_efficiency"] = (row["torch_videos_per_s"] / base["torch_videos_per_s"]) / row["theoretical_ratio"]
+        for prefix in ("", "torch_") if reference is not None else ("",):
+            if f"{prefix}components_s" in row:
+                row[f"{prefix}roofline_s"] = sum(row[f"{prefix}components_s"].values())
+                row[f"{prefix}practical_over_roofline"] = row[f"{prefix}seconds"] / row[f"{prefix}roofline_s"]
+    for row in rows:
+        for prefix in ("", "torch_"):
+            if f"{prefix}roofline_s" in row:
+                row[f"{prefix}roofline_ratio"] = base[f"{prefix}roofline_s"] / row[f"{prefix}roofline_s"]
     return rows
 
 
@@ -429,6 +532,31 @@ def format_speed_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def format_roofline_table(rows: list[dict], precision: str = "") -> str:
+    """Practical time per batch beside the per-component roofline (each component alone at the batch it ran
+    in, summed) and the GMACs theory: one table for the engine's precision and, where it ran beside, one for
+    torch fp32. Speed-ups (x) are against the static baseline's row of the same table."""
+    sides = [("", precision or rows[0]["engine"])] + ([("torch_", "torch fp32")] if "torch_roofline_s" in rows[0]
+                                                      else [])
+    parts = list(rows[0]["components_s"])
+    short = {"glance encoder": "glance s", "local encoder": "local s", "policy": "policy s",
+             "classifier": "classifier s"}
+    blocks = []
+    for prefix, label in sides:
+        header = (f"{label:42s} {'theory x':>8s} {'roofline x':>10s} {'practice x':>10s} {'practical s':>11s} "
+                  f"{'roofline s':>10s} {'practical/roofline':>18s} " + " ".join(f"{short.get(p, p):>12s}" for p in parts))
+        lines = [header, "-" * len(header)]
+        base = rows[0]
+        for r in rows:
+            practice = base[f"{prefix}seconds"] / r[f"{prefix}seconds"]
+            lines.append(f"{r['name']:42s} {r['theoretical_ratio']:8.2f} {r[f'{prefix}roofline_ratio']:10.2f} "
+                         f"{practice:10.2f} {r[f'{prefix}seconds']:11.3f} {r[f'{prefix}roofline_s']:10.3f} "
+                         f"{r[f'{prefix}practical_over_roofline']:18.2f} "
+                         + " ".join(f"{r[f'{prefix}components_s'][p]:12.3f}" for p in parts))
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
+
+
 def format_scaling_table(rows: list[dict]) -> str:
     lines = [f"{'setting':14s} {'value':>6s} {'GMACs/video':>11s} {'videos/s':>9s} {'peak MB':>8s}"]
     for r in rows:
@@ -447,37 +575,129 @@ def default_sweep(config: ModelConfig) -> dict[str, list[int]]:
 
 def run_bench_speed(preset: str, *, device: str, batch: int, scaling: bool, repeats: int,
                     optimize: bool = True, engine: str = "auto", precision: str = "fp32", warmup: int = 1,
-                    measure_memory: bool = True, profile: bool = True) -> dict:
+                    measure_memory: bool = True, profile: bool = True, roofline: bool = True) -> dict:
     config = get_preset(preset).model
     dev = resolve_device(device)
-    options = {"device": device, "batch": batch, "engine": engine, "precision": precision}
+    chosen = resolve_precision(engine, dev, precision, allow_int8=True)  # auto: by the CPU's flags alone
+    options = {"device": device, "batch": batch, "engine": engine, "precision": chosen}
+    load_start = _load_average()
     result = {"preset": preset, "device": str(dev), "batch": batch, "torch_threads": torch.get_num_threads(),
-              "engine": resolve_engine(engine, dev, precision), "precision": precision, "cpu": cpu_name(),
+              "engine": resolve_engine(engine, dev, chosen), "precision": chosen, "requested_precision": precision,
+              "cpu": cpu_name(), "cpu_flags": list(cpu_flags()),
               "rows": bench_speed(config, repeats=repeats, warmup=warmup, optimize=optimize,
-                                  measure_memory=measure_memory, **options),
+                                  measure_memory=measure_memory, roofline=roofline, **options),
               "encoders": encoder_rates(config, optimize=optimize, **options)}
     if profile and optimize:
         result["profile"] = profile_rows(config, **options)
     if scaling:
         result["scaling"] = scaling_rows(config, device=device, batch=batch, sweep=default_sweep(config))
+    result["load_average"] = {"start": load_start, "end": _load_average()}
     return result
 
 
+def _load_average() -> float | None:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
+
+
+def _variant_key(name: str) -> str:
+    """"uni-adafocus, exit @ 16 GMACs" -> "exit_16_gmacs"; "static baseline" -> "static_baseline"."""
+    text = name.removeprefix("uni-adafocus, ").replace("@", "").replace(".", "_")
+    return "_".join(text.replace(",", " ").lower().split())
+
+
+def speed_result_tables(result: dict) -> tuple[dict, dict]:
+    """(summary, tables) of a ``run_bench_speed`` result for ``save_result``: headline numbers per variant
+    (videos/s, torch fp32 videos/s, speed-up, practical/roofline, agreement) and the row tables."""
+    summary = {"batch": result["batch"], "threads": result["torch_threads"], "engine": result["engine"],
+               "precision": result["precision"], "requested_precision": result["requested_precision"],
+               "cpu_flags": ", ".join(result["cpu_flags"]),
+               "load_average_start": result["load_average"]["start"],
+               "load_average_end": result["load_average"]["end"]}
+    variants = []
+    for row in result["rows"]:
+        key = _variant_key(row["name"])
+        table_row = {"variant": row["name"], "engine": row["engine"], "gmacs": row["gmacs"],
+                     "videos_per_s": row["videos_per_s"], "theory_x": row["theoretical_ratio"],
+                     "practice_x": row["practical_ratio"], "practice_over_theory": row["efficiency"],
+                     "peak_mb": row["peak_mb"]}
+        summary[f"{key}.videos_per_s"] = row["videos_per_s"]
+        if "torch_videos_per_s" in row:
+            table_row.update(torch_fp32_videos_per_s=row["torch_videos_per_s"], speedup=row["speedup"],
+                             torch_practice_over_theory=row["torch_efficiency"])
+            summary[f"{key}.torch_fp32_videos_per_s"] = row["torch_videos_per_s"]
+            summary[f"{key}.speedup_vs_torch_fp32"] = row["speedup"]
+        for prefix, label in (("", ""), ("torch_", "torch_fp32_")):
+            if f"{prefix}roofline_s" in row:
+                table_row.update({f"{label}practical_s": row[f"{prefix}seconds"],
+                                  f"{label}roofline_s": row[f"{prefix}roofline_s"],
+                                  f"{label}roofline_x": row[f"{prefix}roofline_ratio"],
+                                  f"{label}practical_over_roofline": row[f"{prefix}practical_over_roofline"],
+                                  **{f"{label}{part.replace(' ', '_')}_s": spent
+                                     for part, spent in row[f"{prefix}components_s"].items()}})
+                summary[f"{key}.{label}practical_over_roofline"] = row[f"{prefix}practical_over_roofline"]
+        if "agreement" in row:
+            agreement = row["agreement"]
+            table_row.update({f"agreement_{k}": v for k, v in agreement.items()})
+            summary[f"{key}.top1_agreement"] = agreement["top1_agreement"]
+            summary[f"{key}.same_exits"] = agreement["same_exits"]
+        variants.append(table_row)
+    tables = {"variants (seconds per batch)": variants, "encoders alone": result["encoders"]}
+    if "profile" in result:
+        tables["share of one batch per stage"] = result["profile"]
+    if "scaling" in result:
+        tables["scaling"] = result["scaling"]
+    return summary, tables
+
+
+def speed_command_line(args) -> str:
+    """The command as it was run (OMP_NUM_THREADS included when set), for the result file."""
+    parts = [f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}"] if os.environ.get("OMP_NUM_THREADS") else []
+    parts += ["adafocus bench speed", f"--preset {args.preset}", f"--batch-size {args.batch}",
+              f"--repeats {args.repeats}", f"--device {args.device}", f"--engine {args.engine}",
+              f"--precision {args.precision}"]
+    parts += [flag for flag, on in (("--scaling", args.scaling), ("--no-optimize", args.no_optimize),
+                                    ("--no-memory", args.no_memory)) if on]
+    return " ".join(parts + ([f"--results {args.results}"] if getattr(args, "results", None) else []))
+
+
 def bench_speed_command(args) -> int:
-    """`adafocus bench speed` (arguments in apps/cli.py): measure, then print the tables (or JSON)."""
+    """`adafocus bench speed` (arguments in apps/cli.py): measure, then print the tables (or JSON); with
+    ``--results DIR`` also write DIR/speed-<preset>-<precision>.json."""
+    if args.precision == "auto":  # no run folder here: by the CPU's flags alone
+        dev = resolve_device(args.device)
+        chosen = resolve_precision(args.engine, dev, "auto", allow_int8=True)
+        print(f"CPU flags: {', '.join(cpu_flags()) or 'none found'}; precision auto -> {chosen} "
+              f"(engine {resolve_engine(args.engine, dev, chosen)})", file=sys.stderr if args.json else sys.stdout)
     result = run_bench_speed(args.preset, device=args.device, batch=args.batch, scaling=args.scaling,
                              repeats=args.repeats, optimize=not args.no_optimize, engine=args.engine,
                              precision=args.precision, measure_memory=not args.no_memory)
+    if getattr(args, "results", None):
+        from adafocus.reports.results import save_result
+
+        summary, tables = speed_result_tables(result)
+        path = save_result(f"speed-{args.preset}-{result['precision']}", speed_command_line(args), summary,
+                           title=f"bench speed: {args.preset}, {result['engine']} {result['precision']} against torch "
+                                 "fp32 and the per-component roofline",
+                           tables=tables, results_dir=args.results)
+        print(f"result: {path}", file=sys.stderr if args.json else sys.stdout)
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
     print(f"preset {result['preset']} on {result['device']} ({result['cpu']}, {result['torch_threads']} threads), "
           f"batch {args.batch}, engine {result['engine']} {result['precision']}; ratios against the static "
-          "baseline, measured in this run")
+          f"baseline, measured in this run (load average {result['load_average']['start']} at the start, "
+          f"{result['load_average']['end']} at the end)")
     print(format_speed_table(result["rows"]))
     for row in result["rows"]:
         if "agreement" in row:
             print(f"{result['precision']} vs torch fp32, {row['name']}: {format_agreement(row['agreement'])}")
+    if "roofline_s" in result["rows"][0]:
+        print(f"\npractical time against the per-component roofline (seconds per batch of {args.batch}; each "
+              "component alone at the batch it runs in; roofline = their sum)")
+        print(format_roofline_table(result["rows"], f"{result['engine']} {result['precision']}"))
     print("\nwhere the time goes: each encoder alone")
     print(format_encoder_table(result["encoders"]))
     if "profile" in result:
