@@ -138,7 +138,7 @@ def file_metrics(details: dict, events: list[tuple[float, float]], minutes: floa
 def bench_long(*, checkpoint: str | Path | None = None, preset: str = "cpu-video", minutes: Sequence[float] = (1, 4),
                budget: float | None = None, device: str = "cpu", batch_size: int = 16, seed: int = 0) -> dict:
     """Score one built long video per length in `minutes` (each in a fresh process) and measure it."""
-    from adafocus.apps.bench.score import untrained_checkpoint
+    from adafocus.apps.bench.untrained import untrained_checkpoint
     from adafocus.apps.scoring.outputs import read_details
     from adafocus.core.run import RunFolder
 

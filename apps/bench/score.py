@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from adafocus.apps.bench.untrained import untrained_checkpoint
 from adafocus.apps.scoring.videos import (
     ScoreInputs,
     collate_scored,
@@ -20,11 +21,8 @@ from adafocus.apps.scoring.videos import (
     model_threads,
     score_videos,
 )
-from adafocus.core.checkpoint import save_checkpoint
-from adafocus.core.config import get_preset
 from adafocus.core.device import cuda_autocast, resolve_device
 from adafocus.core.engine import prepare_for_inference, resolve_engine
-from adafocus.core.model import UniAdaFocus
 from adafocus.core.run import RunFolder, load_run
 
 
@@ -40,15 +38,6 @@ def sample_video_links(folder: Path, count: int) -> list[str]:
         link.symlink_to(sources[i % len(sources)])
         links.append(str(link))
     return links
-
-
-def untrained_checkpoint(preset_name: str, path: Path) -> Path:
-    """A randomly initialised model of a preset (speed does not depend on the weights; nothing downloaded)."""
-    preset = get_preset(preset_name, glance_pretrained=None, local_pretrained=None)
-    torch.manual_seed(0)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(path, config=preset.to_dict(), model_state=UniAdaFocus(preset.model).state_dict())
-    return path
 
 
 def model_only_rate(checkpoint: str | Path, paths: Sequence[str], *, batch_size: int, device: str,
