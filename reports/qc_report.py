@@ -89,12 +89,12 @@ def _html_page(rows: list[ManifestRow], images: dict[int, str]) -> str:
     head = ["participant", "session", "flag", "NCC", "NMI", "coverage", "rotation (deg)", "scales", "shear",
             "orientation probe", "reason", "mid-planes (red: template brain outline)"]
     lines = ["<!doctype html>", "<html><head><meta charset='utf-8'><title>Registration QC</title>",
-             "<style>body{font-family:sans-serif;font-size:13px} table{border-collapse:collapse}"
-             " td,th{border:1px solid #ccc;padding:4px;vertical-align:top} img{width:540px}</style></head><body>",
+             ("<style>body{font-family:sans-serif;font-size:13px} table{border-collapse:collapse}"
+             " td,th{border:1px solid #ccc;padding:4px;vertical-align:top} img{width:540px}</style></head><body>"),
              "<h1>Registration QC</h1>",
-             f"<p>{len(rows)} manifest rows: {counts['pass']} pass, {counts['warn']} warn, {counts['fail']} fail, "
+             (f"<p>{len(rows)} manifest rows: {counts['pass']} pass, {counts['warn']} warn, {counts['fail']} fail, "
              f"{errors} not preprocessed (error or excluded). Failed scans are left out of training and scoring "
-             f"unless asked for.</p>", "<table><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>"]
+             f"unless asked for.</p>"), "<table><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>"]
     for i, row in enumerate(rows):
         flag = row.qc_flag or ("error" if row.is_error else "")
         reason = row.qc_reason or (row.status.removeprefix("error: ") if row.is_error else "")

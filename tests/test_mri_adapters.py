@@ -13,10 +13,10 @@ from _mri_fixtures import (
     blob_volume,
     loni_image_folder,
     loni_record,
-    write_oasis,
     write_csv,
     write_dicom_series,
     write_nifti,
+    write_oasis,
 )
 from adafocus.datasets.mri.adapters import (
     build_adni_manifest,

@@ -15,6 +15,8 @@ from adafocus.datasets.mri.analyze import (
     ORIENT_AXES,
     orient_affine,
     read_analyze,
+)
+from adafocus.datasets.mri.analyze import (
     write_analyze as write_analyze_pair,
 )
 from adafocus.datasets.mri.preprocess import OrientationRAS

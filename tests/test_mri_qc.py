@@ -18,8 +18,10 @@ from adafocus.datasets.mri.manifest import (
     QC_COLUMNS,
     ManifestRow,
     carry_over_finished,
+    manifest_rows_for_use,
     read_manifest,
     rows_for_use,
+    summarise_left_out,
     write_manifest,
 )
 from adafocus.datasets.mri.preprocess import T1LinearConfig, preprocess_manifest
@@ -114,8 +116,13 @@ def test_rows_for_use_leaves_failed_qc_out_with_reasons(tmp_path):
         ("p2", "QC failed: registration failed: NCC 0.62"), ("p3", "load: unreadable file: x"),
         ("p4", "no T1w image in sub-p4/ses-1/anat/")]
     assert rows_for_use([passed, failed], include_qc_failed=True)[0] == [passed, failed]
+    assert summarise_left_out(left_out) == "3 scans left out: 1 QC failed, 1 preprocessing error, 1 excluded"
     write_manifest([passed, failed], tmp_path / "m.tsv")
     assert read_manifest(tmp_path / "m.tsv") == [passed, failed]  # QC columns round-trip exactly
+    assert manifest_rows_for_use(tmp_path / "m.tsv")[0] == [passed]
+    write_manifest([failed], tmp_path / "bad.tsv")
+    with pytest.raises(ValueError, match="no usable scans .1 scan left out: 1 QC failed"):
+        manifest_rows_for_use(tmp_path / "bad.tsv")
     fresh = [ManifestRow("p2", "ses-1", 1, "AD", 70.0, "F", None)]
     assert carry_over_finished(fresh, [failed])[0].qc_flag == "fail"
 

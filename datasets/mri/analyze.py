@@ -150,7 +150,7 @@ def mat_file_affine(mat_path: Path) -> np.ndarray:
 
     try:
         contents = loadmat(str(mat_path))
-    except Exception as exc:  # noqa: BLE001 - any parse failure means the same to the user
+    except Exception as exc:
         raise AnalyzeError(f"{mat_path.name} beside the image is not a readable SPM .mat file: {exc}") from exc
     key = "mat" if "mat" in contents else "M" if "M" in contents else None
     if key is None:
@@ -187,7 +187,7 @@ def read_analyze(path: str | Path, *, max_bytes: int | None = None) -> AnalyzeSc
     try:
         with open(img_path, "rb") as handle:
             array = np.asarray(header.data_from_fileobj(handle), dtype=np.float32)
-    except Exception as exc:  # noqa: BLE001 - short files, bad datatypes: all "unreadable"
+    except Exception as exc:
         raise AnalyzeError(f"{img_path.name}: {type(exc).__name__}: {exc}") from exc
     warnings: list[str] = []
     if mat_path.is_file():

@@ -227,3 +227,29 @@ def rows_for_use(rows: list[ManifestRow], *, include_qc_failed: bool = False
         else:
             left_out.append((row, reason))
     return kept, left_out
+
+
+def manifest_rows_for_use(manifest: str | Path, *, include_qc_failed: bool = False
+                          ) -> tuple[list[ManifestRow], list[tuple[ManifestRow, str]]]:
+    """`rows_for_use` of a manifest file; ValueError (naming why the rows were left out) when none is usable."""
+    kept, left_out = rows_for_use(read_manifest(manifest), include_qc_failed=include_qc_failed)
+    if not kept:
+        raise ValueError(f"{manifest} has no usable scans ({summarise_left_out(left_out) or 'it is empty'}); "
+                         f"run `adafocus preprocess` first, or include QC-failed scans if you mean to")
+    return kept, left_out
+
+
+def summarise_left_out(left_out: list[tuple[ManifestRow, str]]) -> str:
+    """One line for a log: "5 scans left out: 3 QC failed, 1 unreadable, 1 excluded ..." ("" when none)."""
+    if not left_out:
+        return ""
+    kinds: dict[str, int] = {}
+    for _, reason in left_out:
+        kind = ("QC failed" if reason.startswith("QC failed") else "not preprocessed yet" if reason.startswith("not pre")
+                else "preprocessed file missing" if reason.startswith("the preprocessed file") else
+                "preprocessing error" if any(reason.startswith(s) for s in ("load:", "register:", "n4:", "orientation:",
+                                                                             "crop:", "normalise:", "save:", "qc"))
+                else "excluded")
+        kinds[kind] = kinds.get(kind, 0) + 1
+    parts = ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items(), key=lambda item: -item[1]))
+    return f"{len(left_out)} scan{'s' if len(left_out) != 1 else ''} left out: {parts}"

@@ -162,15 +162,15 @@ def nifti_affine(header, shape: tuple[int, ...]) -> tuple[np.ndarray, str, tuple
         if qform_code > 0:
             gap = corner_disagreement_mm(sform, qform, shape)
             if gap > QFORM_SFORM_TOLERANCE_MM:
-                warnings = (f"the NIfTI qform and sform disagree by up to {gap:.1f} mm at the corners of the "
+                warnings = ((f"the NIfTI qform and sform disagree by up to {gap:.1f} mm at the corners of the "
                             f"field of view (tolerance {QFORM_SFORM_TOLERANCE_MM:g} mm); the sform was used, as "
-                            f"nibabel and ITK do",)
+                            f"nibabel and ITK do"),)
         return np.asarray(sform, dtype=float), f"NIfTI sform (code {sform_code})", warnings
     if qform_code > 0:
         return np.asarray(qform, dtype=float), f"NIfTI qform (code {qform_code})", ()
     return (np.asarray(header.get_base_affine(), dtype=float), "NIfTI without qform/sform",
-            ("the NIfTI header sets neither a qform nor an sform: the orientation is unknown and was assumed "
-             "(voxel sizes only)",))
+            (("the NIfTI header sets neither a qform nor an sform: the orientation is unknown and was assumed "
+             "(voxel sizes only)"),))
 
 
 def _load_with_nibabel(path: Path) -> LoadedImage:
