@@ -24,7 +24,7 @@ from adafocus.datasets.mri.manifest import (
     summarise_left_out,
     write_manifest,
 )
-from adafocus.datasets.mri.preprocess import T1LinearConfig, preprocess_manifest
+from adafocus.datasets.mri.preprocess import T1LinearConfig, preprocess_manifest, preprocess_scan
 from adafocus.datasets.mri.qc import (
     NCC_FAIL,
     NCC_PASS,
@@ -36,6 +36,7 @@ from adafocus.datasets.mri.qc import (
     nmi,
     proper_rotations,
     qc_verdict,
+    read_qc_json,
 )
 from adafocus.datasets.mri.template import mni_brain_mask, template_array
 from adafocus.reports.qc_report import brain_mask_on, write_qc_report
@@ -206,3 +207,19 @@ def test_template_mask_matches_nilearns_rule():
     mask = mni_brain_mask(4.0)
     assert mask.shape == template.shape and np.array_equal(mask, template > 0.2 * template.max())
     assert 0.1 < mask.mean() < 0.4
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("layout", ["oasis-raw", "oasis-subj111"])
+def test_true_oasis_dimensions_preprocess_with_the_marker_on_the_left(tmp_path, layout):
+    """OASIS-1 RAW (256 x 256 x 128 at 1 x 1 x 1.25 mm) and SUBJ_111 (256 x 256 x 160 at 1 mm), full size."""
+    path = phantoms.write_good_scan(tmp_path / "raw", layout, np.random.default_rng(3), scale=1)
+    assert nib.load(str(path)).shape[:3] == {"oasis-raw": (256, 256, 128), "oasis-subj111": (256, 256, 160)}[layout]
+    out = tmp_path / "pre.nii.gz"
+    with one_itk_thread():
+        status = preprocess_scan(path, out, tmp_path / "pre.png", T1LinearConfig(spacing_mm=2.0,
+                                                                                 registration_spacing_mm=4.0))
+    assert status == "ok"
+    result = read_qc_json(out)
+    assert result.flag == "pass" and result.scores.ncc >= 0.90
+    assert _marker_centre_mm(out)[0] < -50
