@@ -285,6 +285,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=None, help="override the preset's batch size")
     p.add_argument("--workers", type=int, default=None,
                    help="data loading processes (default: the recipe's, part of what makes a run repeatable)")
+    p.add_argument("--window", type=float, default=None, metavar="SECONDS",
+                   help="long videos, one label per file (class folders): train on one window of SECONDS per "
+                        "video, random each epoch (val/test: the centre one); score with --windows auto")
     add_slicing(p)
     p.add_argument("--no-resume", action="store_true", help="start over even if RUN/last.pt exists")
     add_quiet(p)

@@ -1,4 +1,5 @@
-"""Video datasets on disk -> clips: any class-per-folder tree, RLVS, Diving48 (V2), and a persisted split.
+"""Video datasets on disk -> clips: any class-per-folder tree, RLVS, Diving48 (V2), long videos with one
+label each (a window per item: `WindowedVideoClips`), and a persisted split.
 
 Every dataset yields ``{"clip": float [T, 3, S, S] in [0, 1], "label": int, "info": ClipInfo.to_dict()}``
 (see `adafocus.datasets.video.load_clip`) and has a `collate` for `torch.utils.data.DataLoader`.
@@ -17,9 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 from adafocus.core.io import atomic_write_json
-from adafocus.datasets.video import VIDEO_EXTENSIONS, DecodedVideoCache, load_clip
+from adafocus.datasets.video import VIDEO_EXTENSIONS, DecodedVideoCache, VideoDecodeError, load_clip
 from torch.utils.data import Dataset
 
 SPLIT_NAMES = ("train", "val", "test")
@@ -87,6 +89,75 @@ class VideoClipDataset(Dataset):
         item = self.items[index]
         clip, info = load_clip(item.path, self.num_frames, self.size, train=self.train,
                                start=item.start, end=item.end, cache=self.cache)
+        return {"clip": clip, "label": item.label, "info": info.to_dict()}
+
+
+# ----------------------------------------------------------------------------------------------------
+# Long videos with clip-level labels: one window per item
+
+
+def window_span(num_frames: int, fps: float, window_s: float, *, rng: np.random.Generator | None = None
+                ) -> tuple[int, int]:
+    """Frames [start, end) of one window of `window_s` seconds in a video of `num_frames` frames at `fps`:
+    a uniformly random start with `rng` (training: a new window every epoch), the centre window without
+    (validation, test); the whole video when it is no longer than a window. The length in frames is
+    `round(window_s * fps)`, as `adafocus score --windows` cuts its windows (apps/scoring/windows.py)."""
+    if num_frames < 1:
+        raise ValueError(f"a video without frames has no window (num_frames={num_frames})")
+    if not fps > 0 or not window_s > 0:
+        raise ValueError(f"need a frame rate and a window length to cut a window, got fps={fps}, "
+                         f"window_s={window_s}")
+    length = max(1, round(window_s * fps))
+    if num_frames <= length:
+        return 0, num_frames
+    room = num_frames - length
+    start = room // 2 if rng is None else int(rng.integers(0, room + 1))
+    return start, start + length
+
+
+class WindowedVideoClips(VideoClipDataset):
+    """Long (untrimmed) videos with one label per file -> a clip of `num_frames` frames from one window of
+    `window_s` seconds per item (`window_span`): a random window each time an item is drawn when
+    train=True, the centre window otherwise; a video no longer than a window is used whole. Inside the
+    window, sampling and augmentation are those of `VideoClipDataset` (TSN segments, crop, flip).
+
+    Bring your own long labelled videos: one folder per class, any file names, any lengths,
+
+        DATA/NonViolence/lobby_2024-05-01.mp4   DATA/Violence/car_park_cam3.mkv   ...
+
+    and `adafocus train --data DATA --window 4 --preset cpu-video --out RUN`. The folder is the label of every
+    window of its files, so a window may miss the moment that earned a file its label (weak labels): pick a
+    window long enough to catch it often, or cut long files into labelled parts first. The run's model card
+    records `clip_seconds` = the window, so `adafocus score LONG --model RUN --windows auto` scores long files
+    in windows of the length the model was trained on. Without --window, RLVS and Diving48 clips stay whole
+    clips (they are trimmed already); Diving48 refuses --window (its annotations trim each clip).
+
+    Frame counts and rates are probed once per file (kept in `cache`); `keep_decoded` keeps whole decoded
+    videos as far as they fit, as for short clips."""
+
+    def __init__(self, items: Sequence[VideoSample], class_names: Sequence[str], *, num_frames: int, size: int,
+                 train: bool, window_s: float):
+        if not window_s > 0:
+            raise ValueError(f"window_s must be positive, got {window_s}")
+        super().__init__(items, class_names, num_frames=num_frames, size=size, train=train)
+        self.window_s = float(window_s)
+        self.cache = DecodedVideoCache(0)  # probes only: no room for frames until keep_decoded
+
+    def window(self, index: int, rng: np.random.Generator | None = None) -> tuple[int, int]:
+        """Frames [start, end) of item `index`'s window (random with `rng`, else the centre one)."""
+        path = Path(self.items[index].path)
+        meta = self.cache.meta(path)
+        try:
+            return window_span(meta.num_frames, meta.fps, self.window_s, rng=rng)
+        except ValueError as error:
+            raise VideoDecodeError(str(error), path) from None
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        item = self.items[index]
+        rng = np.random.default_rng() if self.train else None
+        start, end = self.window(index, rng)
+        clip, info = load_clip(item.path, self.num_frames, self.size, train=self.train, rng=rng, start=start,
+                               end=end, cache=self.cache)
         return {"clip": clip, "label": item.label, "info": info.to_dict()}
 
 

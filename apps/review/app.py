@@ -220,9 +220,7 @@ def show_queue(st, queue, kind: str):
                f"{int((queue['decision'] != '').sum())} reviewed")
     if queue.empty:
         return None
-    labels = {item: f"{'⚑ ' if flag else ''}{name} · {pred} · risk {risk:.2f}{' · ' + dec if dec else ''}"
-              for item, name, pred, risk, flag, dec in zip(queue["item_id"], queue["name"], queue["prediction"],
-                                                           queue["risk"], queue["needs_review"], queue["decision"])}
+    labels = {row["item_id"]: rl.queue_item_label(row) for row in queue.to_dict("records")}
     items = list(labels)
     current_key = f"{kind}_current"  # the open item lives outside the picker, so relabelled options keep it
     if st.session_state.get(current_key) not in labels:
@@ -419,11 +417,19 @@ def prediction_header(st, title: str, prediction: str, row) -> None:
     st.subheader(title)
     cols = st.columns(4)
     cols[0].metric("Prediction", prediction)
-    cols[1].metric("Confidence", f"{row['confidence']:.2f}")
-    cols[2].metric("Exit taken", int(row["exit"]))
-    cols[3].metric("GMACs", f"{row['gmacs']:.4g}")
+    windowed = rl.windowed_row(row)
+    if windowed:  # a long file: its strongest window, and where it is
+        cols[1].metric("Peak score", f"{row['peak_score']:.2f}")
+        located = rl.given_number(row.get("peak_start_s")) and rl.given_number(row.get("peak_end_s"))
+        cols[2].metric("Peak at", f"{row['peak_start_s']:g}–{row['peak_end_s']:g} s" if located else "—")
+        cols[3].metric("GMACs (all windows)", f"{row['gmacs']:.4g}")
+    else:
+        cols[1].metric("Confidence", f"{row['confidence']:.2f}")
+        cols[2].metric("Exit taken", int(row["exit"]))
+        cols[3].metric("GMACs", f"{row['gmacs']:.4g}")
     if row["needs_review"]:
-        st.warning(f"Needs review: exit entropy {row['entropy']:.2f}")
+        st.warning(f"Needs review: peak score entropy {row['entropy']:.2f} (the model is unsure anything happened)"
+                   if windowed else f"Needs review: exit entropy {row['entropy']:.2f}")
 
 
 # ---------------------------------------------------------------------------------------- MRI helpers
@@ -775,8 +781,10 @@ def score_page(st, folders, roots, threshold) -> None:
 
 # ----------------------------------------------------------------------------------------- video view
 def video_view(st, row, roots, folder: Path) -> None:
-    """The prediction, the temporal policy's timeline (click to jump), the player (an H.264 preview when
-    the browser cannot play the source), and the frames the model looked at, large, with their boxes."""
+    """The prediction, the timeline (a clip: the temporal policy per glance frame; a long file scored in
+    windows: window scores, flagged segments and gaps), the player (an H.264 preview when the browser cannot
+    play the source), and the frames the model looked at, large, with their boxes. Clicking a bar, a segment
+    or a frame's button moves the player there."""
     prediction_header(st, f"Video {row['name']}", str(row["prediction"]), row)
     try:
         path = rl.resolve_inside(row["path"], roots, base=row["scores_dir"])
@@ -784,9 +792,14 @@ def video_view(st, row, roots, folder: Path) -> None:
         st.error(f"Cannot open this video: {error}")
         return
     record = cached_details(str(Path(row["scores_dir"]) / DETAILS_FILE)).get(row["item_id"], {})
-    selected = record.get("selected", [])
     start_key = f"start::{row['item_id']}"
-    timeline(st, record, selected, start_key)
+    windowed = rl.is_windowed(record)
+    if windowed:
+        window = long_timeline(st, record, row, start_key)
+        selected = rl.focus_of(record, window)
+    else:
+        selected = record.get("selected", [])
+        timeline(st, record, selected, start_key)
     try:
         playable = cached_playable(str(path), str(folder / ".review_cache" / "previews"))
     except Exception as error:  # noqa: BLE001  (PyAV raises many types for broken files)
@@ -795,11 +808,76 @@ def video_view(st, row, roots, folder: Path) -> None:
     if playable is not None:
         if playable != str(path):
             st.caption("Playing a small H.264 preview: the browser cannot play this file's codec.")
-        st.video(playable, start_time=int(st.session_state.get(start_key, 0)))
+        st.video(playable, start_time=rl.player_start(st.session_state.get(start_key, 0)))
     if not selected:
-        st.info("The model exited after the glance: no frame was looked at closely.")
+        st.info("The model exited after the glance: no frame was looked at closely"
+                + (" in this window." if windowed else "."))
         return
     focus_frames(st, path, selected, start_key)
+
+
+def cached_segments(scores_dir: str, path: str) -> list[dict]:
+    """The flagged segments of one file from segments.csv, re-read when the file changes."""
+    from adafocus.apps.scoring.outputs import SEGMENTS_FILE
+
+    @_cached("cache_data", max_entries=64)
+    def read(scores_dir: str, path: str, fingerprint: str):
+        return rl.read_file_segments(scores_dir, path)
+
+    segments_file = Path(scores_dir) / SEGMENTS_FILE
+    return read(scores_dir, path, rr.file_fingerprint(segments_file)) if segments_file.is_file() else []
+
+
+def long_timeline(st, record: dict, row, start_key: str) -> int | None:
+    """A long file's timeline: each window's score over time, flagged segments as red bands (click one, or
+    its button, to play from its start and see its peak window's frames), gaps in grey, the threshold
+    dashed; clicking a window's point shows that window. Returns the window whose frames to show."""
+    window_key, pick_key = f"window::{row['item_id']}", f"pick::{row['item_id']}"
+    segments = [s | {"peak_window": rl.segment_window(record, s)}
+                for s in cached_segments(str(row["scores_dir"]), str(row["item_id"]))]
+    rows = rl.window_score_rows(record)
+    duration = rl.file_duration_s(record)
+    scored = len({r["window"] for r in rows})
+    st.markdown(f"**Window scores over the whole video** ({scored} windows of {record.get('window_s', 0):g} s "
+                f"every {record.get('stride_s', 0):g} s over {duration:g} s; flagged segments in red, threshold "
+                f"{record.get('threshold', 0):g} dashed; click a segment to play it, a point to see its window)")
+    if rows:
+        chart = rr.long_timeline_chart(rows, segments, rl.gap_bands(record), record.get("threshold"), duration)
+        event = st.altair_chart(chart, on_select="rerun", key=f"long_timeline::{row['item_id']}", width="stretch")
+        selection = event.get("selection") if isinstance(event, dict) else getattr(event, "selection", None)
+        picked, st.session_state[pick_key] = rl.timeline_pick(selection, segments, st.session_state.get(pick_key))
+        if picked is not None:
+            st.session_state[start_key] = picked["start_s"]
+            if picked["window"] is not None:
+                st.session_state[window_key] = picked["window"]
+    else:
+        st.warning("No window of this file could be decoded: nothing to plot.")
+    for gap in rl.gap_bands(record):
+        st.caption(f"Not scored {gap['start_s']:g}–{gap['end_s']:g} s: {gap['reason']}")
+    if segments:
+        st.markdown(f"**Flagged segments** ({len(segments)})")
+        for k, segment in enumerate(segments):
+            st.button(f"▶ {segment['label']} {segment['start_s']:g}–{segment['end_s']:g} s · peak "
+                      f"{segment['peak_score']:.2f} · mean {segment['mean_score']:.2f}", key=f"segment_{k}",
+                      on_click=play_segment, args=(start_key, window_key, segment))
+    else:
+        st.caption("No segment reached the threshold in this file.")
+    window = st.session_state.get(window_key, rl.default_window(record))
+    chosen = rl.window_of(record, window)
+    if chosen is not None:
+        probs = ", ".join(f"{name} {p:.2f}" for name, p in chosen["probs"].items())
+        st.markdown(f"**Window {chosen['index']}: {chosen['start_s']:g}–{chosen['end_s']:g} s** · {probs} · "
+                    f"exit {chosen.get('exit_step', 0)} · {float(chosen.get('gmacs', 0.0)):.3g} GMACs")
+    return window
+
+
+def play_segment(start_key: str, window_key: str, segment: dict) -> None:
+    """Button callback: play from the segment's start and show its peak window's frames."""
+    import streamlit as st
+
+    st.session_state[start_key] = segment["start_s"]
+    if segment.get("peak_window") is not None:
+        st.session_state[window_key] = segment["peak_window"]
 
 
 def cached_playable(path: str, cache_dir: str) -> str:
@@ -853,7 +931,7 @@ def focus_frames(st, path: Path, selected: list[dict], start_key: str) -> None:
         column.image(cell, caption=f"frame {item['frame']} · {item['time_s']:.2f} s", width="stretch",
                      output_format="JPEG")
         if column.button(f"▶ {item['time_s']:.2f} s", key=f"jump_{i}"):
-            st.session_state[start_key] = int(item["time_s"])
+            st.session_state[start_key] = float(item["time_s"])
             st.rerun()
 
 
@@ -887,7 +965,7 @@ def video_thumbnail(row, roots) -> bytes | None:
     except rl.UnsafePathError:
         return None
     record = cached_details(str(Path(row["scores_dir"]) / DETAILS_FILE)).get(row["path"], {})
-    selected = record.get("selected", [])
+    selected = rl.focus_of(record)
     if not selected:
         return None
     try:

@@ -8,9 +8,14 @@
 - Triage: the flagged share of a queue and how often the model was wrong inside and outside it.
 - Uploads: size limit, NIfTI parsing from bytes, 3D/finite/non-constant checks, before anything else runs.
 - Identifiers: NIfTI header text fields that may carry patient identifiers are hidden unless opted in.
+- Long videos (`adafocus score --windows`): a file's window records (details.jsonl), its flagged segments
+  (segments.csv), the rows its timeline plots, the window a segment's peak is in, and what a click on the
+  timeline picked.
 
 Risk is the probability of "not the first class" (class 0 is the reference class: CN, NonViolence, ...);
-for binary models that is the probability of class 1.
+for binary models that is the probability of class 1. A long video scored in windows has one row whose
+p_<class> are maxima over its windows: its risk is its *peak score*, the highest window score of any class
+but the first, so the queue puts the files with the strongest moment first.
 """
 from __future__ import annotations
 
@@ -27,7 +32,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pandas as pd
-from adafocus.apps.scoring.outputs import SCORES_FILE
+from adafocus.apps.scoring.outputs import SCORES_FILE, SEGMENTS_FILE, WINDOW_COLUMNS, read_segments
 from adafocus.reports import metrics
 from adafocus.reports.cv_report import CV_JSON, PREDICTIONS_FILE
 
@@ -132,22 +137,83 @@ def scan_queue(scans_dir: str | Path) -> pd.DataFrame:
 
 def video_queue(videos_dir: str | Path) -> pd.DataFrame:
     """One row per successfully scored video from every scores.csv under `videos_dir` (QUEUE_COLUMNS plus
-    path, scores_dir). item_id is the path as written in scores.csv."""
+    path, scores_dir, windowed). item_id is the path as written in scores.csv. Rows of a windowed run
+    (`score --windows`) are `video_row_windowed`; the others are whole clips as before."""
     records = []
     for scores in sorted(Path(videos_dir).rglob(SCORES_FILE)):
         with scores.open(newline="", encoding="utf-8") as handle:
             reader = csv.DictReader(handle)
-            classes = [c[2:] for c in (reader.fieldnames or []) if c.startswith("p_")]
+            fields = reader.fieldnames or []
+            classes = [c[2:] for c in fields if c.startswith("p_")]
+            windowed = all(c in fields for c in WINDOW_COLUMNS)
             for row in reader:
                 if row.get("status") != "ok" or not classes:
                     continue
                 probs = [float(row[f"p_{c}"]) for c in classes]
-                records.append({
-                    "item_id": row["path"], "kind": "video", "name": Path(row["path"]).name,
-                    "prediction": row["label"], "confidence": max(probs), "risk": 1.0 - probs[0],
-                    "entropy": normalised_entropy(probs), "exit": int(row["exit_step"]),
-                    "gmacs": float(row["gmacs"]), "label": "", "path": row["path"], "scores_dir": str(scores.parent)})
+                record = {"item_id": row["path"], "kind": "video", "name": Path(row["path"]).name,
+                          "prediction": row["label"], "confidence": max(probs), "risk": 1.0 - probs[0],
+                          "entropy": normalised_entropy(probs), "exit": int(row["exit_step"]),
+                          "gmacs": float(row["gmacs"]), "label": "", "path": row["path"],
+                          "scores_dir": str(scores.parent), "windowed": False}
+                records.append(video_row_windowed(record, row, classes) if windowed else record)
     return _finish_queue(records)
+
+
+def peak_score(probs: Sequence[float]) -> float:
+    """A windowed file's peak score from its per-class maxima over windows (class order): the highest of
+    every class but the first (the reference class, e.g. NonViolence); a one-class model's only score."""
+    return float(max(probs[1:])) if len(probs) > 1 else float(probs[0])
+
+
+def video_row_windowed(record: dict, row: dict[str, str], classes: Sequence[str]) -> dict:
+    """A queue record of a long file scored in windows: risk = its peak score (`peak_score`), confidence =
+    the score of its label at its peak, entropy = that of (1 - peak, peak) (how unsure the model is that
+    anything happened), plus windowed=True, peak_score, peak_start_s, peak_end_s (None for a file labelled
+    with the first class), windows, segments."""
+    probs = [float(row[f"p_{c}"]) for c in classes]
+    peak = peak_score(probs)
+    # scores.csv's peak_start_s is where the *label's* score peaks: for a calm file (labelled with the first
+    # class) that is its calmest window, not where its peak score is, so it is not shown as the peak
+    located = row["label"] != classes[0] or len(classes) == 1
+    return {**record, "risk": peak, "confidence": float(row.get(f"p_{row['label']}") or max(probs)),
+            "entropy": normalised_entropy([1.0 - peak, peak]), "windowed": True, "peak_score": peak,
+            "peak_start_s": _float(row.get("peak_start_s")) if located else None,
+            "peak_end_s": _float(row.get("peak_end_s")) if located else None,
+            "windows": int(_float(row.get("windows")) or 0), "segments": int(_float(row.get("segments")) or 0)}
+
+
+def _float(text) -> float | None:
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return None
+
+
+def queue_item_label(row) -> str:
+    """How the item picker names a queue row: "⚑ " when flagged, name, prediction, then the risk (a clip)
+    or the peak score and where it is (a long file scored in windows), and the decision when there is one."""
+    if windowed_row(row):
+        start, end = row.get("peak_start_s"), row.get("peak_end_s")
+        where = f" at {start:g}–{end:g} s" if given_number(start) and given_number(end) else ""
+        score = f"peak {float(row['peak_score']):.2f}{where}"
+    else:
+        score = f"risk {float(row['risk']):.2f}"
+    decision = str(row.get("decision") or "")
+    return (f"{'⚑ ' if _is_true(row.get('needs_review')) else ''}{row['name']} · {row['prediction']} · {score}"
+            f"{' · ' + decision if decision else ''}")
+
+
+def windowed_row(row) -> bool:
+    """Whether a queue row is a long file scored in windows (clips and older outputs: False)."""
+    return _is_true(row.get("windowed"))
+
+
+def _is_true(value) -> bool:
+    return isinstance(value, (bool, np.bool_)) and bool(value)
+
+
+def given_number(value) -> bool:
+    return isinstance(value, (int, float, np.number)) and not (isinstance(value, float) and np.isnan(value))
 
 
 def _finish_queue(records: list[dict]) -> pd.DataFrame:
@@ -417,3 +483,152 @@ def selected_regions_table(record: dict) -> list[dict]:
                      "box (MNI mm)": " – ".join("(" + ", ".join(f"{v:.0f}" for v in corner) + ")"
                                                 for corner in box) if box else ""})
     return rows
+
+
+# ------------------------------------------------------------------------------------------ long videos
+def is_windowed(record: dict) -> bool:
+    """Whether a details.jsonl record is a long file scored in windows (it lists its windows)."""
+    return isinstance(record.get("windows"), list)
+
+
+def file_segments(rows: Iterable[dict[str, str]], path: str) -> list[dict]:
+    """The segments.csv rows of one file (as `outputs.read_segments` gives them) with numbers parsed, in time
+    order: {label, start_s, end_s, peak_score, peak_start_s, mean_score, first_window, last_window}."""
+    segments = []
+    for row in rows:
+        if row.get("path") != path:
+            continue
+        try:
+            segments.append({"label": row["label"], "start_s": float(row["start_s"]), "end_s": float(row["end_s"]),
+                             "peak_score": float(row["peak_score"]), "peak_start_s": float(row["peak_start_s"]),
+                             "mean_score": float(row["mean_score"]), "first_window": int(row["first_window"]),
+                             "last_window": int(row["last_window"])})
+        except (KeyError, ValueError):
+            continue  # a row this version cannot read: the file's other segments still show
+    return sorted(segments, key=lambda s: (s["start_s"], s["label"]))
+
+
+def read_file_segments(scores_dir: str | Path, path: str) -> list[dict]:
+    """`file_segments` of `path` from the segments.csv beside its scores.csv ([] when there is none)."""
+    return file_segments(read_segments(Path(scores_dir) / SEGMENTS_FILE), path)
+
+
+def timeline_classes(record: dict) -> list[str]:
+    """The classes a long file's timeline plots: those its segments were flagged for (the score command's
+    choice), else every class but the first (a one-class model: its class)."""
+    flagged = [str(c) for c in record.get("flagged") or []]
+    if flagged:
+        return flagged
+    names = list((record.get("probs") or {}).keys())
+    return names[1:] or names
+
+
+def window_score_rows(record: dict, classes: Sequence[str] | None = None) -> list[dict]:
+    """One row per scored window and class for the timeline, in window order: {window, start_s, end_s, mid_s,
+    class, score, exit, gmacs}. Gap windows (frames that could not be decoded) have no rows."""
+    classes = list(classes) if classes is not None else timeline_classes(record)
+    rows = []
+    for window in record.get("windows") or []:
+        probs = window.get("probs")
+        if not isinstance(probs, dict):
+            continue
+        start, end = float(window["start_s"]), float(window["end_s"])
+        for name in classes:
+            if name in probs:
+                rows.append({"window": int(window["index"]), "start_s": start, "end_s": end,
+                             "mid_s": round((start + end) / 2, 3), "class": name, "score": float(probs[name]),
+                             "exit": int(window.get("exit_step", 0)), "gmacs": float(window.get("gmacs", 0.0))})
+    return rows
+
+
+def file_duration_s(record: dict) -> float:
+    """A long file's length as its windows cover it (the last window ends with the file)."""
+    return max((float(w["end_s"]) for w in record.get("windows") or []), default=0.0)
+
+
+def gap_bands(record: dict) -> list[dict]:
+    """The stretches of a long file that could not be decoded: {start_s, end_s, reason}."""
+    return [{"start_s": float(g["start_s"]), "end_s": float(g["end_s"]), "reason": str(g.get("reason", ""))}
+            for g in record.get("gaps") or []]
+
+
+def window_of(record: dict, index: int | None) -> dict | None:
+    """The window record with `index` (None when there is none, or it is a gap)."""
+    for window in record.get("windows") or []:
+        if index is not None and int(window.get("index", -1)) == int(index) and "probs" in window:
+            return window
+    return None
+
+
+def segment_window(record: dict, segment: dict) -> int | None:
+    """The window a segment's peak is in: of its windows (first_window..last_window), the one starting at
+    its peak_start_s, else the one scoring highest for its label; None when the record has none of them."""
+    inside = [w for w in record.get("windows") or []
+              if "probs" in w and segment["first_window"] <= int(w["index"]) <= segment["last_window"]]
+    if not inside:
+        return None
+    for window in inside:
+        if abs(float(window["start_s"]) - float(segment["peak_start_s"])) < 1e-6:
+            return int(window["index"])
+    return int(max(inside, key=lambda w: float(w["probs"].get(segment["label"], 0.0)))["index"])
+
+
+def default_window(record: dict) -> int | None:
+    """The window a long file opens on: its most suspicious one (the highest score of the classes its
+    timeline plots, `timeline_classes`; the first such window on ties), else its first scored window."""
+    classes = timeline_classes(record)
+    scored = [w for w in record.get("windows") or [] if isinstance(w.get("probs"), dict)]
+    if not scored:
+        return None
+    best = max(scored, key=lambda w: max((float(w["probs"].get(c, 0.0)) for c in classes), default=0.0))
+    return int(best["index"])
+
+
+def focus_of(record: dict, window: int | None = None) -> list[dict]:
+    """The frames the model looked at closely: a clip's "selected", or that of `window` of a long file (its
+    default window when None)."""
+    if not is_windowed(record):
+        return list(record.get("selected") or [])
+    chosen = window_of(record, default_window(record) if window is None else window)
+    return list(chosen.get("selected") or []) if chosen else []
+
+
+def player_start(seconds: float) -> int:
+    """What st.video's start_time gets for a jump to `seconds`: the whole second at or before it (Streamlit
+    keeps whole seconds; the player never starts after the moment asked for)."""
+    return max(0, int(np.floor(float(seconds) + 1e-9)))
+
+
+def timeline_pick(selection, segments: Sequence[dict], previous: dict | None = None) -> tuple[dict | None, dict]:
+    """What a click on a long file's timeline picked, and the selection state to remember for the next call.
+
+    `selection`: the chart event's selection (a mapping, or an object with attributes, as st.altair_chart
+    returns it) with "segment" (points {"start_s"} of the band clicked) and "window" (points {"window",
+    "start_s"}). A chart keeps its selection across reruns, so only a selection that differs from
+    `previous` (the state this returned last time) counts. A new band gives {"start_s": the segment's
+    start, "window": its "peak_window" from `segments` (None if unknown)}; a new window point gives that
+    window and its start; a band wins when both changed (one click on a point inside a band)."""
+    def points(name: str) -> list[dict]:
+        value = selection.get(name) if isinstance(selection, dict) else getattr(selection, name, None)
+        return [dict(p) for p in value or [] if isinstance(p, dict) or hasattr(p, "keys")]
+
+    state = {"segment": points("segment"), "window": points("window")} if selection is not None else \
+        {"segment": [], "window": []}
+    previous = previous or {"segment": [], "window": []}
+    picked = None
+    window = state["window"][0] if state["window"] else {}
+    if window and state["window"] != previous.get("window") and "start_s" in window:
+        picked = {"start_s": float(window["start_s"]), "window": _maybe_int(window.get("window"))}
+    band = state["segment"][0] if state["segment"] else {}
+    if band and state["segment"] != previous.get("segment") and "start_s" in band:
+        start = float(band["start_s"])
+        segment = next((s for s in segments if abs(float(s["start_s"]) - start) < 1e-6), None)
+        picked = {"start_s": start, "window": _maybe_int(segment.get("peak_window")) if segment else None}
+    return picked, state
+
+
+def _maybe_int(value) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None

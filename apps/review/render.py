@@ -1,6 +1,6 @@
 """What the review app draws: scan planes with window/level, orientation labels, linked crosshairs and the
-focus boxes the plane crosses; the temporal policy's timeline; browser-playable video previews; the
-one-page scan report. Pure functions on arrays and records (no Streamlit), so each is unit-tested.
+focus boxes the plane crosses; the temporal policy's timeline; a long video's timeline (window scores,
+flagged segments, gaps); browser-playable video previews; the one-page scan report. Pure functions on arrays and records (no Streamlit), so each is unit-tested.
 
 Planes follow datasets.mri.slices.plane_frame (RAS volume; rows flipped so superior / anterior is up):
 sagittal shows posterior -> anterior left to right, coronal and axial show the patient's left on the
@@ -161,6 +161,52 @@ def timeline_rows(glance: Sequence[dict], selected: Sequence[dict]) -> list[dict
     seen = {r["frame"] for r in rows}
     rows += [{"frame": f, "time_s": t, "weight": None, "chosen": True} for f, t in chosen.items() if f not in seen]
     return sorted(rows, key=lambda r: r["time_s"])
+
+
+SEGMENT_COLOUR = "#e15759"
+GAP_COLOUR = "#9e9e9e"
+
+
+def long_timeline_chart(rows: Sequence[dict], segments: Sequence[dict], gaps: Sequence[dict], threshold: float | None,
+                        duration_s: float, *, height: int = 220):
+    """A long video's timeline as an Altair chart: each window's score (a point at the window's centre,
+    joined per class), the flagged segments as red bands, undecodable stretches as grey bands and the
+    flagging threshold as a dashed rule. Clicking a band selects it (selection "segment": start_s),
+    clicking a point selects that window (selection "window": window, start_s); logic.timeline_pick reads
+    the selection.
+
+    `rows`: logic.window_score_rows; `segments`: logic.file_segments; `gaps`: logic.gap_bands."""
+    import altair as alt
+    import pandas as pd
+
+    time_scale = alt.Scale(domain=[0, max(float(duration_s), 1e-3)], nice=False)
+
+    def t(field: str):
+        return alt.X(f"{field}:Q", title="time (s)", scale=time_scale)
+
+    y = alt.Y("score:Q", title="window score", scale=alt.Scale(domain=[0, 1]))
+    layers = []
+    if gaps:
+        layers.append(alt.Chart(pd.DataFrame(list(gaps))).mark_rect(color=GAP_COLOUR, opacity=0.35).encode(
+            x=t("start_s"), x2="end_s:Q", tooltip=["start_s", "end_s", "reason"]))
+    if segments:
+        pick = alt.selection_point(name="segment", fields=["start_s"], on="click", empty=False)
+        bands = pd.DataFrame([{k: s[k] for k in ("label", "start_s", "end_s", "peak_score", "mean_score")}
+                              for s in segments])
+        layers.append(alt.Chart(bands).mark_rect(color=SEGMENT_COLOUR, cursor="pointer").encode(
+            x=t("start_s"), x2="end_s:Q",
+            opacity=alt.condition(pick, alt.value(0.45), alt.value(0.22)),
+            tooltip=["label", "start_s", "end_s", "peak_score", "mean_score"]).add_params(pick))
+    if threshold is not None:
+        layers.append(alt.Chart(pd.DataFrame([{"threshold": float(threshold)}])).mark_rule(
+            strokeDash=[4, 4], color="#555").encode(y=alt.Y("threshold:Q", scale=alt.Scale(domain=[0, 1]))))
+    data = pd.DataFrame(list(rows), columns=["window", "start_s", "end_s", "mid_s", "class", "score", "exit", "gmacs"])
+    window_pick = alt.selection_point(name="window", fields=["window", "start_s"], on="click", empty=False)
+    line = alt.Chart(data).encode(x=t("mid_s"), y=y, color=alt.Color("class:N", title="class"))
+    layers.append(line.mark_line(strokeWidth=1.5))
+    layers.append(line.mark_point(filled=True, size=60, cursor="pointer").encode(
+        tooltip=["window", "start_s", "end_s", "class", "score", "exit", "gmacs"]).add_params(window_pick))
+    return alt.layer(*layers).properties(height=height)
 
 
 # ------------------------------------------------------------------------------------ video preview

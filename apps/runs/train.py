@@ -24,6 +24,10 @@ def train_command(args) -> int:
         if getattr(args, name) is not None:
             setattr(preset.train, name, getattr(args, name))
     common = {"device": args.device, "resume": not args.no_resume, "progress": not args.quiet}
+    window = getattr(args, "window", None)
+    if window is not None and (args.data == "synthetic" or args.data.endswith(".tsv")):
+        raise ValueError("--window is for long videos in class folders (one label per file), not for "
+                         f"--data {args.data}")
     if args.data == "synthetic":
         from adafocus.apps.runs.synthetic import train_synthetic
 
@@ -35,6 +39,6 @@ def train_command(args) -> int:
     else:
         from adafocus.apps.runs.video import train_on_videos
 
-        summary = train_on_videos(args.data, preset, args.out, **common)
+        summary = train_on_videos(args.data, preset, args.out, window_s=window, **common)
     print(json.dumps(summary, indent=2))
     return 0

@@ -1,6 +1,10 @@
 """Training on video datasets on disk: RLVS, Diving48 (V2) and any class-per-folder tree.
 
-`adafocus train --data DIR_OR_ANNOTATIONS` lands here. The kind of dataset is detected from the path, a
+`adafocus train --data DIR_OR_ANNOTATIONS` lands here. `--window SECONDS` trains on long (untrimmed) videos
+with one label per file, in class folders (Violence/NonViolence folders included): each epoch draws a random window of that length from every
+training video, validation and test use the centre window (datasets.video_sets.WindowedVideoClips says how
+to lay out your own videos); the model card records the window as `clip_seconds`, so `score --windows auto`
+uses it. The kind of dataset is detected from the path, a
 split is drawn once and stored in the run folder, the shared trainer runs (progress, per-epoch log,
 resume), and at the end the calibration needed for compute budgets is written next to the checkpoint.
 
@@ -30,6 +34,7 @@ from adafocus.core.run import (
     CalibrationDataError,
     LoadedRun,
     RunFolder,
+    frames_input,
     load_run,
     make_card,
     missing_data_message,
@@ -41,6 +46,7 @@ from adafocus.datasets.video_sets import (
     Diving48,
     VideoClipDataset,
     VideoSample,
+    WindowedVideoClips,
     collate_clips,
     find_rlvs_root,
     make_or_load_split,
@@ -61,6 +67,7 @@ class VideoData:
     train: Dataset
     val: Dataset
     test: Dataset
+    window_s: float | None = None  # long videos: the window each item is cut to (None: whole clips)
 
 
 # Memory for whole decoded videos per training set (train, val), kept by the data loading worker.
@@ -104,19 +111,29 @@ def _samples_subset(items: list[VideoSample], chosen: list[tuple[str, int]]) -> 
 
 
 def load_video_data(data: str | Path, *, num_frames: int, size: int, split_file: str | Path,
-                    seed: int = 0) -> VideoData:
+                    seed: int = 0, window_s: float | None = None) -> VideoData:
     """Open the dataset at `data` (see `detect_video_data`) as train / val / test sets.
 
     RLVS and class folders get a stratified 70/15/15 split, drawn once and stored in `split_file`.
     Diving48 keeps its official test set; 15% of its train set (stratified) becomes val, also stored.
+    `window_s` (long videos with one label per file, in class folders or Violence/NonViolence folders; not
+    Diving48): every item is a window of that many seconds (WindowedVideoClips: random in train, centred
+    in val and test); the split is drawn over whole files, as without windows.
     """
     kind, root = detect_video_data(data)
+    if window_s is not None and kind == "diving48":
+        raise ValueError(f"--window is for class folders of long videos with one label per file; {root} is "
+                         f"Diving48, whose clips are trimmed by its annotations: train without --window")
     sizes = {"num_frames": num_frames, "size": size}
     if kind == "rlvs":
         sets = {name: RLVS(root, split=name, split_file=split_file, train=name == "train", seed=seed, **sizes)
                 for name in ("train", "val", "test")}
-        return VideoData(kind, sets["train"].root, list(RLVS.CLASS_NAMES), sets["train"], sets["val"],
-                         sets["test"])
+        rlvs_root = sets["train"].root
+        if window_s is not None:  # long videos in Violence/NonViolence folders: the RLVS split, windowed
+            sets = {name: WindowedVideoClips(sets[name].items, RLVS.CLASS_NAMES, train=name == "train",
+                                             window_s=window_s, **sizes) for name in sets}
+        return VideoData(kind, rlvs_root, list(RLVS.CLASS_NAMES), sets["train"], sets["val"], sets["test"],
+                         window_s)
     if kind == "diving48":
         full = Diving48(root, "train", **sizes)
         split = make_or_load_split(full.samples, split_file, val_fraction=0.15, test_fraction=0.0, seed=seed,
@@ -130,9 +147,14 @@ def load_video_data(data: str | Path, *, num_frames: int, size: int, split_file:
         raise ValueError(f"{root} has {len(full.class_names)} class folder(s); training needs at least two "
                          f"(one folder of videos per class)")
     split = make_or_load_split(full.samples, split_file, seed=seed, root=root)
-    subsets = {name: VideoClipDataset(_samples_subset(full.items, split[name]), full.class_names,
-                                      train=name == "train", **sizes) for name in ("train", "val", "test")}
-    return VideoData(kind, root, full.class_names, subsets["train"], subsets["val"], subsets["test"])
+    if window_s is not None:
+        subsets = {name: WindowedVideoClips(_samples_subset(full.items, split[name]), full.class_names,
+                                            train=name == "train", window_s=window_s, **sizes)
+                   for name in ("train", "val", "test")}
+    else:
+        subsets = {name: VideoClipDataset(_samples_subset(full.items, split[name]), full.class_names,
+                                          train=name == "train", **sizes) for name in ("train", "val", "test")}
+    return VideoData(kind, root, full.class_names, subsets["train"], subsets["val"], subsets["test"], window_s)
 
 
 def read_class_names(checkpoint: str | Path, num_classes: int) -> list[str]:
@@ -155,7 +177,12 @@ def video_card(preset: Preset, videos: VideoData, split_file: Path):
     split = json.loads(split_file.read_text(encoding="utf-8"))["splits"] if split_file.is_file() else {}
     calibration = {"source": "video-split", "data": str(Path(videos.root).absolute()), "kind": videos.kind,
                    "subset": "val", "ids": [key for key, _ in split.get("val", [])]}
-    return make_card("video", preset.to_dict(), videos.class_names, calibration=calibration)
+    if videos.window_s is None:
+        return make_card("video", preset.to_dict(), videos.class_names, calibration=calibration)
+    # long videos: val is their centre windows; scoring's `--windows auto` reads the clips' duration
+    calibration["window_s"] = videos.window_s
+    spec = frames_input(preset.to_dict()["model"], clip_seconds=videos.window_s)
+    return make_card("video", preset.to_dict(), videos.class_names, spec, calibration=calibration)
 
 
 def video_calibration_set(run: LoadedRun, data: str | None) -> tuple[Dataset, object, dict]:
@@ -173,7 +200,8 @@ def video_calibration_set(run: LoadedRun, data: str | None) -> tuple[Dataset, ob
     spec = run.card.input
     try:
         videos = load_video_data(where, num_frames=spec["num_candidates"], size=spec["frame_size"],
-                                 split_file=run.folder.split, seed=run.preset.train.seed)
+                                 split_file=run.folder.split, seed=run.preset.train.seed,
+                                 window_s=record.get("window_s"))
     except ValueError as error:
         raise CalibrationDataError(f"--data {where} is not the data {run.folder.path} was split on ({error})") from None
     return videos.val, collate_clips, {**record, "data": str(Path(where).absolute()), "own": True}
@@ -202,18 +230,20 @@ def evaluate_checkpoint(checkpoint: str | Path, dataset: Dataset, *, exit_policy
 
 
 def train_on_videos(data: str | Path, preset: Preset, out_dir: str | Path, *, device: str = "auto",
-                    resume: bool = True, progress: bool = True, log: Callable[[str], None] = print) -> dict:
+                    resume: bool = True, progress: bool = True, log: Callable[[str], None] = print,
+                    window_s: float | None = None) -> dict:
     """Train `preset` on the video dataset at `data`; then calibrate on val and evaluate on test.
 
-    The preset's class count is set from the data. Returns the trainer's summary plus the paths of the
-    calibration files and the test evaluation.
+    The preset's class count is set from the data. `window_s`: long videos with one label per file, cut to
+    one window of that many seconds per item (see the module docstring). Returns the trainer's summary plus
+    the paths of the calibration files and the test evaluation.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     run = RunFolder(out_dir)
     c = preset.model
     videos = load_video_data(data, num_frames=c.num_candidates, size=c.frame_size,
-                             split_file=run.split, seed=preset.train.seed)
+                             split_file=run.split, seed=preset.train.seed, window_s=window_s)
     if c.num_classes != len(videos.class_names):
         log(f"{videos.kind} data at {videos.root} has {len(videos.class_names)} classes: the model gets "
             f"{len(videos.class_names)} outputs (preset said {c.num_classes})")
@@ -223,7 +253,9 @@ def train_on_videos(data: str | Path, preset: Preset, out_dir: str | Path, *, de
     for epoch_set in (videos.train, videos.val):  # read every epoch: decode each video once
         epoch_set.keep_decoded(DECODE_CACHE_BYTES)
     log(f"{videos.kind} data at {videos.root}: {len(videos.train)} train, {len(videos.val)} val, "
-        f"{len(videos.test)} test videos; classes {videos.class_names}")
+        f"{len(videos.test)} test videos; classes {videos.class_names}"
+        + (f"; one {window_s:g} s window per video (random in training, centred for val and test)"
+           if window_s is not None else ""))
     summary = train(preset, videos.train, videos.val, out_dir, device=device, resume=resume,
                     collate_fn=collate_clips, progress=progress, log=log,
                     card=video_card(preset, videos, run.split))
