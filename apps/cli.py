@@ -353,6 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="paper-mbv2-r50", choices=presets)
     p.add_argument("--num-classes", type=int, default=None)
     p.add_argument("--json", action="store_true")
+    p.add_argument("--results", default=None, metavar="DIR", help="also write DIR/flops-<preset>.json")
     p.set_defaults(func=command("adafocus.apps.bench.flops", "bench_flops_command"))
     p = bench.add_parser("speed", help="GMACs and videos/s: static baseline vs Uni-AdaFocus with and without exit")
     p.add_argument("--preset", default="paper-mbv2-r50", choices=presets)

@@ -6,6 +6,7 @@ import json
 from adafocus.core.config import get_preset
 from adafocus.core.flops import format_cost_table
 from adafocus.core.model import UniAdaFocus
+from adafocus.reports.results import save_result
 
 
 def bench_flops_command(args) -> int:
@@ -14,6 +15,12 @@ def bench_flops_command(args) -> int:
         overrides["num_classes"] = args.num_classes
     model = UniAdaFocus(get_preset(args.preset, **overrides).model)
     components, exits = model.component_costs(), model.exit_costs()
+    if args.results:
+        summary = {**{f"{name} GMACs": cost for name, cost in components.items()},
+                   **{f"exit {k} GMACs": cost for k, cost in enumerate(exits)}}
+        path = save_result(f"flops-{args.preset}", f"adafocus bench flops --preset {args.preset}", summary,
+                           title=f"Costs of {args.preset} (GMACs per sample)", results_dir=args.results)
+        print(f"result: {path}")
     if args.json:
         print(json.dumps({"preset": args.preset, "unit": "GMACs per sample", "components": components,
                           "exits": exits}, indent=2))
