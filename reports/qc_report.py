@@ -4,8 +4,8 @@ every preprocessed scan, its three mid-planes with the template's brain outline 
 datasets/mri/template.py) drawn over them, beside its scores and flag.
 
 Written to `out_dir`: `qc.tsv`, `qc.html` and `qc_images/sub-<pid>_ses-<sid>_qc.png`, every file atomically.
-Only participant and session ids identify a scan: no source paths (file names can hold names) and no header
-fields.
+Only participant and session ids identify a scan: no source paths, file or folder names (they can hold
+names; error reasons have them replaced by "<scan file>") and no header fields.
 """
 from __future__ import annotations
 
@@ -77,6 +77,16 @@ def qc_figure_png(volume: np.ndarray, affine: np.ndarray, title: str) -> bytes:
     return buffer.getvalue()
 
 
+def redacted(text: str, row: ManifestRow) -> str:
+    """`text` without the scan's file and folder names (error reasons name the file; names can identify)."""
+    if row.source_path is not None:
+        for name in sorted({row.source_path.name, row.source_path.stem, row.source_path.parent.name}, key=len,
+                           reverse=True):
+            if len(name) > 2:
+                text = text.replace(name, "<scan file>")
+    return text
+
+
 def _cell(value: object) -> str:
     if value is None:
         return ""
@@ -97,7 +107,7 @@ def _html_page(rows: list[ManifestRow], images: dict[int, str]) -> str:
              f"unless asked for.</p>"), "<table><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>"]
     for i, row in enumerate(rows):
         flag = row.qc_flag or ("error" if row.is_error else "")
-        reason = row.qc_reason or (row.status.removeprefix("error: ") if row.is_error else "")
+        reason = redacted(row.qc_reason or (row.status.removeprefix("error: ") if row.is_error else ""), row)
         scales = "" if row.qc_scale_min is None else f"{row.qc_scale_min:.2f}-{row.qc_scale_max:.2f}"
         probe = "" if row.qc_probe_gain is None else f"best {row.qc_probe_best}, gain {row.qc_probe_gain:+.2f}"
         image = f"<img src='{html.escape(images[i])}' alt='QC mid-planes'>" if i in images else ""
@@ -136,7 +146,7 @@ def write_qc_report(cache_dir: str | Path, out_dir: str | Path) -> dict[str, Pat
     writer = csv.writer(buffer, delimiter="\t", lineterminator="\n")
     writer.writerow(TSV_COLUMNS)
     for i, row in enumerate(rows):
-        writer.writerow([row.participant_id, row.session_id, row.status,
+        writer.writerow([row.participant_id, row.session_id, redacted(row.status, row),
                          *(_cell(getattr(row, c)) for c in QC_COLUMNS), images.get(i, "")])
     atomic_write_text(out_dir / TSV_NAME, buffer.getvalue())
     atomic_write_text(out_dir / HTML_NAME, _html_page(rows, images))

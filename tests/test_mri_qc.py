@@ -223,3 +223,16 @@ def test_true_oasis_dimensions_preprocess_with_the_marker_on_the_left(tmp_path, 
     result = read_qc_json(out)
     assert result.flag == "pass" and result.scores.ncc >= 0.90
     assert _marker_centre_mm(out)[0] < -50
+
+
+def test_qc_report_keeps_file_names_out_of_error_reasons(tmp_path):
+    source = tmp_path / "raw" / "Doe_Jane" / "Doe_Jane_T1.nii.gz"
+    row = ManifestRow("sub-07", "ses-1", 0, "CN", None, "", source,
+                      status="error: load: unreadable file: Doe_Jane_T1.nii.gz: EOFError: truncated")
+    write_manifest([row], tmp_path / "cache" / "manifest.tsv")
+    paths = write_qc_report(tmp_path / "cache", tmp_path / "report")
+    for path in (paths["tsv"], paths["html"]):
+        text = path.read_text()
+        assert "Doe" not in text and "<scan file>" in text.replace("&lt;scan file&gt;", "<scan file>")
+        assert "sub-07" in text and "unreadable file" in text
+    assert paths["images"] == []
