@@ -12,10 +12,10 @@ encoder's ``body`` is swapped for an ``EngineBody`` that takes and returns torch
   ``FORMAT_VERSION``. A second load of the same checkpoint reads the IR and does not convert again.
 - A fresh export is checked against torch on an example batch; any failure (unsupported op, conversion
   error, a mismatch) keeps the torch body and logs one line.
-- ``fp32`` is the default; ``bf16`` is offered only where the CPU has native bf16 support (OpenVINO reports
+- ``fp32`` is ``prepare_for_inference``'s default (the command line's is ``auto``, below); ``bf16`` is offered only where the CPU has native bf16 support (OpenVINO reports
   "BF16" in its CPU capabilities), never emulated; ``int8`` quantizes the two encoders with nncf's
   post-training quantization, calibrated on clips of the data being scored, and is offered with its measured
-  agreement with torch fp32 (``prediction_agreement``: top-1 and exit decisions).
+  agreement with torch fp32 (``prediction_agreement``: top-1, largest probability difference, exit decisions).
 - Every model is compiled by one process-wide ``openvino.Core`` under ``keep_signal_stack``: OpenVINO's CPU
   plugin otherwise leaves the thread's alternate signal stack in freed memory, and the process died with
   SIGSEGV when a DataLoader worker exited (see ``keep_signal_stack``).

@@ -276,15 +276,17 @@ def record_component_calls(module, call: Callable[[], object]) -> dict[str, list
 
 
 def component_seconds(module, call: Callable[[], object], device: torch.device, *, warmup: int = 1,
-                      repeats: int = 3) -> dict[str, float]:
-    """Seconds per call of each ROOFLINE_PARTS component of ``module`` alone: its calls during one ``call()``
-    (``record_component_calls``) replayed back to back, median of ``repeats`` (components timed in turns)."""
+                      repeats: int = 3) -> tuple[dict[str, float], float]:
+    """({component: seconds alone}, seconds of the whole ``call()``): each ROOFLINE_PARTS component of
+    ``module`` alone is its calls during one ``call()`` (``record_component_calls``) replayed back to back;
+    the components and the whole call are timed in the same turns (median of ``repeats``), so a change in
+    machine load hits the roofline and the practical time alike."""
     calls = record_component_calls(module, call)
     names = [name for name, _ in ROOFLINE_PARTS]
     replays = [lambda recorded=calls[name]: [method(*args, **kwargs) for method, args, kwargs in recorded]
                for name in names]
-    seconds = time_round_robin(replays, device, warmup=warmup, repeats=repeats)
-    return {name: (spent if calls[name] else 0.0) for name, spent in zip(names, seconds)}
+    *seconds, whole = time_round_robin([*replays, call], device, warmup=warmup, repeats=repeats)
+    return {name: (spent if calls[name] else 0.0) for name, spent in zip(names, seconds)}, whole
 
 
 def bench_speed(model_config: ModelConfig, *, device: str = "auto", batch: int = 8, warmup: int = 2,
@@ -295,9 +297,10 @@ def bench_speed(model_config: ModelConfig, *, device: str = "auto", batch: int =
     practical_ratio, efficiency}; with an engine other than torch also {torch_videos_per_s, speedup}: the same
     variant with torch fp32, timed in the same turns; with a precision other than fp32 also {agreement}: the
     Uni-AdaFocus rows' predictions and exits against torch fp32 on the timed clips (``prediction_agreement``).
-    With ``roofline``: {components_s, roofline_s, roofline_ratio, practical_over_roofline} (and torch_... for
-    torch fp32): each component alone at the batch it ran in (``component_seconds``), their sum, the
-    baseline's roofline over this one, and the practical time over the roofline. ``precision="auto"``: by the
+    With ``roofline``: {components_s, roofline_s, roofline_practical_s, roofline_ratio, practical_over_roofline}
+    (and torch_... for torch fp32): each component alone at the batch it ran in (``component_seconds``), their
+    sum, the whole call timed in the same turns as they were, the baseline's roofline over this one, and that
+    practical time over the roofline. ``precision="auto"``: by the
     CPU's flags (``resolve_precision``)."""
     dev = resolve_device(device)
     precision = resolve_precision(engine, dev, precision, allow_int8=True)
@@ -341,12 +344,12 @@ def bench_speed(model_config: ModelConfig, *, device: str = "auto", batch: int =
             if reference is not None and precision != "fp32" and i > 0:
                 row["agreement"] = prediction_agreement(reference[0], model, clip, policies.get(fraction))
             if roofline:
-                row["components_s"] = component_seconds(baseline if i == 0 else model, run, dev, warmup=1,
-                                                        repeats=repeats)
+                row["components_s"], row["roofline_practical_s"] = component_seconds(
+                    baseline if i == 0 else model, run, dev, warmup=1, repeats=repeats)
                 if reference is not None:
-                    row["torch_components_s"] = component_seconds(reference[1] if i == 0 else reference[0],
-                                                                  reference_variants[i][1], dev, warmup=1,
-                                                                  repeats=repeats)
+                    row["torch_components_s"], row["torch_roofline_practical_s"] = component_seconds(
+                        reference[1] if i == 0 else reference[0], reference_variants[i][1], dev, warmup=1,
+                        repeats=repeats)
             rows.append(row)
     base = rows[0]
     for row in rows:
@@ -358,7 +361,8 @@ def bench_speed(model_config: ModelConfig, *, device: str = "auto", batch: int =
         for prefix in ("", "torch_") if reference is not None else ("",):
             if f"{prefix}components_s" in row:
                 row[f"{prefix}roofline_s"] = sum(row[f"{prefix}components_s"].values())
-                row[f"{prefix}practical_over_roofline"] = row[f"{prefix}seconds"] / row[f"{prefix}roofline_s"]
+                row[f"{prefix}practical_over_roofline"] = (row[f"{prefix}roofline_practical_s"]
+                                                           / row[f"{prefix}roofline_s"])
     for row in rows:
         for prefix in ("", "torch_"):
             if f"{prefix}roofline_s" in row:
@@ -533,9 +537,9 @@ def format_speed_table(rows: list[dict]) -> str:
 
 
 def format_roofline_table(rows: list[dict], precision: str = "") -> str:
-    """Practical time per batch beside the per-component roofline (each component alone at the batch it ran
-    in, summed) and the GMACs theory: one table for the engine's precision and, where it ran beside, one for
-    torch fp32. Speed-ups (x) are against the static baseline's row of the same table."""
+    """Practical time per batch (timed in turns with its components) beside the per-component roofline (each
+    component alone at the batch it ran in, summed) and the GMACs theory: one table for the engine's precision
+    and, where it ran beside, one for torch fp32. Speed-ups (x) are against the static baseline's row."""
     sides = [("", precision or rows[0]["engine"])] + ([("torch_", "torch fp32")] if "torch_roofline_s" in rows[0]
                                                       else [])
     parts = list(rows[0]["components_s"])
@@ -548,9 +552,9 @@ def format_roofline_table(rows: list[dict], precision: str = "") -> str:
         lines = [header, "-" * len(header)]
         base = rows[0]
         for r in rows:
-            practice = base[f"{prefix}seconds"] / r[f"{prefix}seconds"]
+            practice = base[f"{prefix}roofline_practical_s"] / r[f"{prefix}roofline_practical_s"]
             lines.append(f"{r['name']:42s} {r['theoretical_ratio']:8.2f} {r[f'{prefix}roofline_ratio']:10.2f} "
-                         f"{practice:10.2f} {r[f'{prefix}seconds']:11.3f} {r[f'{prefix}roofline_s']:10.3f} "
+                         f"{practice:10.2f} {r[f'{prefix}roofline_practical_s']:11.3f} {r[f'{prefix}roofline_s']:10.3f} "
                          f"{r[f'{prefix}practical_over_roofline']:18.2f} "
                          + " ".join(f"{r[f'{prefix}components_s'][p]:12.3f}" for p in parts))
         blocks.append("\n".join(lines))
@@ -631,7 +635,7 @@ def speed_result_tables(result: dict) -> tuple[dict, dict]:
             summary[f"{key}.speedup_vs_torch_fp32"] = row["speedup"]
         for prefix, label in (("", ""), ("torch_", "torch_fp32_")):
             if f"{prefix}roofline_s" in row:
-                table_row.update({f"{label}practical_s": row[f"{prefix}seconds"],
+                table_row.update({f"{label}practical_s": row[f"{prefix}roofline_practical_s"],
                                   f"{label}roofline_s": row[f"{prefix}roofline_s"],
                                   f"{label}roofline_x": row[f"{prefix}roofline_ratio"],
                                   f"{label}practical_over_roofline": row[f"{prefix}practical_over_roofline"],
@@ -696,7 +700,7 @@ def bench_speed_command(args) -> int:
             print(f"{result['precision']} vs torch fp32, {row['name']}: {format_agreement(row['agreement'])}")
     if "roofline_s" in result["rows"][0]:
         print(f"\npractical time against the per-component roofline (seconds per batch of {args.batch}; each "
-              "component alone at the batch it runs in; roofline = their sum)")
+              "component alone at the batch it runs in; roofline = their sum; practical timed in the same turns)")
         print(format_roofline_table(result["rows"], f"{result['engine']} {result['precision']}"))
     print("\nwhere the time goes: each encoder alone")
     print(format_encoder_table(result["encoders"]))
