@@ -113,6 +113,11 @@ def add_ray(parser: argparse.ArgumentParser, what: str) -> None:
                              "on that cluster (put --ray after the inputs)")
 
 
+def add_include_qc_failed(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--include-qc-failed", action="store_true",
+                        help="scans: also use scans whose registration failed QC (left out by default, and listed)")
+
+
 def add_budget(parser: argparse.ArgumentParser, what: str = "input") -> None:
     parser.add_argument("--budget", type=float, default=None, metavar="GMACS",
                         help=f"mean GMACs per {what} (early exit; thresholds from `adafocus calibrate` or refitted "
@@ -188,6 +193,14 @@ def cmd_cv(args: argparse.Namespace) -> int:
     return cv_command(args)
 
 
+def cmd_qc(args: argparse.Namespace) -> int:
+    from adafocus.reports.qc_report import write_qc_report
+
+    written = write_qc_report(Path(args.cache), Path(args.out) if args.out else Path(args.cache) / "qc")
+    print(f"QC report: {written['html']}  (table: {written['tsv']}, {len(written['images'])} images)")
+    return 0
+
+
 def cmd_report_results(args: argparse.Namespace) -> int:
     from adafocus.reports.results import write_results_page
 
@@ -255,6 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "model, every class otherwise)")
     add_device(p)
     add_engine(p)
+    add_include_qc_failed(p)
     p.set_defaults(func=command("adafocus.apps.scoring.command", "score_command"))
 
     p = sub.add_parser("preprocess", help="ADNI / OASIS-1 / PPMI download or BIDS -> manifest.tsv + t1-linear cache")
@@ -270,6 +284,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_quiet(p)
     add_ray(p, "preprocess each scan as a Ray task (Ray Data)")
     p.set_defaults(func=cmd_preprocess)
+
+    p = sub.add_parser("qc", help="registration quality report of a preprocessed cache (TSV + HTML with images)")
+    p.add_argument("cache", metavar="CACHE", help="a cache folder written by `adafocus preprocess`")
+    add_out(p, "report folder (default CACHE/qc)", required=False)
+    p.set_defaults(func=cmd_qc)
 
     p = sub.add_parser("train", help="train a model into a run folder")
     p.add_argument("--data", default="synthetic",
@@ -292,6 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-resume", action="store_true", help="start over even if RUN/last.pt exists")
     add_quiet(p)
     add_device(p)
+    add_include_qc_failed(p)
     p.set_defaults(func=command("adafocus.apps.runs.train", "train_command"))
 
     p = sub.add_parser("cv", help="participant-level k-fold cross-validation on a preprocessed manifest + report")
@@ -308,6 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report-only", action="store_true", help="only assemble DIR's report from finished folds")
     add_quiet(p)
     add_device(p)
+    add_include_qc_failed(p)
     p.set_defaults(func=cmd_cv)
 
     p = sub.add_parser("calibrate", help="fit early-exit thresholds for a compute budget on the run's own "

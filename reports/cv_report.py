@@ -179,6 +179,15 @@ def _fmt(value: float, digits: int = 3) -> str:
     return "n/a" if not np.isfinite(value) else f"{value:.{digits}f}"
 
 
+def left_out_line(left_out: list[dict]) -> str:
+    """The report's line on the manifest rows that were not used (with why), e.g. QC-failed registrations."""
+    if not left_out:
+        return "- every manifest row was used"
+    listed = "; ".join(f"{r['participant_id']} {r['session_id']}: {r['reason']}" for r in left_out[:20])
+    more = f"; and {len(left_out) - 20} more (cv.json)" if len(left_out) > 20 else ""
+    return f"- {len(left_out)} manifest row{'s' if len(left_out) != 1 else ''} left out: {listed}{more}"
+
+
 def _markdown(experiment: dict, rows: list[dict], folds: list[dict], n_participants: int) -> str:
     n_folds = len(folds)
     preset, clip = experiment["preset_name"], experiment["clip"]
@@ -195,6 +204,7 @@ def _markdown(experiment: dict, rows: list[dict], folds: list[dict], n_participa
         f" GMACs per scan"),
         (f"- metrics count each of the {n_participants} participants once (baseline session); 95% CIs: "
         f"percentile bootstrap over participants ({BOOTSTRAP_RESAMPLES} resamples) of the pooled test predictions"),
+        left_out_line(experiment.get("left_out") or []),
         "", "| metric | mean ± SD over folds | pooled [95% CI] | " + " | ".join(f"fold {i}" for i in range(n_folds))
         + " |", "|---|---|---|" + "---|" * n_folds]
     for r in rows:

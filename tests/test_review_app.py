@@ -451,9 +451,18 @@ def test_app_refuses_a_video_path_outside_the_folder(app_env, tmp_path, monkeypa
     assert "outside the folders" in at.error[0].value
 
 
+def test_app_scores_as_the_cli_does_registration_qc_included(app_env):
+    at = run_app("Score a scan")
+    at.selectbox(key="score_pick").set_value("cache/sub-P000/t1_pre.nii.gz").run()
+    at.button(key="score_run").click().run()
+    assert not at.exception and not at.success  # the fixture's blob is no brain: its registration fails QC
+    assert at.error[0].value.startswith("Scoring failed: QC failed: registration failed: NCC")
+
+
 def test_app_budget_switch_changes_the_exit_used_for_scoring(app_env):
     at = run_app("Score a scan")
     at.selectbox(key="score_pick").set_value("cache/sub-P000/t1_pre.nii.gz").run()
+    at.checkbox(key="score_qc_failed").check().run()
     at.button(key="score_run").click().run()
     assert "exit 2" in at.success[0].value  # no budget: every exit
     at.radio(key="view").set_value("Budget").run()
@@ -465,6 +474,7 @@ def test_app_budget_switch_changes_the_exit_used_for_scoring(app_env):
     assert f"{low:.4g} GMACs" in at.sidebar.caption[-1].value
     at.radio(key="view").set_value("Score a scan").run()  # widgets of a page not shown are reset
     at.selectbox(key="score_pick").set_value("cache/sub-P000/t1_pre.nii.gz").run()
+    at.checkbox(key="score_qc_failed").check().run()
     at.button(key="score_run").click().run()
     assert "exit 0" in at.success[0].value  # the cheapest budget stops after the glance
 

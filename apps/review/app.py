@@ -569,6 +569,19 @@ def scored_scan(row, roots) -> dict | None:
             "axis": record.get("axis", "sagittal"), "class_names": dict(enumerate(info.get("class_names", [])))}
 
 
+def qc_line(st, preprocessed: str) -> None:
+    """The scan's registration QC flag and reason (datasets/mri/qc.py), next to the prediction."""
+    flag, reason = rl.registration_qc(preprocessed)
+    if flag == "pass":
+        st.caption(f"Registration QC: pass. {reason}")
+    elif flag == "warn":
+        st.warning(f"Registration QC: warn. {reason}")
+    elif flag == "fail":
+        st.error(f"Registration QC: fail. {reason} The prediction is not to be trusted.")
+    else:
+        st.caption("Registration QC: not recorded for this scan (preprocessed before QC existed).")
+
+
 def open_scan(st, row, roots):
     """Everything the scan view needs, or None after showing why it cannot be opened."""
     try:
@@ -596,6 +609,7 @@ def scan_view(st, row, roots, store: ra.AuditLog) -> None:
     prediction_header(st, f"Scan {row['name']}", class_label(names, row["prediction"]), row)
     if scan is None:
         return
+    qc_line(st, scan["path"])
     if names:
         st.caption("Classes: " + ", ".join(f"{k} = {v}" for k, v in sorted(names.items())))
     window, cursor = scan_controls(st, scan, row["item_id"])
@@ -765,11 +779,13 @@ def score_page(st, folders, roots, threshold) -> None:
     if validated is None:
         return
     st.table([rl.header_summary(validated.image, show_identifiers=st.session_state.get("show_identifiers", False))])
+    include_failed = st.checkbox("Score even if its registration fails QC", value=False, key="score_qc_failed")
     if not st.button("Score", key="score_run"):
         return
     work = Path(tempfile.mkdtemp(prefix="adafocus-review-score-"))
     with st.spinner("Preprocessing and scoring…"):
-        record = rl.score_new_scan(folders["model"], source, work, budget=st.session_state.get("budget"))
+        record = rl.score_new_scan(folders["model"], source, work, budget=st.session_state.get("budget"),
+                                   include_qc_failed=include_failed)
     if record.get("status") != "ok":
         st.error(f"Scoring failed: {record.get('error') or 'no result'}")
         return

@@ -463,15 +463,17 @@ def header_summary(image: nib.Nifti1Image, *, show_identifiers: bool = False) ->
 
 # ------------------------------------------------------------------------------------- scoring a new scan
 def score_new_scan(model: str | Path, source: str | Path, work_dir: str | Path, *,
-                   budget: float | None = None) -> dict:
+                   budget: float | None = None, include_qc_failed: bool = False) -> dict:
     """Score one scan through apps/scoring exactly as `adafocus score --model RUN` would (the run's own
-    t1-linear settings and clip spec); the details record (status ok or error with a reason)."""
+    t1-linear settings and clip spec, registration QC included); the details record (status ok, or error
+    with a reason)."""
     from adafocus.apps.scoring.scans import score_one_scan
     from adafocus.core.engine import ENV_ENGINE, ENV_PRECISION
 
     # `adafocus app --engine/--precision` (auto by default: the precision the run's agreement allows)
     return score_one_scan(model, source, work_dir, budget=budget, engine=os.environ.get(ENV_ENGINE) or "auto",
-                          precision=os.environ.get(ENV_PRECISION) or "fp32")
+                          precision=os.environ.get(ENV_PRECISION) or "fp32",
+                          include_qc_failed=include_qc_failed)
 
 
 def selected_regions_table(record: dict) -> list[dict]:
@@ -632,3 +634,11 @@ def _maybe_int(value) -> int | None:
         return int(value)
     except (TypeError, ValueError):
         return None
+
+
+def registration_qc(preprocessed: str | Path) -> tuple[str, str]:
+    """(flag, reason) of a preprocessed scan's registration QC ("", "" when none was recorded)."""
+    from adafocus.datasets.mri.qc import read_qc_json
+
+    result = read_qc_json(preprocessed)
+    return ("", "") if result is None else (result.flag, result.reason)

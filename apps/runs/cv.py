@@ -42,7 +42,7 @@ from adafocus.datasets.mri.dataset import (
     collate_scans,
     training_augmentation,
 )
-from adafocus.datasets.mri.manifest import ManifestRow
+from adafocus.datasets.mri.manifest import ManifestRow, manifest_rows_for_use
 from adafocus.datasets.mri.scan_record import format_boxes_3d, scan_slice_record
 from adafocus.datasets.splits import (
     Fold,
@@ -51,10 +51,9 @@ from adafocus.datasets.splits import (
     load_or_make_folds,
     write_training_participants,
 )
-from adafocus.reports.cv_report import CV_JSON, cv_summary_line, fold_dir, write_cv_report
+from adafocus.reports.cv_report import CV_JSON, PREDICTIONS_FILE, cv_summary_line, fold_dir, write_cv_report
 from adafocus.reports.metrics import binary_metrics, fit_review_threshold, normalised_entropy, triage_summary
 from adafocus.reports.tables import read_tsv, tsv_text
-from adafocus.reports.cv_report import PREDICTIONS_FILE
 from torch.utils.data import DataLoader
 
 PREDICTION_COLUMNS = ("participant_id", "session_id", "baseline", "label", "prediction", "probability", "exit",
@@ -216,7 +215,8 @@ def load_or_write_experiment(out_dir: Path, experiment: dict) -> dict:
     path = out_dir / CV_JSON
     if path.exists():
         saved = json.loads(path.read_text(encoding="utf-8"))
-        differing = sorted(k for k in experiment if saved.get(k) != experiment[k])
+        differing = sorted(k for k in experiment if saved.get(k) != experiment[k]
+                           and (k in saved or k != "left_out"))  # cv.json written before "left_out" existed
         if differing:
             raise ValueError(f"{out_dir} holds a cross-validation with other settings ({', '.join(differing)}); "
                              f"use another --out, or the same settings")
@@ -230,20 +230,25 @@ def run_cv(manifest: str | Path, out_dir: str | Path, *, preset: str | Preset = 
            fold: int | None = None, budget: float | None = None, epochs: int | None = None,
            axis: str = "sagittal", discard_border: float = 0.15, context: int = 1, seed: int = 0,
            validation_fraction: float = 0.2, device: str = "auto", progress: bool = True,
-           log: Callable[[str], None] = print) -> dict:
+           log: Callable[[str], None] = print, include_qc_failed: bool = False) -> dict:
     """Run all folds (or only `fold`) of a participant-level k-fold CV; without `fold`, also assemble the report.
 
-    `preset` is a preset name or a Preset. Returns {"folds": {index: metrics}, "report": path or None}."""
+    `preset` is a preset name or a Preset. Scans whose registration failed QC stay out unless
+    `include_qc_failed`; what was left out is logged and listed in cv.json ("left_out") and the report.
+    Returns {"folds": {index: metrics}, "report": path or None}."""
     out_dir = Path(out_dir)
-    rows = usable_rows(manifest)
+    _, left_out = manifest_rows_for_use(manifest, include_qc_failed=include_qc_failed)
+    rows = usable_rows(manifest, include_qc_failed=include_qc_failed, log=log)
     preset_name = preset if isinstance(preset, str) else "custom"
     preset = get_preset(preset) if isinstance(preset, str) else preset
     if epochs is not None:
         preset.train.epochs = epochs
     preset.train.seed = seed
     spec = ClipSpec.for_preset(preset, axis=axis, discard_border=discard_border, context=context)
-    load_or_write_experiment(out_dir, _experiment(Path(manifest), preset, preset_name, spec, folds, seed,
-                                                  validation_fraction, budget))
+    experiment = _experiment(Path(manifest), preset, preset_name, spec, folds, seed, validation_fraction, budget)
+    experiment["left_out"] = [{"participant_id": r.participant_id, "session_id": r.session_id, "reason": why}
+                              for r, why in left_out]
+    load_or_write_experiment(out_dir, experiment)
     all_folds = load_or_make_folds(as_scans(rows), out_dir / "splits", folds, seed=seed,
                                    validation_fraction=validation_fraction)
     if fold is not None and not 0 <= fold < folds:
@@ -276,5 +281,5 @@ def cv_command(args) -> int:
         raise FileNotFoundError(f"no manifest at {args.data}; write one with `adafocus preprocess`")
     run_cv(args.data, args.out, preset=args.preset, folds=args.folds, fold=args.fold, budget=args.budget,
            epochs=args.epochs, axis=args.axis, context=args.context, seed=args.seed, device=args.device,
-           progress=not args.quiet)
+           progress=not args.quiet, include_qc_failed=args.include_qc_failed)
     return 0

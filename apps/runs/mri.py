@@ -34,7 +34,11 @@ from adafocus.datasets.mri.dataset import (
     is_usable,
     training_augmentation,
 )
-from adafocus.datasets.mri.manifest import ManifestRow, read_manifest
+from adafocus.datasets.mri.manifest import (
+    ManifestRow,
+    manifest_rows_for_use,
+    summarise_left_out,
+)
 from adafocus.datasets.mri.preprocess import TEMPLATE_SPACE, read_t1_linear_config
 from adafocus.datasets.splits import as_scans, holdout_split, write_training_participants
 from torch.utils.data import DataLoader, Dataset
@@ -42,11 +46,17 @@ from torch.utils.data import DataLoader, Dataset
 DEFAULT_VALIDATION_FRACTION = 0.2
 
 
-def usable_rows(manifest: str | Path) -> list[ManifestRow]:
-    """Rows of a manifest that can be scored; ValueError if none (e.g. preprocessing has not run)."""
-    rows = [r for r in read_manifest(manifest) if is_usable(r)]
+def usable_rows(manifest: str | Path, *, include_qc_failed: bool = False,
+                log: Callable[[str], None] | None = None) -> list[ManifestRow]:
+    """Rows of a manifest that can be used (preprocessed, file present, registration QC not failed unless
+    `include_qc_failed`); what is left out is summarised through `log`. ValueError if none is usable."""
+    rows, left_out = manifest_rows_for_use(manifest, include_qc_failed=include_qc_failed)
+    rows = [r for r in rows if is_usable(r)]
     if not rows:
         raise ValueError(f"{manifest} has no preprocessed scans (status ok); run `adafocus preprocess` first")
+    if log is not None and left_out:
+        log(f"{summarise_left_out(left_out)} (see the manifest's status / qc_reason columns"
+            + ("" if include_qc_failed else "; --include-qc-failed keeps QC-failed scans") + ")")
     return rows
 
 
@@ -88,9 +98,11 @@ def read_participant_split(run: RunFolder) -> dict[str, set[str]]:
 def train_on_manifest(manifest: str | Path, preset: Preset, out_dir: str | Path, *, axis: str = "sagittal",
                       context: int = 1, discard_border: float = 0.15,
                       validation_fraction: float = DEFAULT_VALIDATION_FRACTION, device: str = "auto",
-                      resume: bool = True, progress: bool = True, log: Callable[[str], None] = print) -> dict:
-    """Train on the manifest's usable rows with a participant-level held-out split; calibrate the default budget."""
-    rows = usable_rows(manifest)
+                      resume: bool = True, progress: bool = True, log: Callable[[str], None] = print,
+                      include_qc_failed: bool = False) -> dict:
+    """Train on the manifest's usable rows with a participant-level held-out split; calibrate the default budget.
+    Scans whose registration failed QC stay out unless `include_qc_failed` (the log says what was left out)."""
+    rows = usable_rows(manifest, include_qc_failed=include_qc_failed, log=log)
     run = RunFolder(out_dir)
     run.path.mkdir(parents=True, exist_ok=True)
     if run.participant_split.is_file():  # resuming: keep the split the weights were trained on

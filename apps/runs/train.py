@@ -35,7 +35,8 @@ def train_command(args) -> int:
     elif args.data.endswith(".tsv"):
         from adafocus.apps.runs.mri import train_on_manifest
 
-        summary = train_on_manifest(args.data, preset, args.out, axis=args.axis, context=args.context, **common)
+        summary = train_on_manifest(args.data, preset, args.out, axis=args.axis, context=args.context,
+                                    include_qc_failed=args.include_qc_failed, **common)
     else:
         from adafocus.apps.runs.video import train_on_videos
 

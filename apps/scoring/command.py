@@ -27,7 +27,8 @@ def score_command(args) -> int:
         summary = score_scans(args.inputs, args.model, args.out, details=args.details, budget=args.budget,
                               cache=args.cache, device=args.device, workers=args.workers,
                               batch_size=args.batch_size, progress=not args.quiet, executor=executor,
-                              engine=args.engine, precision=args.precision)
+                              engine=args.engine, precision=args.precision,
+                              include_qc_failed=args.include_qc_failed)
     else:
         out_csv, details = output_paths(args.out, args.details)
         windows = parse_windows(getattr(args, "windows", None))

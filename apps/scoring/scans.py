@@ -54,6 +54,7 @@ from adafocus.datasets.mri.preprocess import (
     read_t1_linear_config,
     t1_linear_config_from,
 )
+from adafocus.datasets.mri.qc import read_qc_json
 from adafocus.datasets.mri.scan_record import ScanSliceRecord, scan_slice_record
 from adafocus.datasets.mri.slices import volume_to_clip
 from adafocus.datasets.mri.volume import DICOM_SUFFIX, NIFTI_SUFFIXES
@@ -156,6 +157,15 @@ def preprocess_scans(scans: Sequence[ScanInput], cache: Path, t1_settings: dict,
 
 
 # -------------------------------------------------------------------------------------------- scoring
+def qc_checked(prepared: tuple[Path | None, str]) -> tuple[Path | None, str]:
+    """A preprocessed scan whose registration QC failed becomes (None, "QC failed: <reason> ...")."""
+    path, reason = prepared
+    result = read_qc_json(path) if path is not None else None
+    if result is not None and result.flag == "fail":
+        return None, f"QC failed: {result.reason} (--include-qc-failed scores it anyway)"
+    return prepared
+
+
 def load_scan_clip(path: Path, spec: ClipSpec) -> tuple[torch.Tensor, ScanSliceRecord]:
     """A preprocessed volume -> (clip [T, C, S, S], its slice record with the three coordinate systems)."""
     volume, spacing = load_preprocessed(path)
@@ -241,8 +251,10 @@ def score_scans(inputs: Sequence[str], model: str | Path, out: str | Path, *, de
                 budget: float | None = None, cache: str | Path | None = None, device: str = "auto",
                 workers: int = 2, batch_size: int = 8, progress: bool = True,
                 log: Callable[[str], None] = print, executor: ScanExecutor | None = None,
-                engine: str = "auto", precision: str = "fp32") -> ScoreSummary:
+                engine: str = "auto", precision: str = "fp32", include_qc_failed: bool = False) -> ScoreSummary:
     """Preprocess (cached) and score scans with an MRI run folder; see the module docstring for outputs.
+    A scan whose registration failed QC (datasets/mri/qc.py) is a row with the QC reason unless
+    `include_qc_failed`.
     `executor` runs the preprocessing (datasets/mri/preprocess.py; `score --ray` passes Ray's); `engine` and
     `precision` as for videos (adafocus.core.engine; int8 is for videos only so far, so auto is bf16 or fp32)."""
     started = time.perf_counter()
@@ -270,6 +282,8 @@ def score_scans(inputs: Sequence[str], model: str | Path, out: str | Path, *, de
     cache_dir = Path(cache) if cache is not None else out_csv.parent / "cache"
     prepared = preprocess_scans(todo, cache_dir, t1_linear_settings(run), workers=workers, progress=progress,
                                 executor=executor)
+    if not include_qc_failed:
+        prepared = {key: qc_checked(value) for key, value in prepared.items()}
     spec, seen = clip_spec_of(run.card), _training_participants(run)
     loop_started = time.perf_counter()
     for first in range(0, len(todo), batch_size):
@@ -316,9 +330,10 @@ def scored_scan_records(folder: str | Path) -> list[dict]:
 
 
 def score_one_scan(model: str | Path, path: str | Path, out_dir: str | Path, *, budget: float | None = None,
-                   device: str = "auto", engine: str = "auto", precision: str = "fp32") -> dict:
+                   device: str = "auto", engine: str = "auto", precision: str = "fp32",
+                   include_qc_failed: bool = False) -> dict:
     """Score one scan (e.g. an upload in the review app) exactly as `adafocus score` would, with the model's
     own t1-linear settings and clip spec, into `out_dir`; returns its details record (status ok or error)."""
     score_scans([str(path)], model, out_dir, budget=budget, device=device, workers=1, progress=False,
-                log=lambda message: None, engine=engine, precision=precision)
+                log=lambda message: None, engine=engine, precision=precision, include_qc_failed=include_qc_failed)
     return read_details(output_paths(out_dir)[1]).get(str(Path(path).absolute()), {})
