@@ -37,7 +37,8 @@ test-slow: $(STAMP)
 test-browser: $(STAMP)
 	$(BIN)/python -m pytest -q -m browser
 
-# score --ray / preprocess --ray on a local 2-CPU Ray instance (installs the `cluster` extra: ray[data]).
+# score --ray / preprocess --ray on a local 2-CPU Ray instance, and on a cluster of three `ray start` nodes on
+# 127.0.0.1 that loses a worker node mid-run (installs the `cluster` extra: ray[data], psutil).
 test-cluster: $(STAMP)
 	$(BIN)/python -m pip install -q -c constraints.txt -e ".[cluster]"
 	$(BIN)/python -m pytest -q -m cluster

@@ -17,9 +17,9 @@ pytestmark = pytest.mark.cluster
 
 import nibabel as nib
 from adafocus.apps.cli import main as cli_main
-from adafocus.apps.scoring.videos import score_videos
 from adafocus.apps.scoring.outputs import read_rows
-from adafocus.apps.scoring.ray import ModelScorer, ray_init_kwargs, ray_scan_executor, score_on_ray
+from adafocus.apps.scoring.ray import ModelScorer, init_ray, ray_scan_executor, score_on_ray
+from adafocus.apps.scoring.videos import score_videos
 from adafocus.core.checkpoint import save_checkpoint
 from adafocus.core.config import get_preset
 from adafocus.core.model import UniAdaFocus
@@ -36,10 +36,11 @@ TIMING = ("decode_ms", "model_ms")
 
 @pytest.fixture(scope="module", autouse=True)
 def local_ray():
-    """One local Ray instance (2 CPUs, 127.0.0.1, no dashboard) for the module; `--ray` joins it."""
+    """One private local Ray instance (2 CPUs, 127.0.0.1, no dashboard) for the module, whatever cluster the
+    machine has registered; `--ray` in this process joins it."""
     ray = pytest.importorskip("ray")  # imported here: the default suite collects this file without Ray
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
-    ray.init(**ray_init_kwargs(None, num_cpus=2))
+    init_ray(None, num_cpus=2)
     yield
     ray.shutdown()
 
