@@ -80,12 +80,13 @@ def cached_volume(path: str):
     once per file version and shared."""
     @_cached("cache_resource", max_entries=16)
     def load(path: str, fingerprint: str):
-        import nibabel as nib
+        # The archive-aware reader (OASIS-1 Analyze orient codes, NIfTI sform/qform), then RAS voxel order.
+        from adafocus.datasets.mri.preprocess import OrientationRAS
+        from adafocus.datasets.mri.volume import load_volume
 
-        original = nib.load(path)
-        image = nib.as_closest_canonical(original)  # preprocessed scans are RAS already; raw ones may not be
-        volume = np.asarray(image.dataobj, dtype=np.float32).reshape(image.shape[:3])
-        return volume, tuple(float(z) for z in image.header.get_zooms()[:3]), image.affine
+        volume = OrientationRAS()(load_volume(path))
+        spacing = tuple(float(z) for z in np.sqrt((volume.affine[:3, :3] ** 2).sum(axis=0)))
+        return volume.array.astype(np.float32, copy=False), spacing, volume.affine
 
     return load(path, rr.file_fingerprint(path))
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -102,8 +103,11 @@ def collect_scan_inputs(inputs: Sequence[str]) -> list[ScanInput]:
         if path.is_file() and path.name.endswith(".tsv"):
             found += _manifest_inputs(path)
         elif path.is_dir() and is_bids(path):
-            found += [ScanInput(str(r.source_path), r.source_path, r.participant_id)
-                      for r in build_bids_manifest(path, classes=None)]
+            for row in build_bids_manifest(path, classes=None):
+                if row.source_path is None:  # e.g. a session whose anat/ holds no T1w: nothing to score
+                    print(f"{row.participant_id} {row.session_id}: not scored ({row.status})", file=sys.stderr)
+                else:
+                    found.append(ScanInput(str(row.source_path), row.source_path, row.participant_id))
         elif path.is_dir():
             found += [ScanInput(str(p), p) for p in find_scan_files(path)]
         else:
