@@ -115,8 +115,8 @@ def choose_run_precision(run: LoadedRun, engine: str = "auto", *, allow_int8: bo
             log(f"precision auto: fp32 (CPU flags for bf16/int8: {flags_text}; no native bf16"
                 + ("" if allow_int8 else ", int8 is not offered here") + ")")
         return "fp32", None
-    folder = run.folder
-    key = agreement_key(candidate, engine_version(candidate), flags, folder.checkpoint_digest())
+    folder, digest = run.folder, run.folder.checkpoint_digest()
+    key = agreement_key(candidate, engine_version(candidate), flags, digest)
     stored = folder.engine_agreements().get(key)
     clips = None
     if stored is None:
@@ -130,7 +130,7 @@ def choose_run_precision(run: LoadedRun, engine: str = "auto", *, allow_int8: bo
             return chosen, None
         measured = measure_agreement(run, used, candidate, clips)
         stored = {"precision": candidate, "engine": engine_version(candidate), "cpu_flags": list(flags),
-                  "checkpoint": folder.checkpoint.name, "checkpoint_sha256": folder.checkpoint_digest(),
+                  "checkpoint": folder.checkpoint.name, "checkpoint_sha256": digest,
                   **measured, "allowed": agreement_allows(measured),
                   "thresholds": {"top1_agreement": MIN_TOP1_AGREEMENT, "same_exits": MIN_SAME_EXITS},
                   "measured": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
