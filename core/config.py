@@ -379,6 +379,28 @@ PRESETS = {
 }
 
 
+CHANNEL_BACKBONES = ("tiny_cnn",)  # backbones whose first layer takes any number of input channels
+
+
+def with_input_channels(model: ModelConfig, channels: int) -> ModelConfig:
+    """The model config for frames of `channels` channels (MRI slices with context c have 2c + 1).
+
+    Grey frames (1 channel) and the config's own channel count need nothing. Otherwise both encoders must be
+    backbones that take an `in_chans` (CHANNEL_BACKBONES) and the normalisation is the first channel's,
+    repeated; ImageNet backbones take 3 channels and are refused in one line."""
+    if channels == 1 or channels == len(model.normalize_mean):
+        return model
+    fixed = [name for name in (model.glance_backbone, model.local_backbone) if name not in CHANNEL_BACKBONES]
+    if fixed:
+        raise ValueError(f"frames of {channels} channels (--context {(channels - 1) // 2}) need backbones that take "
+                         f"them; {', '.join(sorted(set(fixed)))} take {len(model.normalize_mean)}: use --context 1 "
+                         f"(or 0), or a preset built on {', '.join(CHANNEL_BACKBONES)} such as cpu-mri")
+    return dataclasses.replace(
+        model, glance_backbone_kwargs={**model.glance_backbone_kwargs, "in_chans": channels},
+        local_backbone_kwargs={**model.local_backbone_kwargs, "in_chans": channels},
+        normalize_mean=(model.normalize_mean[0],) * channels, normalize_std=(model.normalize_std[0],) * channels)
+
+
 def get_preset(name: str, **model_overrides: Any) -> Preset:
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; available: {', '.join(sorted(PRESETS))}")

@@ -1,6 +1,8 @@
 """Preprocessed scans as clips: shapes, slice bookkeeping, caching, refusal of unusable rows."""
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from _cv_fixtures import tiny_preset, write_preprocessed_cohort
@@ -97,3 +99,20 @@ def test_augmented_copies_are_made_once_per_scan_and_copy_and_shared_between_dat
     assert all(torch.equal(a, b) for a, b in zip(again, drawn))  # the same seed makes and draws the same copies
     with pytest.raises(ValueError, match="copies"):
         AugmentedCopies(0)
+
+
+def test_a_model_takes_the_channels_its_slice_context_gives():
+    import pytest
+    from adafocus.core.config import get_preset, with_input_channels
+    from adafocus.core.model import UniAdaFocus
+
+    tiny = get_preset("cpu-mri").model
+    assert with_input_channels(tiny, 3) is tiny and with_input_channels(tiny, 1) is tiny
+    five = with_input_channels(tiny, 5)
+    assert five.glance_backbone_kwargs["in_chans"] == five.local_backbone_kwargs["in_chans"] == 5
+    assert five.normalize_mean == (0.5,) * 5 and five.normalize_std == (0.25,) * 5
+    model = UniAdaFocus(dataclasses.replace(five, glance_pretrained=None, local_pretrained=None)).eval()
+    clip = torch.rand(1, five.num_candidates, 5, five.frame_size, five.frame_size)
+    assert model.infer(clip).probabilities.shape == (1, five.num_classes)
+    with pytest.raises(ValueError, match="--context 2"):
+        with_input_channels(get_preset("mri-paper").model, 5)

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from adafocus.apps.runs.mri import mri_card, usable_rows
-from adafocus.core.config import Preset, get_preset
+from adafocus.core.config import Preset, get_preset, with_input_channels
 from adafocus.core.device import resolve_device
 from adafocus.core.exits import ExitPolicy, budget_curve, exit_scores
 from adafocus.core.geometry import focus_locations
@@ -244,6 +244,7 @@ def run_cv(manifest: str | Path, out_dir: str | Path, *, preset: str | Preset = 
     if epochs is not None:
         preset.train.epochs = epochs
     preset.train.seed = seed
+    preset.model = with_input_channels(preset.model, 2 * context + 1)
     spec = ClipSpec.for_preset(preset, axis=axis, discard_border=discard_border, context=context)
     experiment = _experiment(Path(manifest), preset, preset_name, spec, folds, seed, validation_fraction, budget)
     experiment["left_out"] = [{"participant_id": r.participant_id, "session_id": r.session_id, "reason": why}

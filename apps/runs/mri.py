@@ -11,10 +11,11 @@ slice count, context, discarded borders, frame size and the cache's t1-linear se
 from __future__ import annotations
 
 import csv
+import dataclasses
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from adafocus.core.config import Preset
+from adafocus.core.config import Preset, with_input_channels
 from adafocus.core.io import atomic_write_text
 from adafocus.core.run import (
     CalibrationDataError,
@@ -102,6 +103,7 @@ def train_on_manifest(manifest: str | Path, preset: Preset, out_dir: str | Path,
                       include_qc_failed: bool = False) -> dict:
     """Train on the manifest's usable rows with a participant-level held-out split; calibrate the default budget.
     Scans whose registration failed QC stay out unless `include_qc_failed` (the log says what was left out)."""
+    preset = dataclasses.replace(preset, model=with_input_channels(preset.model, 2 * context + 1))
     rows = usable_rows(manifest, include_qc_failed=include_qc_failed, log=log)
     run = RunFolder(out_dir)
     run.path.mkdir(parents=True, exist_ok=True)
