@@ -2,7 +2,6 @@
 `calibrate`, the review app and `train --init` load like any trained run (see adafocus.core.official)."""
 from __future__ import annotations
 
-import json
 import pickle
 from pathlib import Path
 
@@ -10,7 +9,13 @@ import torch
 from adafocus.core.checkpoint import save_checkpoint
 from adafocus.core.io import atomic_write_json
 from adafocus.core.official import OfficialCheckpointError, import_official
-from adafocus.core.run import BEST_FILE, RunFolder, checkpoint_extra, class_names_from_text, frames_input, make_card
+from adafocus.core.run import (
+    BEST_FILE,
+    RunFolder,
+    checkpoint_extra,
+    frames_input,
+    make_card,
+)
 from adafocus.datasets.video import EVAL_CROP_PAPER
 
 

@@ -126,8 +126,9 @@ class AugmentedCopies:
     is drawn and then kept (float16: 0.4 MB per copy of a 16 x 3 x 64 x 64 clip). A draw picks one copy with
     torch's RNG, so seeded training stays reproducible.
 
-    Why: on the `cpu-mri` recipe fresh TorchIO augmentation was about half of each training step's CPU (README,
-    "MRI demo"); 40 epochs drawing from 8 copies augment each scan 8 times instead of 40. Copies are keyed
+    Why: on the `cpu-mri` recipe fresh TorchIO augmentation was about half of each training step's CPU
+    (docs/notes/mri-demo-recipe.md); 40 epochs drawing from 8 copies augment each scan 8 times instead of 40.
+    Copies are keyed
     by preprocessed file and clip spec, so one object handed to every fold of a cross-validation augments
     each scan once, not once per fold. In DataLoader worker processes copies made by a worker stay there."""
 
