@@ -128,9 +128,8 @@ class AugmentedCopies:
 
     Why: on the `cpu-mri` recipe fresh TorchIO augmentation was about half of each training step's CPU
     (docs/notes/mri-demo-recipe.md); 40 epochs drawing from 8 copies augment each scan 8 times instead of 40.
-    Copies are keyed
-    by preprocessed file and clip spec, so one object handed to every fold of a cross-validation augments
-    each scan once, not once per fold. In DataLoader worker processes copies made by a worker stay there."""
+    Copies are keyed by preprocessed file and clip spec, so one object handed to every fold of a
+    cross-validation augments each scan once, not once per fold. In DataLoader worker processes copies made by a worker stay there."""
 
     def __init__(self, copies: int, augmentation: Callable[[Tensor], Tensor] | None = None):
         if copies < 1:
