@@ -404,9 +404,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     add_ray(p, "instead: files/s of `score --ray` against the local path on the same files")
     p.add_argument("--long", action="store_true",
-                   help="instead: long videos built from real footage with inserted events, scored with --windows "
-                        "auto: GMACs and s per minute, glance exits, event recall, temporal IoU, peak RSS "
-                        "(writes docs/results/score_long.json)")
+                   help="instead: 10 long videos (5-20 min) of real footage with 3-8 s events at known times, "
+                        "scored in windows by a trained model (--model RUN, else a built-in event model trained "
+                        "with train --window and calibrated for --budget) with early exits and without: events "
+                        "found, false segments per 10 min, temporal IoU, GMACs/min against the fixed cost at the "
+                        "same recall, glance exits, s/min, peak RSS for a 1 and a 60 min file "
+                        "(writes RESULTS/score_long.json)")
+    add_budget(p, "window (--long; default: the run's exit_policy.json, or 0.4 of the built-in model's full cost)")
+    p.add_argument("--work", default=None, metavar="DIR",
+                   help="--long: keep the built-in run, the videos and the outputs here (a re-run reuses them)")
+    p.add_argument("--quick", action="store_true", help="--long: two short videos (a smoke test)")
+    p.add_argument("--results", default=None, metavar="DIR", help="--long: result folder (default docs/results)")
     add_device(p)
     add_engine(p)
     p.set_defaults(func=command("adafocus.apps.bench.score", "bench_score_command"))

