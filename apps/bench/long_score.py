@@ -314,6 +314,13 @@ def file_metrics(details: dict, events: list[tuple[float, float]], minutes: floa
 
 
 # --------------------------------------------------------------------------------- scoring in a process
+LONG_PLOTS = [  # how `adafocus report results` draws this result
+    {"title": "peak memory against file length", "x": "minutes", "y": "peak_rss_mb",
+     "table": "peak memory per file length"},
+    {"title": "GMACs per minute of video, per file", "x": "minutes", "y": "gmacs_per_min", "table": "per video"},
+]
+
+
 def _score_worker(video: str, checkpoint: str, out: str, budget, device: str, batch_size: int, engine: str,
                   precision: str, queue) -> None:
     """Child process: score one long video in windows; report wall and CPU time and this process's peak RSS."""
@@ -659,6 +666,7 @@ def bench_long_command(args) -> int:
         (f" --engine {engine}" if engine != "auto" else "") + (f" --precision {precision}" if precision != "auto" else "")
     results_dir = getattr(args, "results", None) or DEFAULT_RESULTS_DIR
     path = save_result("score_long", command, summary, title="Long videos: events found, compute and memory",
+                       plots=LONG_PLOTS,
                        tables={"per video": result["rows"], "peak memory per file length": result["memory"],
                                "operating points": [{"variant": mode, **(m.get(mode) or {})}
                                                     for mode in ("adaptive", "fixed")]

@@ -667,6 +667,14 @@ def speed_command_line(args) -> str:
     return " ".join(parts + ([f"--results {args.results}"] if getattr(args, "results", None) else []))
 
 
+SPEED_PLOTS = [  # how `adafocus report results` draws a speed result
+    {"title": "practical against theoretical speed-up (GMACs ratio)", "x": "theory_x", "y": "practice_x",
+     "table": "variants (seconds per batch)"},
+    {"title": "videos/s against GMACs per video", "x": "gmacs", "y": "videos_per_s",
+     "table": "variants (seconds per batch)"},
+]
+
+
 def bench_speed_command(args) -> int:
     """`adafocus bench speed` (arguments in apps/cli.py): measure, then print the tables (or JSON); with
     ``--results DIR`` also write DIR/speed-<preset>-<precision>.json."""
@@ -685,7 +693,7 @@ def bench_speed_command(args) -> int:
         path = save_result(f"speed-{args.preset}-{result['precision']}", speed_command_line(args), summary,
                            title=f"bench speed: {args.preset}, {result['engine']} {result['precision']} against torch "
                                  "fp32 and the per-component roofline",
-                           tables=tables, results_dir=args.results)
+                           tables=tables, plots=SPEED_PLOTS, results_dir=args.results)
         print(f"result: {path}", file=sys.stderr if args.json else sys.stdout)
     if args.json:
         print(json.dumps(result, indent=2))
