@@ -124,23 +124,25 @@ def write_nifti(path: Path, volume: Volume) -> Path:
     return path
 
 
+GOOD_FILES = {  # layout -> (grid, file name); .hdr files are written as OASIS-1 ships them
+    "oasis-raw": (OASIS_RAW, "OAS1_0001_MR1_mpr-1_anon.hdr"),
+    "oasis-subj111": (OASIS_SUBJ111, "OAS1_0001_MR1_mpr_n4_anon_sbj_111.hdr"),
+    "nifti": (NIFTI_GRID, "sub-01_T1w.nii.gz"),
+}
+
+
 def write_good_scan(folder: Path, layout: str, rng: np.random.Generator, *, scale: int = 4,
                     nuisance: Nuisance = Nuisance()) -> Path:
     """A good scan of `layout` (GOOD_LAYOUTS) with a random pose and the left-temple marker; returns its path."""
+    if layout not in GOOD_FILES:
+        raise ValueError(f"unknown layout {layout!r}; choose one of {GOOD_LAYOUTS}")
     pose = rigid_pose(rng, nuisance.rotation_deg, nuisance.shift_mm)
-    if layout == "oasis-raw":
-        shape, voxel = scaled_grid(OASIS_RAW, scale)
-        scan = subject_in_scanner(shape, voxel, pose=pose, rng=rng, nuisance=nuisance)
-        return write_oasis_analyze(folder / "OAS1_0001_MR1_mpr-1_anon.hdr", scan.array, voxel)
-    if layout == "oasis-subj111":
-        shape, voxel = scaled_grid(OASIS_SUBJ111, scale)
-        scan = subject_in_scanner(shape, voxel, pose=pose, rng=rng, nuisance=nuisance)
-        return write_oasis_analyze(folder / "OAS1_0001_MR1_mpr_n4_anon_sbj_111.hdr", scan.array, voxel)
-    if layout == "nifti":
-        shape, voxel = scaled_grid(NIFTI_GRID, scale)
-        return write_nifti(folder / "sub-01_T1w.nii.gz",
-                           subject_in_scanner(shape, voxel, pose=pose, rng=rng, nuisance=nuisance))
-    raise ValueError(f"unknown layout {layout!r}; choose one of {GOOD_LAYOUTS}")
+    grid, name = GOOD_FILES[layout]
+    shape, voxel = scaled_grid(grid, scale)
+    scan = subject_in_scanner(shape, voxel, pose=pose, rng=rng, nuisance=nuisance)
+    if name.endswith(".hdr"):
+        return write_oasis_analyze(folder / name, scan.array, voxel)
+    return write_nifti(folder / name, scan)
 
 
 def textured_cylinder(shape: tuple[int, int, int], voxel_mm: tuple[float, float, float],
@@ -178,7 +180,6 @@ def write_broken_scan(folder: Path, kind: str, rng: np.random.Generator, *, scal
     if kind == "half-head":
         scan = subject_in_scanner(shape, voxel, pose=pose, rng=rng, nuisance=nuisance)
         top = int(np.searchsorted(np.arange(shape[2]) * voxel[2] + scan.affine[2, 3], 0.0))
-        affine = scan.affine.copy()
         return write_nifti(folder / "sub-04_T1w.nii.gz", Volume(np.ascontiguousarray(scan.array[:, :, :top]),
-                                                                affine))
+                                                                scan.affine))
     raise ValueError(f"unknown broken kind {kind!r}; choose one of {BROKEN_KINDS}")
