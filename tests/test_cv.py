@@ -6,7 +6,8 @@ import json
 import pytest
 import torch
 from _cv_fixtures import tiny_preset, write_preprocessed_cohort
-from adafocus.apps.runs.cv import predict_checkpoint, run_cv, usable_rows
+from adafocus.apps.runs.cv import predict_checkpoint, run_cv
+from adafocus.apps.runs.mri import usable_rows
 from adafocus.core.model import UniAdaFocus
 from adafocus.datasets.mri.dataset import ClipSpec
 from adafocus.datasets.splits import DataLeakageError, read_folds, read_training_participants

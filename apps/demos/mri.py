@@ -18,8 +18,8 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-from adafocus.apps.runs.cv import run_cv, usable_rows
-from adafocus.apps.runs.mri import train_on_manifest
+from adafocus.apps.runs.cv import run_cv
+from adafocus.apps.runs.mri import train_on_manifest, usable_rows
 from adafocus.apps.scoring.scans import score_scans
 from adafocus.core.config import get_preset
 from adafocus.core.geometry import map_box_corners

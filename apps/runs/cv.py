@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from adafocus.apps.runs.mri import mri_card, usable_rows
+from adafocus.apps.runs.mri import mri_card, rows_and_left_out
 from adafocus.core.config import Preset, get_preset, with_input_channels
 from adafocus.core.device import resolve_device
 from adafocus.core.exits import ExitPolicy, budget_curve, exit_scores
@@ -42,7 +42,7 @@ from adafocus.datasets.mri.dataset import (
     collate_scans,
     training_augmentation,
 )
-from adafocus.datasets.mri.manifest import ManifestRow, manifest_rows_for_use
+from adafocus.datasets.mri.manifest import ManifestRow
 from adafocus.datasets.mri.scan_record import format_boxes_3d, scan_slice_record
 from adafocus.datasets.splits import (
     Fold,
@@ -237,8 +237,7 @@ def run_cv(manifest: str | Path, out_dir: str | Path, *, preset: str | Preset = 
     `include_qc_failed`; what was left out is logged and listed in cv.json ("left_out") and the report.
     Returns {"folds": {index: metrics}, "report": path or None}."""
     out_dir = Path(out_dir)
-    _, left_out = manifest_rows_for_use(manifest, include_qc_failed=include_qc_failed)
-    rows = usable_rows(manifest, include_qc_failed=include_qc_failed, log=log)
+    rows, left_out = rows_and_left_out(manifest, include_qc_failed=include_qc_failed, log=log)
     preset_name = preset if isinstance(preset, str) else "custom"
     preset = get_preset(preset) if isinstance(preset, str) else preset
     if epochs is not None:

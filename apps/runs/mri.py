@@ -49,8 +49,15 @@ DEFAULT_VALIDATION_FRACTION = 0.2
 
 def usable_rows(manifest: str | Path, *, include_qc_failed: bool = False,
                 log: Callable[[str], None] | None = None) -> list[ManifestRow]:
-    """Rows of a manifest that can be used (preprocessed, file present, registration QC not failed unless
-    `include_qc_failed`); what is left out is summarised through `log`. ValueError if none is usable."""
+    """Rows of a manifest that can be used; see `rows_and_left_out`."""
+    return rows_and_left_out(manifest, include_qc_failed=include_qc_failed, log=log)[0]
+
+
+def rows_and_left_out(manifest: str | Path, *, include_qc_failed: bool = False,
+                      log: Callable[[str], None] | None = None
+                      ) -> tuple[list[ManifestRow], list[tuple[ManifestRow, str]]]:
+    """(usable rows, [(row, why it is left out)]): preprocessed, file present, registration QC not failed unless
+    `include_qc_failed`; what is left out is summarised through `log`. ValueError if none is usable."""
     rows, left_out = manifest_rows_for_use(manifest, include_qc_failed=include_qc_failed)
     rows = [r for r in rows if is_usable(r)]
     if not rows:
@@ -58,7 +65,7 @@ def usable_rows(manifest: str | Path, *, include_qc_failed: bool = False,
     if log is not None and left_out:
         log(f"{summarise_left_out(left_out)} (see the manifest's status / qc_reason columns"
             + ("" if include_qc_failed else "; --include-qc-failed keeps QC-failed scans") + ")")
-    return rows
+    return rows, left_out
 
 
 def class_names_of(rows: Sequence[ManifestRow], num_classes: int) -> list[str]:
