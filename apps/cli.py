@@ -156,10 +156,20 @@ def cmd_import_official(args: argparse.Namespace) -> int:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from adafocus.apps.runs.calibrate import calibrate_run
+    if args.videos:
+        if args.data is not None:
+            raise ValueError("give --data (the run's calibration split) or --videos (windows of videos), not both")
+        from adafocus.apps.scoring.long_videos import calibrate_on_windows
+        from adafocus.apps.scoring.windows import parse_windows
 
-    policy, path = calibrate_run(args.model, args.budget, data=args.data, criterion=args.criterion,
-                                 device=args.device, batch_size=args.batch_size, workers=args.workers)
+        policy, path = calibrate_on_windows(args.model, args.budget, args.videos,
+                                            windows=parse_windows(args.windows), stride=args.stride,
+                                            criterion=args.criterion, device=args.device, batch_size=args.batch_size)
+    else:
+        from adafocus.apps.runs.calibrate import calibrate_run
+
+        policy, path = calibrate_run(args.model, args.budget, data=args.data, criterion=args.criterion,
+                                     device=args.device, batch_size=args.batch_size, workers=args.workers)
     print(f"thresholds for {args.budget:g} GMACs/sample (calibration mean {policy.calibration_cost:.5g}) "
           f"written to {path}")
     return 0
@@ -326,6 +336,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_slicing(p)
     p.add_argument("--seed", type=int, default=0, help="split and training seed")
     p.add_argument("--report-only", action="store_true", help="only assemble DIR's report from finished folds")
+    p.add_argument("--no-baselines", action="store_true",
+                   help="skip the static 2.5D and classical reference models run on the same folds")
     add_quiet(p)
     add_device(p)
     add_include_qc_failed(p)
@@ -338,6 +350,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default=None,
                    help="where the run's calibration data is now, if it moved (same ids); 'synthetic' for the "
                         "built-in task. Default: the place recorded in the model card")
+    p.add_argument("--videos", nargs="+", default=None, metavar="VIDEO",
+                   help="instead: windows of these videos or folders (no labels needed), like the long videos "
+                        "you will score with --windows; their mostly calm windows are confident at other "
+                        "thresholds than the training clips")
+    p.add_argument("--windows", default="auto", metavar="auto|SECONDS",
+                   help="--videos: window length in seconds, or auto (the training clips' duration)")
+    p.add_argument("--stride", type=float, default=None, metavar="SECONDS",
+                   help="--videos: seconds between window starts (default: half a window)")
     p.add_argument("--criterion", default="entropy", choices=["entropy", "confidence"])
     p.add_argument("--batch-size", type=int, default=32)
     add_workers(p)
@@ -429,6 +449,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated row keys to run (e.g. ix_loc_learned,ix_loc_center; default: every row)")
     add_device(p)
     p.set_defaults(func=command("adafocus.apps.bench.ablations", "bench_ablations_command"))
+    p = bench.add_parser("focus", help="does the policy look at the right place? k of N training seeds meeting "
+                                       "every check (writes RESULTS/focus_<task>.json)")
+    p.add_argument("--task", required=True, choices=("synthetic", "fine-detail", "mri-lesion"),
+                   help="synthetic: cpu-synthetic on the synthetic focus task; fine-detail: cpu-video on 2-pixel "
+                        "detail over real footage; mri-lesion: cpu-mri on the synthetic lesion task")
+    p.add_argument("--seeds", type=int, default=6, help="number of training seeds (default 6)")
+    p.add_argument("--first-seed", type=int, default=0, help="seeds run from this one up (default 0)")
+    p.add_argument("--results", default=None, metavar="DIR", help="result folder (default docs/results)")
+    p.add_argument("--work", default=None, metavar="DIR",
+                   help="keep the data, the runs and each seed's measurements here (a re-run resumes; default: a "
+                        "temporary folder, removed)")
+    p.add_argument("--quick", action="store_true",
+                   help="tiny data and one epoch (a smoke test; writes focus_<task>-quick.json)")
+    add_device(p)
+    p.set_defaults(func=command("adafocus.apps.bench.focus", "bench_focus_command"))
 
     report = sub.add_parser("report", help="render reports").add_subparsers(dest="report", required=True,
                                                                            metavar="REPORT")

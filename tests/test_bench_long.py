@@ -11,6 +11,7 @@ from adafocus.apps.bench.long_score import (
     LongVideoSpec,
     benchmark_videos,
     best_point,
+    calibration_videos,
     candidate_thresholds,
     detection_metrics,
     done_when,
@@ -112,6 +113,14 @@ def test_plan_events_and_the_test_set():
     assert all(b <= s.seconds for s in specs for _, b in s.events)
     assert len({s.name for s in specs}) == len(specs) and benchmark_videos(0) == specs and benchmark_videos(1) != specs
     assert LongVideoSpec("x", 2.5, ()).seconds == 150.0
+
+
+def test_calibration_videos_are_not_the_test_videos():
+    test, calibration = benchmark_videos(0), calibration_videos(0)
+    assert {s.name for s in test}.isdisjoint(s.name for s in calibration)
+    assert {s.events for s in test}.isdisjoint(s.events for s in calibration if s.events)
+    assert sum(not s.events for s in calibration) == 1 and len(calibration) >= 3
+    assert {(s.shift, s.minutes) for s in test}.isdisjoint((s.shift, s.minutes) for s in calibration)
 
 
 def test_done_when_reads_the_targets():

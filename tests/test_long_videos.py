@@ -363,3 +363,50 @@ def test_bench_long_measures_each_length_in_its_own_process(tmp_path):
                                    options, log=lambda _: None)
     assert short["windows"] < longer["windows"]
     assert longer["peak_rss_mb"] < 1.25 * short["peak_rss_mb"]
+
+
+def test_calibrate_on_windows_fits_the_budget_on_the_videos_to_be_scored(long_videos, tiny_run, tmp_path, capsys):
+    """`calibrate --videos`: thresholds fitted on the windows of unlabelled videos (unreadable ones skipped)
+    give, on those same windows, exactly the mean cost the fit reported, within the budget."""
+    import shutil
+
+    from adafocus.apps.cli import main as cli_main
+    from adafocus.apps.scoring.long_videos import calibrate_on_windows
+    from adafocus.core.checkpoint import load_checkpoint
+    from adafocus.core.run import RunFolder
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run.parent, run)
+    costs = UniAdaFocus(tiny_video_preset(batch_size=2).model).exit_costs()
+    budget = round(0.5 * (costs[0] + costs[-1]), 6)
+    junk = tmp_path / "junk.mp4"
+    junk.write_bytes(b"not a video")
+    skipped = []
+    policy, path = calibrate_on_windows(run, budget, [str(long_videos["long"]), str(junk)], device="cpu",
+                                        batch_size=4, progress=False, log=skipped.append)
+    assert path == RunFolder.locate(run).exit_policy(budget) and path.is_file()
+    assert any("junk.mp4" in line for line in skipped)
+    saved = load_checkpoint(RunFolder.locate(run).external_calibration)
+    assert tuple(saved["logits"].shape) == (14, len(costs), 2) and saved["source"]["windows"] == 14
+    assert costs[0] <= policy.calibration_cost <= budget * 1.001
+    _score([long_videos["long"]], run, tmp_path / "scored", windows="auto", batch_size=4, budget=budget)
+    windows = read_details(tmp_path / "scored" / "details.jsonl")[str(long_videos["long"])]["windows"]
+    assert np.mean([w["gmacs"] for w in windows]) == pytest.approx(policy.calibration_cost, rel=1e-4)
+    # the command line: --videos instead of the calibration split; not both
+    assert cli_main(["calibrate", "--model", str(run), "--budget", str(budget), "--videos",
+                     str(long_videos["long"]), "--device", "cpu"]) == 0
+    assert "written to" in capsys.readouterr().out
+    assert cli_main(["calibrate", "--model", str(run), "--budget", str(budget), "--videos",
+                     str(long_videos["long"]), "--data", "elsewhere", "--device", "cpu"]) != 0
+    assert "not both" in capsys.readouterr().err
+
+
+def test_fixed_mmap_threshold_is_set_where_the_c_library_is_glibc():
+    import platform
+
+    from adafocus.apps.scoring.videos import fix_mmap_threshold
+
+    result = fix_mmap_threshold()
+    assert isinstance(result, bool)
+    if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+        assert result

@@ -22,8 +22,9 @@ RSS of scoring a 1-minute and a 60-minute file (each in a fresh process, so peak
 The model: `--model RUN` (a user's run; `--budget`, else the budget of the run's exit_policy.json), or by
 default a built-in event model (`train_event_model`): long labelled clips of the same footage in class folders
 (event/: a 6 s event in each 10 s file; calm/: none) -> `adafocus train --window 4 --preset cpu-video` (fewer
-epochs, smaller batches) -> `adafocus calibrate --budget G` on its own calibration split -> scored with
-`--budget G`. Everything is seeded; `--work DIR` keeps the run, the videos and the outputs (a re-run reuses
+epochs, smaller batches) -> `adafocus calibrate --budget G --videos CALIBRATION` on the windows of three other
+long videos made the same way (seed + 1, labels unused: `calibration_videos`), because its own calibration
+split is half events while long videos are mostly calm -> scored with `--budget G`. Everything is seeded; `--work DIR` keeps the run, the videos and the outputs (a re-run reuses
 them, with the times measured then, and resumes where it stopped; the fixed-cost outputs serve every budget).
 """
 from __future__ import annotations
@@ -50,6 +51,9 @@ WIDTH, HEIGHT, FPS = 96, 72, 10
 TEST_MINUTES = (5, 5, 6, 6, 8, 8, 10, 12, 15, 20)
 CALM_VIDEOS = (1, 6)
 QUICK_MINUTES = (1.0, 1.5)  # --quick: a smoke test of the whole path
+# The built-in model's exit thresholds are fitted on these (seed + 1; the video at index 1 has no events).
+CALIBRATION_MINUTES = (5, 6, 8)
+QUICK_CALIBRATION_MINUTES = (1.0,)
 EVENT_SECONDS = (3.0, 8.0)  # shortest and longest event
 MAX_FALSE_PER_10MIN = 1.0
 DEFAULT_THRESHOLD = 0.5  # score --threshold's default
@@ -404,9 +408,8 @@ def train_event_model(work: Path, footage: list[np.ndarray], *, budget: float | 
     `adafocus train --data DATA --window 4 --preset cpu-video --epochs E --batch-size 8 --out RUN` and
     `adafocus calibrate --model RUN --budget G` do. Returns (run folder, budget, training record)."""
     import torch
-    from adafocus.apps.runs.calibrate import calibrate_run
     from adafocus.apps.runs.video import train_on_videos
-    from adafocus.core.run import RunFolder, load_run
+    from adafocus.core.run import load_run
 
     data, run = work / "event-data", work / "event-run"
     if not (data / "event").is_dir():
@@ -428,10 +431,52 @@ def train_event_model(work: Path, footage: list[np.ndarray], *, budget: float | 
     record = json.loads(record_file.read_text(encoding="utf-8"))
     if budget is None:
         budget = builtin_budget(load_run(run, device="cpu").model.exit_costs())
-    if not RunFolder(run).exit_policy(budget).is_file():
-        calibrate_run(run, budget, device="cpu")
-        log(f"calibrated exit thresholds for {budget:g} GMACs per window on the run's calibration split")
     return run, budget, record
+
+
+def calibration_videos(seed: int, quick: bool = False) -> list[LongVideoSpec]:
+    """The long videos the built-in model's thresholds are fitted on: made as the test videos are, with seed + 1
+    and other footage offsets, one of them without events."""
+    specs = benchmark_videos(seed + 1, QUICK_CALIBRATION_MINUTES if quick else CALIBRATION_MINUTES, (1,))
+    return [dataclasses.replace(spec, name=spec.name.replace("long_", "calibration_"), shift=spec.shift + 11)
+            for spec in specs]
+
+
+def calibrate_on_long_videos(run: Path, budget: float, folder: Path, footage: list[np.ndarray], seed: int,
+                             quick: bool = False, log: Callable[[str], None] = print) -> dict:
+    """What `adafocus calibrate --model RUN --budget G --videos FOLDER` does, on `calibration_videos`
+    (built in `folder` once); refitted only when the budget or the videos change."""
+    from adafocus.apps.scoring.long_videos import calibrate_on_windows
+    from adafocus.core.run import RunFolder
+
+    specs = calibration_videos(seed, quick)
+    folder.mkdir(parents=True, exist_ok=True)
+    for spec in specs:
+        video = folder / spec.name
+        if not video.is_file():
+            build_long_video(video.with_suffix(".tmp.mp4"), spec.seconds, spec.events, footage=footage,
+                             shift=spec.shift).rename(video)
+    record = {"budget": budget, "videos": [spec.name for spec in specs],
+              "minutes": sum(spec.minutes for spec in specs), "seed": seed + 1}
+    record_file = Path(run) / "long_calibration.json"
+    if (not RunFolder(run).exit_policy(budget).is_file() or not record_file.is_file()
+            or json.loads(record_file.read_text(encoding="utf-8")) != record):
+        calibrate_on_windows(run, budget, [str(folder / spec.name) for spec in specs], device="cpu",
+                             progress=False, log=log)
+        record_file.write_text(json.dumps(record, indent=2), encoding="utf-8")
+        log(f"calibrated exit thresholds for {budget:g} GMACs per window on the windows of {len(specs)} "
+            f"calibration videos ({record['minutes']:g} min)")
+    return record
+
+
+def policy_digest(run: Path, budget: float) -> str:
+    """8 hex digits of the thresholds `score --budget` will use (outputs of other thresholds are not reused)."""
+    from adafocus.core.run import RunFolder
+
+    folder = RunFolder.locate(run)
+    fitted = folder.exit_policy(budget)
+    path = fitted if fitted.is_file() else folder.exit_policy()
+    return hashlib.sha1(path.read_bytes()).hexdigest()[:8] if path.is_file() else "refit"
 
 
 def run_budget(run: Path) -> float:
@@ -466,10 +511,12 @@ def bench_long(*, checkpoint: str | Path | None = None, budget: float | None = N
     work.mkdir(parents=True, exist_ok=True)
     try:
         footage = sample_footage(WIDTH, HEIGHT)
-        training = None
+        training = calibration = None
         if checkpoint is None:
             run, budget, training = train_event_model(work, footage, budget=budget, epochs=epochs, per_class=per_class,
                                                    seed=seed, log=log)
+            calibration = calibrate_on_long_videos(run, budget, work / "calibration-videos", footage, seed, quick,
+                                                   log)
             model_name = f"built-in event model ({run})"
         else:
             run = Path(checkpoint)
@@ -482,7 +529,7 @@ def bench_long(*, checkpoint: str | Path | None = None, budget: float | None = N
         # outputs belong to one model and budget: a different one scores into another folder
         where = str(Path(run).resolve())
         fixed_tag = f"{Path(where).name}-{hashlib.sha1(where.encode()).hexdigest()[:8]}-{engine}-{precision}"
-        tag = f"{fixed_tag}-b{budget:g}"
+        tag = f"{fixed_tag}-b{budget:g}-{policy_digest(run, budget)}"
         rows, files = [], {"adaptive": [], "fixed": []}
         labels: list[str] = []
         for spec in specs:
@@ -541,6 +588,7 @@ def bench_long(*, checkpoint: str | Path | None = None, budget: float | None = N
         totals["gmacs_ratio"] = totals["gmacs_per_min"] / totals["fixed_gmacs_per_min"]
         memory = measure_memory(run, budget, memory_minutes, work / "memory" / tag, footage, seed, options, log)
         return {"model": model_name, "run": str(run), "budget": budget, "flagged": labels, "training": training,
+                "calibration": calibration,
                 "max_false_per_10min": max_false_per_10min, "totals": totals, "matched": matched,
                 "at_default_threshold": at_default, "rows": rows, "memory": memory,
                 "curves": {mode: [{k: p[k] for k in ("threshold", "recall", "false_per_10min", "mean_iou")}

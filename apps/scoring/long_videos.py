@@ -54,6 +54,7 @@ from adafocus.apps.scoring.videos import (
     collect_inputs,
     cpu_threads,
     finish_summary,
+    fix_mmap_threshold,
     load_scoring_run,
     model_threads,
     prepare_outputs,
@@ -83,6 +84,7 @@ def score_long_videos(inputs: Sequence[str], checkpoint: str | Path, out_csv: st
     started = time.perf_counter()
     if batch_size < 1:
         raise ValueError(f"need batch_size >= 1, got {batch_size}")
+    fix_mmap_threshold()  # memory flat in the file's length
     dev = resolve_device(device)
     paths = collect_inputs(inputs)
     run, policy, eval_crop = load_scoring_run(checkpoint, dev, budget, engine=engine, precision=precision,
@@ -147,6 +149,63 @@ class WindowScorer:
                  "selected": focus_locations(frames[j].tolist(), boxes[j].tolist(), info),
                  "model_ms": round(share_ms, 2)}
                 for j, (window, _, info) in enumerate(batch)]
+
+
+class ExitLogitScorer(WindowScorer):
+    """Windows -> {"index", "logits" [num_exits, num_classes]}: every exit of every window, for calibration."""
+
+    def score(self, batch: list[tuple[Window, torch.Tensor, ClipInfo]]) -> list[dict[str, Any]]:
+        clips = torch.stack([clip for _, clip, _ in batch]).to(self.device)
+        with torch.inference_mode(), cuda_autocast(self.device):
+            logits = self.model.infer(clips).logits.float().cpu()
+        return [{"index": window.index, "logits": logits[j]} for j, (window, _, _) in enumerate(batch)]
+
+
+def calibrate_on_windows(checkpoint: str | Path, budget: float, videos: Sequence[str], *,
+                         windows: str | float = "auto", stride: float | None = None, criterion: str = "entropy",
+                         device: str = "auto", batch_size: int = 16, progress: bool = True,
+                         log: Callable[[str], None] = print) -> tuple[ExitPolicy, Path]:
+    """Fit exit thresholds for `budget` GMACs per window on the windows of `videos` (`calibrate --videos`).
+
+    A run's calibration split holds clips in the proportions training had; the long videos a moderator scores
+    are mostly calm, so the windows' confidence at each exit differs and thresholds fitted on the split miss
+    the budget there. Thresholds need no labels (only each exit's confidence), so unlabelled videos like the
+    ones to be scored calibrate them. Logits go to RUN/calibration-external.pt, thresholds to
+    RUN/exit_policies/budget-G.json (what `score --budget G` then uses)."""
+    from adafocus.core.checkpoint import save_checkpoint
+    from adafocus.core.exits import exit_scores, solve_budget
+    from adafocus.core.io import atomic_write_json
+
+    dev = resolve_device(device)
+    paths = collect_inputs(videos)
+    run, _, eval_crop = load_scoring_run(checkpoint, dev, None, engine="torch", log=log)
+    window_s, stride_s = window_seconds(windows, stride, run.card.input)
+    scorer = ExitLogitScorer(run.model, None, run.card.class_names, eval_crop, dev, batch_size)
+    logits, skipped = [], []
+    for path in paths:
+        try:
+            meta = probe_video(path)
+            plan = plan_windows(meta.num_frames, meta.fps, window_s, stride_s, scorer.num_candidates)
+            for records in _stream_windows(path, plan, scorer, meta.num_frames, FileOutcome()):
+                logits += [r["logits"] for r in records if "logits" in r]
+        except (VideoDecodeError, ValueError) as error:
+            skipped.append(path)
+            log(f"calibrate: skipped {path}: {getattr(error, 'reason', error)}")
+        if progress:
+            log(f"calibrate: {len(logits)} windows from {paths.index(path) + 1 - len(skipped)} of {len(paths)} videos")
+    if not logits:
+        raise ValueError("no window of the given videos could be decoded to calibrate on")
+    stacked = torch.stack(logits)
+    costs = run.model.exit_costs()
+    policy = solve_budget(exit_scores(stacked, criterion), costs, budget, criterion=criterion)
+    save_checkpoint(run.folder.external_calibration, model_state={},
+                    config={"criterion": criterion, "checkpoint": run.checkpoint.name}, logits=stacked,
+                    exit_costs=costs, source={"source": "windows", "videos": len(paths) - len(skipped),
+                                              "windows": len(logits), "window_s": window_s, "stride_s": stride_s})
+    policy_file = run.folder.exit_policy(budget)
+    policy_file.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(policy_file, policy.to_dict())
+    return policy, policy_file
 
 
 class FileOutcome:
