@@ -323,6 +323,18 @@ def test_bench_score_reports_rates_and_decode_share():
     # without workers the loop waits for every decode: end to end is slower than the model alone
     assert result["end_to_end_videos_per_s"] < result["model_only_videos_per_s"]
     assert 0 < result["waiting_for_decode_share_of_wall"] < 1
+    assert result["decode_only_s"] > 0 and result["model_only_s"] > 0
+    assert result["overlap"] == pytest.approx(max(result["decode_only_s"], result["model_only_s"])
+                                              / result["end_to_end_s"])
+
+
+def test_pipeline_overlap():
+    from adafocus.apps.bench.score import pipeline_overlap
+
+    assert pipeline_overlap(10.0, 10.0, 4.0) == 1.0  # as fast as the slower stage alone
+    assert pipeline_overlap(14.0, 10.0, 4.0) == pytest.approx(10 / 14)  # the stages take turns
+    with pytest.raises(ValueError):
+        pipeline_overlap(0.0, 1.0, 1.0)
 
 
 def test_bench_score_file_scaling_runs_each_count_in_its_own_process(capsys):

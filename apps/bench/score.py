@@ -19,6 +19,7 @@ from adafocus.apps.scoring.videos import (
     collect_inputs,
     cpu_threads,
     model_threads,
+    ramp_up_batches,
     score_videos,
 )
 from adafocus.core.device import cuda_autocast, resolve_device
@@ -65,6 +66,29 @@ def model_only_rate(checkpoint: str | Path, paths: Sequence[str], *, batch_size:
     return runs * len(clips) / (time.perf_counter() - started)
 
 
+def decode_only_seconds(paths: Sequence[str], *, num_candidates: int, frame_size: int, eval_crop: float,
+                        workers: int, batch_size: int) -> float:
+    """Seconds to decode `paths` into batches exactly as `score_videos` does (same workers, batches and
+    transforms), with no model running: the decoding stage alone."""
+    from torch.utils.data import DataLoader
+
+    loader = DataLoader(ScoreInputs(list(paths), num_candidates, frame_size, eval_crop),
+                        batch_sampler=ramp_up_batches(len(paths), batch_size), num_workers=workers,
+                        collate_fn=collate_scored)
+    started = time.perf_counter()
+    for _ in loader:
+        pass
+    return time.perf_counter() - started
+
+
+def pipeline_overlap(end_to_end_s: float, decode_s: float, model_s: float) -> float:
+    """How well scoring hides its slower stage: max(decode alone, model alone) / end to end. 1.0 = the
+    pipeline runs as fast as its slowest stage; 0.5 = the two stages take turns."""
+    if end_to_end_s <= 0:
+        raise ValueError(f"end-to-end time must be positive, got {end_to_end_s}")
+    return max(decode_s, model_s) / end_to_end_s
+
+
 def bench_score(inputs: Sequence[str] = (), *, checkpoint: str | Path | None = None, preset: str = "cpu-video",
                 videos: int = 48, workers: int = 2, batch_size: int = 16, device: str = "auto",
                 engine: str = "auto", precision: str = "fp32") -> dict:
@@ -81,9 +105,17 @@ def bench_score(inputs: Sequence[str] = (), *, checkpoint: str | Path | None = N
         threads = model_threads(workers)
         model_rate = model_only_rate(checkpoint, paths, batch_size=batch_size, device=device, threads=threads,
                                      engine=engine, precision=precision)
+        run = load_run(checkpoint, device="cpu")
+        decode_s = decode_only_seconds(paths, num_candidates=run.model.config.num_candidates,
+                                       frame_size=run.model.config.frame_size,
+                                       eval_crop=float(run.card.input.get("eval_crop", 1.0)), workers=workers,
+                                       batch_size=batch_size)
     files = summary.scored + summary.failed
     busy_ms = summary.decode_ms + summary.model_ms
+    model_s = summary.scored / model_rate if model_rate > 0 else 0.0
     return {
+        "end_to_end_s": summary.loop_s, "decode_only_s": decode_s, "model_only_s": model_s,
+        "overlap": pipeline_overlap(summary.loop_s, decode_s, model_s) if summary.loop_s > 0 else 0.0,
         "videos": files, "failed": summary.failed, "workers": workers, "model_threads": threads,
         "batch_size": batch_size,
         "device": str(resolve_device(device)),
@@ -177,6 +209,8 @@ def bench_score_command(args) -> int:
           f"{result['waiting_for_decode_share_of_wall']:.0%} of the wall time")
     print(f"model only: {result['model_only_videos_per_s']:.1f} videos/s "
           f"({result['model_ms_per_video']:.1f} ms/video while scoring)")
+    print(f"stages alone: decode {result['decode_only_s']:.1f} s, model {result['model_only_s']:.1f} s; end to end "
+          f"{result['end_to_end_s']:.1f} s; overlap max(decode, model) / end to end = {result['overlap']:.2f}")
     return 0
 
 
