@@ -1,5 +1,9 @@
 """Assemble a cross-validation folder (written by apps.cv) into metrics.tsv, report.md and report.html.
 
+With the reference models (fold-<i>/baselines/, apps.runs.baselines) on every fold, the report compares the
+dynamic model with them (balanced accuracy mean ± SD over folds, GMACs per scan), and cv.json gets the same
+table under "comparison".
+
 DIR/metrics.tsv columns: metric, fold-0 .. fold-(k-1), mean, sd (sample SD over folds), pooled (all test
 folds' baseline predictions together), ci_low, ci_high (percentile bootstrap of the pooled value,
 resampling participants). Figures (PNG, referenced by both reports): roc.png, confusion.png,
@@ -9,10 +13,11 @@ from __future__ import annotations
 
 import html
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from adafocus.core.io import atomic_write_text
+from adafocus.core.io import atomic_write_json, atomic_write_text
 from adafocus.datasets.mri.dataset import ClipSpec, MRISliceDataset, is_usable
 from adafocus.datasets.mri.manifest import read_manifest
 from adafocus.reports.metrics import METRICS, binary_metrics, bootstrap_ci, confusion_counts, triage_summary
@@ -21,6 +26,10 @@ from adafocus.reports.tables import read_tsv, tsv_text
 
 CV_JSON = "cv.json"
 PREDICTIONS_FILE = "predictions.tsv"  # per fold: one row per test scan
+BASELINES_DIR = "baselines"  # per fold: the reference models of apps.runs.baselines, one <name>.json each
+DYNAMIC_TITLE = "Dynamic (Uni-AdaFocus)"
+BASELINE_TITLES = {"static": "Static 2.5D (every slice, local encoder)",
+                   "classical": "Classical (hippocampus + ventricle regions, logistic regression)"}
 BOOTSTRAP_RESAMPLES = 2000
 FIGURES = {"roc": "roc.png", "confusion": "confusion.png", "accuracy_vs_gmacs": "accuracy_vs_gmacs.png",
            "selected_slices": "selected_slices.png"}
@@ -30,6 +39,92 @@ METRIC_TITLES = {"accuracy": "Accuracy", "balanced_accuracy": "Balanced accuracy
 
 def fold_dir(cv_dir: str | Path, index: int) -> Path:
     return Path(cv_dir) / f"fold-{index}"
+
+
+def baseline_dir(cv_dir: str | Path, index: int) -> Path:
+    """Where fold `index`'s reference models write their files."""
+    return fold_dir(cv_dir, index) / BASELINES_DIR
+
+
+def baseline_file(name: str) -> str:
+    """A reference model's per-fold result file name (its metrics and GMACs per scan; written last)."""
+    return f"{name}.json"
+
+
+def load_baselines(cv_dir: Path, n_folds: int) -> dict[str, list[dict]]:
+    """Each reference model's per-fold results (apps.runs.baselines), for the models every fold has."""
+    found = {}
+    for name in BASELINE_TITLES:
+        paths = [baseline_dir(cv_dir, i) / baseline_file(name) for i in range(n_folds)]
+        if all(p.exists() for p in paths):
+            found[name] = [json.loads(p.read_text(encoding="utf-8")) for p in paths]
+    return found
+
+
+def _spread(values: list[float]) -> dict:
+    """{"folds", "mean", "sd"} of per-fold values (sample SD; None where undefined, as JSON has no NaN)."""
+    finite = np.array([v for v in values if np.isfinite(v)])
+    mean = float(finite.mean()) if finite.size else None
+    sd = float(finite.std(ddof=1)) if finite.size > 1 else None
+    return {"folds": [float(v) if np.isfinite(v) else None for v in values], "mean": mean, "sd": sd}
+
+
+def comparison(rows: list[dict], baselines: dict[str, list[dict]]) -> list[dict]:
+    """The dynamic model (metrics.tsv rows) and each reference model on the same folds: balanced accuracy per
+    fold, mean and SD over folds, mean GMACs per scan (what cv.json's "comparison" holds)."""
+    by_metric = {r["metric"]: r for r in rows}
+    n_folds = sum(1 for k in by_metric["balanced_accuracy"] if k.startswith("fold-"))
+    entries = [{"model": "dynamic", "title": DYNAMIC_TITLE,
+                "balanced_accuracy": _spread([by_metric["balanced_accuracy"][f"fold-{i}"] for i in range(n_folds)]),
+                "gmacs_per_scan": float(by_metric["mean_gmacs"]["mean"])}]
+    for name, folds in baselines.items():
+        entries.append({"model": name, "title": BASELINE_TITLES[name],
+                        "balanced_accuracy": _spread([f["metrics"]["balanced_accuracy"] for f in folds]),
+                        "gmacs_per_scan": float(np.mean([f["gmacs_per_scan"] for f in folds]))})
+    return entries
+
+
+def _num(value: float | None, digits: int = 3) -> str:
+    return _fmt(float("nan") if value is None else value, digits)
+
+
+def comparison_lines(entries: list[dict]) -> list[str]:
+    """The report's section comparing the dynamic model with the reference models run on the same folds."""
+    lines = ["", "## Dynamic vs static vs classical", ""]
+    if len(entries) == 1:
+        return lines + [("- reference models not run (`adafocus cv --no-baselines`); rerun `cv` without it on the "
+                         "same folder to add them (finished folds are not retrained)")]
+    n_folds = len(entries[0]["balanced_accuracy"]["folds"])
+    lines += [("Same folds (participant splits) for every model; balanced accuracy at each test participant's first "
+               "session. Static 2.5D: every candidate slice through the local encoder at the patch size, averaged, "
+               "one linear head, trained with the same recipe and epochs. Classical: mean intensity and tissue "
+               "volume in MNI boxes around the hippocampi and lateral ventricles, standardised logistic regression "
+               "(apps/runs/baselines.py)."), "",
+              "| model | balanced accuracy mean ± SD over folds | "
+              + " | ".join(f"fold {i}" for i in range(n_folds)) + " | GMACs per scan |",
+              "|---|---|" + "---|" * n_folds + "---|"]
+    for e in entries:
+        ba = e["balanced_accuracy"]
+        gmacs = "≈ 0" if e["model"] == "classical" else _num(e["gmacs_per_scan"], 4)
+        lines.append(f"| {e['title']} | {_num(ba['mean'])} ± {_num(ba['sd'])} | "
+                     + " | ".join(_num(v) for v in ba["folds"]) + f" | {gmacs} |")
+    by_model = {e["model"]: e for e in entries}
+    dynamic, static = by_model["dynamic"], by_model.get("static")
+    if static and static["gmacs_per_scan"] > 0 and dynamic["balanced_accuracy"]["mean"] is not None \
+            and static["balanced_accuracy"]["mean"] is not None:
+        difference = dynamic["balanced_accuracy"]["mean"] - static["balanced_accuracy"]["mean"]
+        lines += ["", (f"Adaptivity: the dynamic model used {dynamic['gmacs_per_scan'] / static['gmacs_per_scan']:.0%} "
+                       f"of the static model's GMACs per scan, at a balanced accuracy {difference:+.3f} from it "
+                       f"(mean over folds).")]
+    return lines
+
+
+def record_comparison(cv_dir: Path, entries: list[dict]) -> None:
+    """Store the comparison in cv.json under "comparison" (the experiment's other keys unchanged)."""
+    path = cv_dir / CV_JSON
+    experiment = json.loads(path.read_text(encoding="utf-8"))
+    if experiment.get("comparison") != entries:
+        atomic_write_json(path, {**experiment, "comparison": entries})
 
 
 def load_fold_tables(cv_dir: Path, n_folds: int) -> list[dict]:
@@ -188,7 +283,8 @@ def left_out_line(left_out: list[dict]) -> str:
     return f"- {len(left_out)} manifest row{'s' if len(left_out) != 1 else ''} left out: {listed}{more}"
 
 
-def _markdown(experiment: dict, rows: list[dict], folds: list[dict], n_participants: int) -> str:
+def _markdown(experiment: dict, rows: list[dict], folds: list[dict], n_participants: int,
+              comparison_section: Sequence[str] = ()) -> str:
     n_folds = len(folds)
     preset, clip = experiment["preset_name"], experiment["clip"]
     lines = [
@@ -215,7 +311,7 @@ def _markdown(experiment: dict, rows: list[dict], folds: list[dict], n_participa
                      f"{_fmt(r['pooled'], digits)}{ci} | "
                      + " | ".join(_fmt(r[f"fold-{i}"], digits) for i in range(n_folds)) + " |")
     balanced = next(r for r in rows if r["metric"] == "balanced_accuracy")
-    lines += ["", chance_verdict(balanced), "", slice_variety_line(folds)]
+    lines += ["", chance_verdict(balanced), "", slice_variety_line(folds), *comparison_section]
     captions = {"roc": "ROC curves (each test fold and pooled)", "confusion": "Confusion matrices",
                 "accuracy_vs_gmacs": "Accuracy vs mean GMACs per scan (exit thresholds fitted on validation)",
                 "selected_slices": "Slices and regions the focus policy selected (orange boxes)"}
@@ -275,7 +371,8 @@ def _html(markdown: str) -> str:
 
 
 def write_cv_report(cv_dir: str | Path) -> Path:
-    """Write DIR/metrics.tsv, the four figures, report.md and report.html; returns the report.md path."""
+    """Write DIR/metrics.tsv, the four figures, report.md and report.html, and cv.json's "comparison"; returns the
+    report.md path."""
     cv_dir = Path(cv_dir)
     experiment = json.loads((cv_dir / CV_JSON).read_text(encoding="utf-8"))
     n_folds = experiment["folds"]
@@ -302,7 +399,10 @@ def write_cv_report(cv_dir: str | Path) -> Path:
                            cv_dir / FIGURES["accuracy_vs_gmacs"])
     plot_selected_slices(_selected_slice_panels(all_predictions, experiment), cv_dir / FIGURES["selected_slices"])
 
-    markdown = _markdown(experiment, rows, folds, len(pooled["labels"])) + "\n".join(triage_lines(all_predictions))
+    entries = comparison(rows, load_baselines(cv_dir, n_folds))
+    record_comparison(cv_dir, entries)
+    markdown = (_markdown(experiment, rows, folds, len(pooled["labels"]), comparison_lines(entries))
+                + "\n".join(triage_lines(all_predictions)))
     atomic_write_text(cv_dir / "report.md", markdown)
     atomic_write_text(cv_dir / "report.html", _html(markdown))
     return cv_dir / "report.md"

@@ -11,7 +11,10 @@ Output folder (`out_dir`):
         predictions.tsv                            one row per test scan
         budget_curve.tsv                           test accuracy vs mean GMACs (thresholds fit on validation)
         metrics.tsv                                written last: a fold with metrics.tsv is finished
-    metrics.tsv, report.md, report.html, *.png     the assembled report (reports.cv_report)
+        baselines/                                 the reference models on the same split (apps.runs.baselines):
+                                                   static 2.5D and classical; skipped with baselines=False
+    metrics.tsv, report.md, report.html, *.png     the assembled report (reports.cv_report), with the dynamic model
+                                                   vs the reference models (also in cv.json's "comparison")
 
 Protocol: the test fold's participants are used only for the final predictions; model selection (best.pt)
 and exit thresholds use the inner validation participants. Metrics count each participant once, at its
@@ -26,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from adafocus.apps.runs.baselines import run_fold_baselines
 from adafocus.apps.runs.mri import mri_card, rows_and_left_out
 from adafocus.core.config import Preset, get_preset, with_input_channels
 from adafocus.core.device import resolve_device
@@ -230,8 +234,11 @@ def run_cv(manifest: str | Path, out_dir: str | Path, *, preset: str | Preset = 
            fold: int | None = None, budget: float | None = None, epochs: int | None = None,
            axis: str = "sagittal", discard_border: float = 0.15, context: int = 1, seed: int = 0,
            validation_fraction: float = 0.2, device: str = "auto", progress: bool = True,
-           log: Callable[[str], None] = print, include_qc_failed: bool = False) -> dict:
+           log: Callable[[str], None] = print, include_qc_failed: bool = False, baselines: bool = True) -> dict:
     """Run all folds (or only `fold`) of a participant-level k-fold CV; without `fold`, also assemble the report.
+
+    With `baselines` (the default) each fold also runs the static 2.5D and classical reference models on its
+    split (apps.runs.baselines), and the report compares them with the dynamic model.
 
     `preset` is a preset name or a Preset. Scans whose registration failed QC stay out unless
     `include_qc_failed`; what was left out is logged and listed in cv.json ("left_out") and the report.
@@ -255,10 +262,14 @@ def run_cv(manifest: str | Path, out_dir: str | Path, *, preset: str | Preset = 
         raise ValueError(f"--fold {fold} is outside 0..{folds - 1}")
     results = {}
     augment = training_augmentation(preset.train.augmentation_copies)
+    feature_cache: dict = {}  # the classical reference's region features, each scan read once
     for f in all_folds if fold is None else [all_folds[fold]]:
         started = time.perf_counter()
         results[f.index] = run_fold(f, rows, preset, spec, out_dir, manifest=manifest, budget=budget,
                                     augment=augment, device=device, progress=progress, log=log)
+        if baselines:
+            run_fold_baselines(f, rows, preset, spec, out_dir, augment=augment, device=device, progress=progress,
+                               feature_cache=feature_cache, log=log)
         log(f"fold {f.index} done in {time.perf_counter() - started:.0f}s")
     report = None
     if fold is None:
@@ -281,5 +292,5 @@ def cv_command(args) -> int:
         raise FileNotFoundError(f"no manifest at {args.data}; write one with `adafocus preprocess`")
     run_cv(args.data, args.out, preset=args.preset, folds=args.folds, fold=args.fold, budget=args.budget,
            epochs=args.epochs, axis=args.axis, context=args.context, seed=args.seed, device=args.device,
-           progress=not args.quiet, include_qc_failed=args.include_qc_failed)
+           progress=not args.quiet, include_qc_failed=args.include_qc_failed, baselines=not args.no_baselines)
     return 0
