@@ -11,7 +11,7 @@ PATCH_POLICIES = ("learned", "random", "center", "gaussian", "ppo_grid")
 PATCH_SHAPES = ("deformable", "fixed", "random", "full_frame")
 FRAME_POLICIES = ("learned", "uniform", "random", "central", "gaussian")
 POLICY_GRADIENTS = ("feature_proxy", "pixel")
-SPATIAL_PROXIES = ("box", "cells")
+SPATIAL_PROXIES = ("box", "cells", "local_cells")
 CLASSIFIERS = ("max_pool", "tsn")
 GLANCE_RESIZES = ("area", "bilinear")
 
@@ -38,6 +38,9 @@ class ModelConfig:
     spatial_per_clip: bool = False   # one box for the whole clip (temporal local encoders)
     spatial_head: str = "dense"      # dense (the authors') | soft_argmax (see policy.SpatialPolicy)
     spatial_proxy: str = "box"       # box (the authors' eqs. 13-14) | cells (soft_argmax only; model.cell_proxy)
+    #                                  | local_cells (soft_argmax only; model.local_cell_logits: the local encoder's
+    #                                    reading at every cell, no glance-level class evidence needed)
+    local_cell_frames: int = 2       # local_cells: glance frames per clip whose every cell the local encoder reads
     spatial_context: int = 3         # map cells each of the policy trunk's two context convolutions spans (policy)
     spatial_window: int | None = None  # soft_argmax, eval mode: centre boxes on the cells this wide around the best,
     #                                    frames between glance frames from their blended cell weights (policy.peak_actions_at)
@@ -72,8 +75,13 @@ class ModelConfig:
             raise ValueError("need 0 < num_glance, num_focus <= num_candidates")
         if not 0 < self.min_patch_side <= (self.max_patch_side or self.frame_size) <= self.frame_size:
             raise ValueError("need 0 < min_patch_side <= max_patch_side <= frame_size")
-        if self.spatial_proxy == "cells" and (self.spatial_head != "soft_argmax" or self.policy_gradient != "feature_proxy"):
-            raise ValueError("spatial_proxy='cells' needs spatial_head='soft_argmax' and policy_gradient='feature_proxy'")
+        if self.spatial_proxy in ("cells", "local_cells") and (self.spatial_head != "soft_argmax"
+                                                                or self.policy_gradient != "feature_proxy"):
+            raise ValueError(f"spatial_proxy={self.spatial_proxy!r} needs spatial_head='soft_argmax' and "
+                             f"policy_gradient='feature_proxy'")
+        if self.spatial_proxy == "local_cells" and (self.spatial_per_clip or self.local_cell_frames < 1):
+            raise ValueError("spatial_proxy='local_cells' needs a per-frame local encoder (not spatial_per_clip) "
+                             "and local_cell_frames >= 1")
         self.normalize_mean, self.normalize_std = tuple(self.normalize_mean), tuple(self.normalize_std)
 
         if self.ppo_grid < 2:

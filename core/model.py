@@ -19,6 +19,9 @@ Variants are switches of ``ModelConfig``, not copies of this file:
 - AdaFocusV2 (``patch_shape="fixed"``, ``policy_gradient="pixel"``): the task loss trains the policy;
 - the cell proxy (``spatial_proxy="cells"``, soft_argmax head): the proxy is scored at every glance-map cell
   and the cell scores learn where it is right (``cell_proxy``; not the authors', see docs/notes/mri-demo-recipe.md, "MRI demo");
+- the local cell proxy (``spatial_proxy="local_cells"``, soft_argmax head): the same cell target, but from what the
+  LOCAL encoder reads under a box at every cell (``local_cell_logits``), so the policy learns where to look when
+  the glance cannot tell the classes apart (not the authors'; docs/notes/glance-hint.md);
 - AdaFocusV1 (``patch_policy="ppo_grid"``): a categorical actor-critic picks patch centres on a grid; it is
   trained by PPO in ``adafocus.core.adafocus_v1`` and here only sampled (training) or argmax-ed (inference);
 - ablation baselines: random / centre / gaussian patches, random shapes, full frames; uniform / random /
@@ -129,7 +132,7 @@ class UniAdaFocus(nn.Module):
                                 if c.frame_policy == "learned" else None)
         self.proxy_head = (nn.Linear(glance_dim, c.num_classes)
                            if c.learned_patches and c.patch_policy == "learned" and c.policy_gradient == "feature_proxy"
-                           else None)
+                           and c.spatial_proxy != "local_cells" else None)
         if c.classifier == "tsn":
             self.classifier = TSNClassifier(glance_dim, local_dim, c.num_classes, dropout=c.dropout,
                                             hidden=c.head_hidden)
@@ -236,6 +239,11 @@ class UniAdaFocus(nn.Module):
     @property
     def uses_cell_proxy(self) -> bool:
         return self.proxy_head is not None and self.config.spatial_proxy == "cells"
+
+    @property
+    def uses_local_cells(self) -> bool:
+        c = self.config
+        return c.learned_patches and c.patch_policy == "learned" and c.spatial_proxy == "local_cells"
 
     def grid_policy(self, glance: Glance, frame_indices: Tensor) -> tuple[Tensor, Tensor]:
         """AdaFocusV1 actor-critic at the chosen frames: (logits ``[B, T', grid**2]``, values ``[B, T']``).
@@ -371,6 +379,24 @@ class UniAdaFocus(nn.Module):
             mixture = (cells.weights.detach()[..., None] * probs).sum(dim=2).mean(dim=1)
             return mixture.clamp_min(1e-8).log(), head(pooled.detach())
 
+    def local_cell_logits(self, clip: Tensor, glance: Glance, cells: CellChoice) -> tuple[Tensor, Tensor]:
+        """The proxy of ``spatial_proxy="local_cells"``: in ``local_cell_frames`` random glance frames per clip, the
+        local encoder reads a box of the chosen scales centred on every cell, at full resolution as ``focus``
+        does, and its patch head classifies it. Returns (those logits ``[B, K, h*w, C]``, without gradient: the
+        cells where they are right become the target of the cell scores, objective.training_loss; the policy's
+        scores of the same cells ``[B, K, h*w]``). Costs K * h * w local patches per clip."""
+        batch, frames, num_cells = cells.scores.shape
+        k = min(self.config.local_cell_frames, frames)
+        pick = torch.rand(batch, frames, device=clip.device).argsort(-1)[:, :k]  # [B, K] glance frames
+        scores = cells.scores.gather(1, pick[..., None].expand(-1, -1, num_cells))
+        with torch.no_grad():
+            cell_boxes = self.boxes(self.spatial_policy.cell_actions(cells))  # [B, T_g, h*w, 4]
+            boxes = cell_boxes.gather(1, pick[..., None, None].expand(-1, -1, num_cells, 4))
+            images = self.normalize(gather_frames(clip, glance.positions.gather(1, pick)).flatten(0, 1))
+            patches = crop_patches_per_image(images, boxes.flatten(0, 1).to(images.dtype), self.config.patch_size)
+            logits = self.local_head(self.local_encoder.pooled(patches.flatten(0, 1)))
+        return logits.float().reshape(batch, k, num_cells, -1), scores
+
     @property
     def proxy_crop_size(self) -> tuple[int, int]:
         """The proxy's crop of the glance maps: a P x P patch's share of the frame, in map cells (at least 1)."""
@@ -387,7 +413,7 @@ class UniAdaFocus(nn.Module):
         frame_weights = self.frame_logits(glance).softmax(-1) if c.frame_policy == "learned" else None
         frame_indices = self.select_frames(frame_weights, batch, device)
 
-        cells = self.glance_cells(glance) if self.uses_cell_proxy else None
+        cells = self.glance_cells(glance) if self.uses_cell_proxy or self.uses_local_cells else None
         actions, glance_actions = self.patch_actions(glance, frame_indices, cells)
         boxes = self.boxes(actions)
         if c.policy_gradient == "feature_proxy":
@@ -406,7 +432,10 @@ class UniAdaFocus(nn.Module):
                        else torch.cat([glance_exit_logits.repeat(len(passes), 1, 1), focus_exit_logits], dim=1))
 
         proxy_logits = proxy_cell_logits = None
-        if cells is not None:
+        cell_scores = cells.scores if cells is not None else None
+        if self.uses_local_cells:
+            proxy_cell_logits, cell_scores = self.local_cell_logits(clip, glance, cells)
+        elif cells is not None:
             proxy_logits, proxy_cell_logits = self.cell_proxy(glance, cells)
         elif self.proxy_head is not None:
             proxy_logits = self.proxy_logits(glance, glance_actions)
@@ -421,7 +450,7 @@ class UniAdaFocus(nn.Module):
             boxes=boxes,
             num_candidates=c.num_candidates,
             proxy_cell_logits=proxy_cell_logits,
-            cell_scores=cells.scores if cells is not None else None,
+            cell_scores=cell_scores,
         )
 
     # ----------------------------------------------------------------------------------- inference

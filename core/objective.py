@@ -72,7 +72,8 @@ def training_loss(out: TrainingOutputs, labels: Tensor, cfg: LossConfig) -> tupl
         terms["spatial"] = F.cross_entropy(out.proxy_logits, labels)
     if cfg.spatial and out.proxy_cell_logits is not None:
         cell_ce = cell_cross_entropy(out.proxy_cell_logits, labels)
-        terms["proxy_cells"] = cell_ce.mean()
+        if cell_ce.requires_grad:  # the glance proxy head learns from it; local_cells' logits are a fixed target
+            terms["proxy_cells"] = cell_ce.mean()
         terms["cell_policy"] = cell_policy_loss(out.cell_scores, cell_ce.detach(), cfg.cell_temperature)
     if cfg.size_regularizer and out.glance_actions is not None:
         terms["size_regularizer"] = ((out.glance_actions[..., 2:] - 1.0) ** 2).mean()
