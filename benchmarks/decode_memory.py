@@ -12,8 +12,8 @@ import resource
 import tempfile
 from pathlib import Path
 
-from adafocus.apps.scoring.videos import ScoreInputs
 from adafocus.apps.bench.score import sample_video_links
+from adafocus.apps.scoring.videos import ScoreInputs
 from adafocus.core.config import get_preset
 
 

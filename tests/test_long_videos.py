@@ -2,6 +2,7 @@
 segments, per-window resume after SIGKILL, and broken stretches reported as gaps."""
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -313,7 +314,8 @@ def test_sigkill_mid_file_resumes_from_the_last_finished_window(long_videos, tin
     assert 8 <= finished_before < len(ranked), "the run was not interrupted mid-file"
     assert read_rows(out / "scores.csv")[1] == []
 
-    resumed = subprocess.run(command(out), cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run(command(out), cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+                             check=False)
     assert resumed.returncode == 0, resumed.stderr
     record = read_details(out / "details.jsonl")[video]
     assert [w["index"] for w in record["windows"]] == list(range(len(ranked)))  # each window exactly once
@@ -348,7 +350,7 @@ def test_temporal_iou_and_event_recall():
     assert event_recall([(10, 14)], [(12, 16), (30, 34)]) == 0.5 and event_recall([], []) == 1.0
     events = event_times(120.0, 4, 4.0, seed=1)
     assert len(events) == 4 and all(b - a == 4.0 and 4.0 <= a <= 112.0 for a, b in events)
-    assert all(b1 < a2 for (_, b1), (a2, _) in zip(events, events[1:]))
+    assert all(b1 < a2 for (_, b1), (a2, _) in itertools.pairwise(events))
 
 
 @pytest.mark.slow

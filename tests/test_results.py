@@ -3,7 +3,7 @@ import json
 
 import pytest
 from adafocus.apps.cli import main as cli_main
-from adafocus.reports.results import cpu_model_and_flags, markdown_table, save_result, write_results_page
+from adafocus.reports.results import cpu_model_and_flags, markdown_table, save_result
 
 CPUINFO = """processor\t: 0
 model name\t: Intel(R) Xeon(R) Processor

@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 import torch
 from adafocus.apps.cli import main as cli_main
-from adafocus.apps.scoring.videos import collect_inputs, ramp_up_batches, score_videos
 from adafocus.apps.scoring.outputs import csv_columns, read_rows
+from adafocus.apps.scoring.videos import collect_inputs, ramp_up_batches, score_videos
 from adafocus.core.checkpoint import save_checkpoint
 from adafocus.core.config import get_preset
 from adafocus.core.model import UniAdaFocus

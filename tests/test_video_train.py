@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 from adafocus.apps.cli import main as cli_main
-from adafocus.apps.scoring.videos import score_videos
-from adafocus.apps.scoring.outputs import read_rows
 from adafocus.apps.runs.video import detect_video_data, load_video_data, train_on_videos
+from adafocus.apps.scoring.outputs import read_rows
+from adafocus.apps.scoring.videos import score_videos
 from adafocus.core.checkpoint import load_checkpoint
 
 sys.path.insert(0, str(Path(__file__).parent))

@@ -39,7 +39,13 @@ from adafocus.core.device import cuda_autocast, resolve_device
 from adafocus.core.flops import count_gmacs, eval_mode
 from adafocus.core.io import atomic_write_json, atomic_write_text
 from adafocus.core.model import encoder_in_channels
-from adafocus.core.train import balanced_sampler, cosine_lr, is_better, prepare_for_training
+from adafocus.core.train import (
+    backward_and_step,
+    balanced_sampler,
+    cosine_lr,
+    is_better,
+    prepare_for_training,
+)
 from adafocus.datasets.mri.dataset import AugmentedCopies, ClipSpec, MRISliceDataset, collate_scans
 from adafocus.datasets.mri.manifest import ManifestRow
 from adafocus.datasets.splits import Fold, check_no_leakage
@@ -272,13 +278,7 @@ def train_static(preset: Preset, train_set: MRISliceDataset, val_set: MRISliceDa
                 loss = F.cross_entropy(model(clip).float(), labels)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"static 2.5D loss became {loss.item()} at epoch {epoch + 1}, step {i}")
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if cfg.grad_clip:
-                scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
+            backward_and_step(loss, model, optimizer, scaler, cfg.grad_clip)
         if cfg.precise_bn_batches:
             _recalibrate_batch_norm(model, train_loader, dev, cfg.precise_bn_batches)
         if (epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs:

@@ -163,7 +163,7 @@ def preprocess_scans(scans: Sequence[ScanInput], cache: Path, t1_settings: dict,
 # -------------------------------------------------------------------------------------------- scoring
 def qc_checked(prepared: tuple[Path | None, str]) -> tuple[Path | None, str]:
     """A preprocessed scan whose registration QC failed becomes (None, "QC failed: <reason> ...")."""
-    path, reason = prepared
+    path = prepared[0]
     result = read_qc_json(path) if path is not None else None
     if result is not None and result.flag == "fail":
         return None, f"QC failed: {result.reason} (--include-qc-failed scores it anyway)"

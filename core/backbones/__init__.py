@@ -18,6 +18,18 @@ from adafocus.core.backbones.base import (
 )
 from adafocus.core.backbones.image import mobilenet_v2, resnet18, resnet50, tiny_cnn, tiny_cnn_channels
 
-__all__ = ["BODY_PREFIX", "CPU_MICRO_BATCH", "Backbone", "chunk_sizes", "cpu_micro_batch", "create_backbone",
-           "list_backbones", "register_backbone", "mobilenet_v2", "resnet18", "resnet50", "tiny_cnn",
-           "tiny_cnn_channels"]
+__all__ = [
+    "BODY_PREFIX",
+    "CPU_MICRO_BATCH",
+    "Backbone",
+    "chunk_sizes",
+    "cpu_micro_batch",
+    "create_backbone",
+    "list_backbones",
+    "mobilenet_v2",
+    "register_backbone",
+    "resnet18",
+    "resnet50",
+    "tiny_cnn",
+    "tiny_cnn_channels",
+]
