@@ -451,9 +451,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=command("adafocus.apps.bench.ablations", "bench_ablations_command"))
     p = bench.add_parser("focus", help="does the policy look at the right place? k of N training seeds meeting "
                                        "every check (writes RESULTS/focus_<task>.json)")
-    p.add_argument("--task", required=True, choices=("synthetic", "fine-detail", "mri-lesion"),
+    p.add_argument("--task", required=True,
+                   choices=("synthetic", "fine-detail", "mri-lesion", "fine-detail-blind", "fine-detail-blind-local"),
                    help="synthetic: cpu-synthetic on the synthetic focus task; fine-detail: cpu-video on 2-pixel "
-                        "detail over real footage; mri-lesion: cpu-mri on the synthetic lesion task")
+                        "detail over real footage; mri-lesion: cpu-mri on the synthetic lesion task; "
+                        "fine-detail-blind(-local): no class hint, a 32-px glance that cannot read the detail, the "
+                        "paper's box proxy (or the local cell proxy)")
     p.add_argument("--seeds", type=int, default=6, help="number of training seeds (default 6)")
     p.add_argument("--first-seed", type=int, default=0, help="seeds run from this one up (default 0)")
     p.add_argument("--results", default=None, metavar="DIR", help="result folder (default docs/results)")

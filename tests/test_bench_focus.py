@@ -130,3 +130,15 @@ def test_synthetic_bench_two_fixed_seeds_meet_every_check(tmp_path):
     record = json.loads((tmp_path / "focus_synthetic.json").read_text(encoding="utf-8"))
     print(json.dumps(record["tables"]["per seed"], indent=1))
     assert record["summary"]["success"] == "2 of 2 seeds meet every check", record["summary"]["missed"]
+
+
+def test_the_command_offers_every_task():
+    from adafocus.apps.bench.focus import TASKS
+    from adafocus.apps.cli import build_parser
+
+    assert set(TASKS) == set(FOCUS_TASKS)
+    for task in TASKS:
+        assert build_parser().parse_args(["bench", "focus", "--task", task]).task == task
+    blind = {c.name: c for c in FOCUS_TASKS["fine-detail-blind-local"].checks}
+    assert blind["glance_blind"].op == "<=" and blind["glance_blind"].threshold == 0.65
+    assert blind["boxes_on_object"].threshold == 0.70 and blind["beats_centre_patches"].threshold == 0.15

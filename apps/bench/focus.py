@@ -10,7 +10,11 @@ Tasks (a ``FocusTask`` each: how to make the data, how to train a seed, what is 
 - ``fine-detail``: ``cpu-video`` trained as ``adafocus train`` does (``apps.runs.video.train_on_videos``) on the
   fine-detail clips over real footage (``datasets.fine_detail``, generator seed FINE_DETAIL_DATA_SEED), measured
   on the run's own held-out test split against the generator's boxes;
-- ``mri-lesion``: ``cpu-mri`` with the lesion recipe of ``apps.bench.mri_focus`` on the synthetic lesion task.
+- ``mri-lesion``: ``cpu-mri`` with the lesion recipe of ``apps.bench.mri_focus`` on the synthetic lesion task;
+- ``fine-detail-blind`` / ``fine-detail-blind-local``: the fine-detail clips with no class hint
+  (``FineDetailConfig(hint=0)``) and ``cpu-video`` glancing at 32 px, where the glance cannot read the stripes
+  (at 64 px it reads them through aliasing, docs/notes/glance-hint.md): the paper's box proxy, and the local cell
+  proxy (``spatial_proxy="local_cells"``) that learns where from what the local encoder reads.
 
 Per seed, with the same trained weights and the same number of P x P patches (equal GMACs, itself a check):
 accuracy of the learned policies, of random and centred patches on the learned frames, of learned patches on
@@ -61,12 +65,12 @@ from adafocus.core.io import atomic_write_json
 from adafocus.core.model import UniAdaFocus
 from adafocus.core.run import RunFolder, load_run
 from adafocus.core.train import collect_logits
-from adafocus.datasets.fine_detail import write_fine_detail_videos
+from adafocus.datasets.fine_detail import FineDetailConfig, write_fine_detail_videos
 from adafocus.datasets.synthetic import collate
 from adafocus.datasets.synthetic_mri import LesionTaskConfig
 from torch.utils.data import DataLoader, Dataset
 
-TASKS = ("synthetic", "fine-detail", "mri-lesion")
+TASKS = ("synthetic", "fine-detail", "mri-lesion", "fine-detail-blind", "fine-detail-blind-local")
 FINE_DETAIL_DATA_SEED = 23  # not a seed cpu-video was sized on (those were 0 and 7)
 FINE_DETAIL_VIDEOS = 600    # 420 train / 90 val / 90 test
 EQUAL_COST_TOLERANCE = 1e-6
@@ -165,6 +169,18 @@ FINE_DETAIL_CHECKS = (
           lambda m: m["box_hit"]["learned"] - m["box_hit"]["centre_patches"]),
     Check("frames_on_object", "share of chosen frames showing the object (a third of the candidates do)", ">",
           0.50, lambda m: m["frame_hit"]["learned"]),
+)
+BLIND_GLANCE_SIZE = 32
+FINE_DETAIL_BLIND_CHECKS = (
+    EQUAL_COST,
+    Check("glance_blind", "(the task) accuracy of the glance-only exit", "<=", 0.65,
+          lambda m: m["accuracy"]["glance_exit"]),
+    Check("beats_random_patches", "accuracy: learned - random patches on the learned frames", ">=", 0.15,
+          _beats("random_patches")),
+    Check("beats_centre_patches", "accuracy: learned - centred patches on the learned frames", ">=", 0.15,
+          _beats("centre_patches")),
+    Check("boxes_on_object", "share of boxes on object frames holding the object's centre", ">=", 0.70,
+          lambda m: m["box_hit"]["learned"]),
 )
 MRI_CHECKS = (
     EQUAL_COST,
@@ -307,7 +323,7 @@ def _fine_detail_prepare(work: Path, quick: bool, log: Callable) -> dict:
 
 def _fine_detail_train(data: dict, seed: int, run_dir: Path, device: str, log: Callable
                        ) -> tuple[UniAdaFocus, Dataset]:
-    preset = get_preset("cpu-video")
+    preset = get_preset("cpu-video", **data.get("model", {}))
     preset.train = dataclasses.replace(preset.train, **data["overrides"], seed=seed)
     train_on_videos(data["root"], preset, run_dir, device=device, progress=False, log=log)
     model = load_run(RunFolder(run_dir).best, device="cpu").model
@@ -315,6 +331,26 @@ def _fine_detail_train(data: dict, seed: int, run_dir: Path, device: str, log: C
     test = load_video_data(data["root"], num_frames=c.num_candidates, size=c.frame_size,
                            split_file=RunFolder(run_dir).split, seed=seed).test
     return model, ClipsWithTruth(test, data["truth"], c.frame_size)
+
+
+def _fine_detail_blind_prepare(work: Path, quick: bool, log: Callable) -> dict:
+    count = 24 if quick else FINE_DETAIL_VIDEOS
+    root = work / "data-no-hint" / "Real Life Violence Dataset"
+    truth = root / "ground_truth.jsonl"
+    if not (truth.is_file() and sum(1 for _ in truth.open(encoding="utf-8")) == count):
+        log(f"writing {count} fine-detail clips without a class hint (generator seed {FINE_DETAIL_DATA_SEED}) "
+            f"-> {root}")
+        truth = write_fine_detail_videos(root, count, seed=FINE_DETAIL_DATA_SEED,
+                                         config=FineDetailConfig(hint=0.0, hint_jitter=0.0))
+    return {"root": root, "truth": truth, "overrides": QUICK_TRAINING if quick else {},
+            "model": {"glance_size": BLIND_GLANCE_SIZE}}
+
+
+def _with_local_cells(prepare: Callable[[Path, bool, Callable], dict]) -> Callable[[Path, bool, Callable], dict]:
+    def prepared(work: Path, quick: bool, log: Callable) -> dict:
+        data = prepare(work, quick, log)
+        return {**data, "model": {**data.get("model", {}), "spatial_proxy": "local_cells"}}
+    return prepared
 
 
 QUICK_MRI_SPLITS = (("train", 16), ("val", 8), ("test", 8))
@@ -355,6 +391,17 @@ FOCUS_TASKS = {
                              _fine_detail_prepare, _fine_detail_train, _frames_measure, FINE_DETAIL_CHECKS,
                              f"each run's own stratified test split (15%) of {FINE_DETAIL_VIDEOS} clips made with "
                              f"generator seed {FINE_DETAIL_DATA_SEED}"),
+    "fine-detail-blind": FocusTask(
+        "fine-detail-blind", f"cpu-video, glance at {BLIND_GLANCE_SIZE} px, on fine-detail clips with no class hint",
+        _fine_detail_blind_prepare, _fine_detail_train, _frames_measure, FINE_DETAIL_BLIND_CHECKS,
+        f"each run's own stratified test split (15%) of {FINE_DETAIL_VIDEOS} clips made with generator seed "
+        f"{FINE_DETAIL_DATA_SEED} and hint 0"),
+    "fine-detail-blind-local": FocusTask(
+        "fine-detail-blind-local", "the same with the local cell proxy (spatial_proxy='local_cells')",
+        _with_local_cells(_fine_detail_blind_prepare), _fine_detail_train, _frames_measure,
+        FINE_DETAIL_BLIND_CHECKS,
+        f"each run's own stratified test split (15%) of {FINE_DETAIL_VIDEOS} clips made with generator seed "
+        f"{FINE_DETAIL_DATA_SEED} and hint 0"),
     "mri-lesion": FocusTask("mri-lesion", "cpu-mri (lesion recipe, one training thread) on the synthetic lesion task",
                             _mri_prepare, _mri_train, measure_lesion_focus, MRI_CHECKS,
                             f"{dict(SPLITS)['test']} test subjects (their own task seed), the same for every seed"),
