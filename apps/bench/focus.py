@@ -148,14 +148,23 @@ def _cost_gap(m: dict) -> float:
 
 EQUAL_COST = Check("equal_cost", "baselines' mean GMACs per sample differ from the learned policy's by at most "
                    "(relative)", "<=", EQUAL_COST_TOLERANCE, _cost_gap)
-SYNTHETIC_CHECKS = (
-    EQUAL_COST,
+BEATS_RANDOM_AND_CENTRE_PATCHES = (
     Check("beats_random_patches", "accuracy: learned - random patches on the learned frames", ">=", 0.15,
           _beats("random_patches")),
     Check("beats_centre_patches", "accuracy: learned - centred patches on the learned frames", ">=", 0.15,
           _beats("centre_patches")),
-    Check("boxes_on_object", "share of boxes on object frames holding the object's centre", ">=", 0.80,
-          lambda m: m["box_hit"]["learned"]),
+)
+
+
+def boxes_on_object(threshold: float) -> Check:
+    return Check("boxes_on_object", "share of boxes on object frames holding the object's centre", ">=", threshold,
+                 lambda m: m["box_hit"]["learned"])
+
+
+SYNTHETIC_CHECKS = (
+    EQUAL_COST,
+    *BEATS_RANDOM_AND_CENTRE_PATCHES,
+    boxes_on_object(0.80),
     Check("frames_on_object", "share of chosen frames showing the object / the same with uniform frames", ">=",
           2.0, lambda m: m["frame_hit"]["learned"] / m["frame_hit"]["uniform_frames"]),
 )
@@ -163,8 +172,7 @@ FINE_DETAIL_CHECKS = (
     EQUAL_COST,
     Check("accuracy", "held-out accuracy of the learned policies (every patch)", ">=", 0.85,
           lambda m: m["accuracy"]["learned"]),
-    Check("boxes_on_object", "share of boxes on object frames holding the object's centre", ">=", 0.70,
-          lambda m: m["box_hit"]["learned"]),
+    boxes_on_object(0.70),
     Check("boxes_beat_centre", "that share: learned boxes - centred boxes of the same size", ">", 0.30,
           lambda m: m["box_hit"]["learned"] - m["box_hit"]["centre_patches"]),
     Check("frames_on_object", "share of chosen frames showing the object (a third of the candidates do)", ">",
@@ -175,12 +183,8 @@ FINE_DETAIL_BLIND_CHECKS = (
     EQUAL_COST,
     Check("glance_blind", "(the task) accuracy of the glance-only exit", "<=", 0.65,
           lambda m: m["accuracy"]["glance_exit"]),
-    Check("beats_random_patches", "accuracy: learned - random patches on the learned frames", ">=", 0.15,
-          _beats("random_patches")),
-    Check("beats_centre_patches", "accuracy: learned - centred patches on the learned frames", ">=", 0.15,
-          _beats("centre_patches")),
-    Check("boxes_on_object", "share of boxes on object frames holding the object's centre", ">=", 0.70,
-          lambda m: m["box_hit"]["learned"]),
+    *BEATS_RANDOM_AND_CENTRE_PATCHES,
+    boxes_on_object(0.70),
 )
 MRI_CHECKS = (
     EQUAL_COST,

@@ -182,7 +182,7 @@ def calibrate_on_windows(checkpoint: str | Path, budget: float, videos: Sequence
     window_s, stride_s = window_seconds(windows, stride, run.card.input)
     scorer = ExitLogitScorer(run.model, None, run.card.class_names, eval_crop, dev, batch_size)
     logits, skipped = [], []
-    for path in paths:
+    for done, path in enumerate(paths, 1):
         try:
             meta = probe_video(path)
             plan = plan_windows(meta.num_frames, meta.fps, window_s, stride_s, scorer.num_candidates)
@@ -192,7 +192,7 @@ def calibrate_on_windows(checkpoint: str | Path, budget: float, videos: Sequence
             skipped.append(path)
             log(f"calibrate: skipped {path}: {getattr(error, 'reason', error)}")
         if progress:
-            log(f"calibrate: {len(logits)} windows from {paths.index(path) + 1 - len(skipped)} of {len(paths)} videos")
+            log(f"calibrate: {len(logits)} windows from {done - len(skipped)} of {len(paths)} videos")
     if not logits:
         raise ValueError("no window of the given videos could be decoded to calibrate on")
     stacked = torch.stack(logits)
