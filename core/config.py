@@ -63,6 +63,8 @@ class ModelConfig:
     ppo_grid: int = 7                      # AdaFocusV1 ("ppo_grid" patches): a grid x grid set of centres
     head_hidden: int | None = None         # X3D: heads are Linear(D, 2048, no bias)-ReLU-Dropout-Linear (tsn only)
     glance_resize: str = "area"            # how frames are resized to glance_size: area | bilinear (the authors')
+    position_channels: bool = False        # append (candidate place, row, column) channels to every frame before the
+    #                                        encoders, so features know where they were read (model.with_positions)
 
     def __post_init__(self):
         for name, allowed in (("patch_policy", PATCH_POLICIES), ("patch_shape", PATCH_SHAPES),

@@ -24,6 +24,9 @@ Variants are switches of ``ModelConfig``, not copies of this file:
   the glance cannot tell the classes apart (not the authors'; docs/notes/glance-hint.md);
 - AdaFocusV1 (``patch_policy="ppo_grid"``): a categorical actor-critic picks patch centres on a grid; it is
   trained by PPO in ``adafocus.core.adafocus_v1`` and here only sampled (training) or argmax-ed (inference);
+- position channels (``position_channels``): three channels appended to every normalised frame before the
+  encoders (the frame's place among the candidates, the row, the column), so features know where they were
+  read; patches are cut with their coordinates (not the authors'; docs/notes/mri-atrophy-recipe.md);
 - ablation baselines: random / centre / gaussian patches, random shapes, full frames; uniform / random /
   central / gaussian frames.
 """
@@ -57,6 +60,8 @@ from adafocus.core.sampling import (
     uniform_frames,
 )
 from torch import Tensor, nn
+
+POSITION_CHANNELS = 3  # ModelConfig.position_channels: slice place, row, column
 
 
 @dataclass
@@ -111,6 +116,9 @@ class UniAdaFocus(nn.Module):
         super().__init__()
         self.config = c = config
         glance_kwargs, local_kwargs = dict(c.glance_backbone_kwargs), dict(c.local_backbone_kwargs)
+        if c.position_channels:
+            for kwargs in (glance_kwargs, local_kwargs):
+                kwargs["in_chans"] = kwargs.get("in_chans", len(c.normalize_mean)) + POSITION_CHANNELS
         self.glance_encoder = create_backbone(c.glance_backbone, pretrained=c.glance_pretrained, **glance_kwargs)
         self.local_encoder = create_backbone(c.local_backbone, pretrained=c.local_pretrained, **local_kwargs)
         self._check_clip_backbones()
@@ -194,6 +202,18 @@ class UniAdaFocus(nn.Module):
             frames = frames.expand(-1, self.pixel_mean.shape[1], -1, -1)
         return (frames - self.pixel_mean).div_(self.pixel_std)  # in place: one copy of the frames, not two
 
+    def with_positions(self, frames: Tensor, frame_indices: Tensor) -> Tensor:
+        """With ``position_channels``: normalised frames ``[M, C, H, W]`` of candidate indices ``[...]`` (M of them)
+        -> ``[M, C + 3, H, W]``, the extra channels the frame's place among the N candidates, the row and the
+        column, each from -1 to 1 (a crop of the frame then carries where it was cut). Else the frames."""
+        if not self.config.position_channels:
+            return frames
+        m, _, h, w = frames.shape
+        slice_place = frame_indices.reshape(m).to(frames.dtype) * (2.0 / max(self.config.num_candidates - 1, 1)) - 1
+        rows = torch.linspace(-1, 1, h, device=frames.device, dtype=frames.dtype).view(1, 1, h, 1).expand(m, 1, h, w)
+        cols = torch.linspace(-1, 1, w, device=frames.device, dtype=frames.dtype).view(1, 1, 1, w).expand(m, 1, h, w)
+        return torch.cat([frames, slice_place.view(m, 1, 1, 1).expand(m, 1, h, w), rows, cols], dim=1)
+
     def _check_clip(self, clip: Tensor) -> None:
         c = self.config
         if clip.dim() != 5 or clip.shape[1] != c.num_candidates or clip.shape[-1] != c.frame_size \
@@ -209,7 +229,7 @@ class UniAdaFocus(nn.Module):
         frames = gather_frames(clip, positions).flatten(0, 1)
         if self.glance_size != c.frame_size:
             frames = F.interpolate(frames, size=(self.glance_size, self.glance_size), mode=c.glance_resize)
-        maps = self.glance_encoder(self.normalize(frames))
+        maps = self.glance_encoder(self.with_positions(self.normalize(frames), positions))
         maps = maps.reshape(batch, c.num_glance, *maps.shape[1:])
         return Glance(feature_maps=maps, features=maps.mean(dim=(-2, -1)), positions=positions)
 
@@ -341,8 +361,9 @@ class UniAdaFocus(nn.Module):
 
         ``samples [B']`` says which clips of the batch the rows belong to (default: all, in order); only the
         chosen frames are gathered, never whole clips."""
-        frames = gather_frames(clip, frame_indices, samples).flatten(0, 1)
-        patches = crop_patches(self.normalize(frames), boxes.flatten(0, 1), self.config.patch_size)
+        frames = self.with_positions(self.normalize(gather_frames(clip, frame_indices, samples).flatten(0, 1)),
+                                     frame_indices)
+        patches = crop_patches(frames, boxes.flatten(0, 1), self.config.patch_size)
         features = self.local_encoder.pooled(patches)
         return features.reshape(*frame_indices.shape, -1)
 
@@ -392,7 +413,8 @@ class UniAdaFocus(nn.Module):
         with torch.no_grad():
             cell_boxes = self.boxes(self.spatial_policy.cell_actions(cells))  # [B, T_g, h*w, 4]
             boxes = cell_boxes.gather(1, pick[..., None, None].expand(-1, -1, num_cells, 4))
-            images = self.normalize(gather_frames(clip, glance.positions.gather(1, pick)).flatten(0, 1))
+            positions = glance.positions.gather(1, pick)
+            images = self.with_positions(self.normalize(gather_frames(clip, positions).flatten(0, 1)), positions)
             patches = crop_patches_per_image(images, boxes.flatten(0, 1).to(images.dtype), self.config.patch_size)
             logits = self.local_head(self.local_encoder.pooled(patches.flatten(0, 1)))
         return logits.float().reshape(batch, k, num_cells, -1), scores
