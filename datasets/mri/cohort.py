@@ -106,8 +106,9 @@ class ShapeAtrophy:
 
     - hippocampi: a Gaussian-weighted radial scaling about c = (+-28, -20, -14) mm (g = exp(-|(p - c)/sigma|^2
       / 2)); a_h > 0 samples from farther out, so the structure shrinks (near its centre by 1 / (1 + a_h) per
-      axis). The centre is the medial temporal centre the darkening cohort uses (no atlas ships offline with
-      nilearn here; Harvard-Oxford's hippocampus lies at about (+-26, -22, -14)).
+      axis). The centre is the medial temporal centre the darkening cohort uses; the AAL atlas's hippocampus
+      centroids are about (+-27, -21, -10) mm (Tzourio-Mazoyer et al., NeuroImage 15:273-289, 2002; as cited in
+      apps/runs/baselines.py; no atlas image ships offline with nilearn here).
     - lateral ventricles: v(p) is the field pointing into the template's lateral ventricles
       (`lateral_ventricle_push`, length <= 1), so b_v mm > 0 fills the space next to them with ventricle: the
       ventricles widen by up to b_v mm on every side (the template's are slits 4-8 mm wide: a young brain).
