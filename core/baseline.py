@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from adafocus.core.backbones import cpu_micro_batch, create_backbone
+from adafocus.core.backbones import cpu_micro_batch, create_backbone, encoder_input
 from adafocus.core.config import ModelConfig
 from adafocus.core.flops import count_gmacs, eval_mode
-from adafocus.core.sampling import uniform_frames
+from adafocus.core.sampling import gather_frames, uniform_frames
 from torch import Tensor, nn
 
 
@@ -26,13 +26,16 @@ class StaticBaseline(nn.Module):
         """``clip [B, N, C, H, W]`` in [0, 1] -> logits ``[B, classes]`` from the T_g evenly spread frames."""
         c, batch = self.config, clip.shape[0]
         positions = uniform_frames(batch, c.num_glance, c.num_candidates, random_offsets=False, device=clip.device)
-        frames = clip[torch.arange(batch, device=clip.device)[:, None], positions].flatten(0, 1)
-        frames = (frames - self.pixel_mean) / self.pixel_std
-        glance_input = frames
+        frames = gather_frames(clip, positions).flatten(0, 1)
+        glance_frames = frames
         if c.glance_size and c.glance_size != c.frame_size:
-            glance_input = F.interpolate(frames, size=(c.glance_size, c.glance_size), mode="area")
-        features = torch.cat([self.glance_encoder.pooled(glance_input), self.local_encoder.pooled(frames)], dim=1)
+            glance_frames = F.interpolate(frames, size=(c.glance_size, c.glance_size), mode="area")
+        features = torch.cat([self.glance_encoder.pooled(self.encoder_input(self.glance_encoder, glance_frames)),
+                              self.local_encoder.pooled(self.encoder_input(self.local_encoder, frames))], dim=1)
         return self.head(features.reshape(batch, c.num_glance, -1).mean(dim=1))
+
+    def encoder_input(self, encoder: nn.Module, frames: Tensor) -> Tensor:
+        return encoder_input(encoder, frames, self.pixel_mean, self.pixel_std)
 
     def optimize_for_inference(self) -> StaticBaseline:
         """The same encoder optimisation Uni-AdaFocus gets, so speed comparisons stay fair."""

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from adafocus.core.backbones import cpu_micro_batch, create_backbone
+from adafocus.core.backbones import cpu_micro_batch, create_backbone, encoder_input
 from adafocus.core.backbones.x3d import share_pretrained_head
 from adafocus.core.classifier import AccumulatedMaxPoolClassifier, TSNClassifier, make_head
 from adafocus.core.config import ModelConfig
@@ -45,6 +45,7 @@ from adafocus.core.flops import count_gmacs, eval_mode
 from adafocus.core.geometry import (
     boxes_from_actions,
     boxes_to_source_pixels,
+    crop_frames,
     crop_patches,
     crop_patches_per_image,
     interpolate_over_time,
@@ -54,6 +55,7 @@ from adafocus.core.policy import CellChoice, SpatialPolicy, TemporalPolicy
 from adafocus.core.ppo import GridActorCritic
 from adafocus.core.sampling import (
     central_frames,
+    gather_frames,
     gaussian_frames,
     random_frames,
     select_frames,
@@ -202,6 +204,11 @@ class UniAdaFocus(nn.Module):
             frames = frames.expand(-1, self.pixel_mean.shape[1], -1, -1)
         return (frames - self.pixel_mean).div_(self.pixel_std)  # in place: one copy of the frames, not two
 
+    def encoder_input(self, encoder: nn.Module, frames: Tensor) -> Tensor:
+        """Frames ``[M, C, H, W]`` in [0, 1] -> ``encoder``'s input: ``normalize``-d, unless the encoder's engine
+        graph normalises itself (core.backbones.encoder_input)."""
+        return encoder_input(encoder, frames, self.pixel_mean, self.pixel_std)
+
     def with_positions(self, frames: Tensor, frame_indices: Tensor) -> Tensor:
         """With ``position_channels``: normalised frames ``[M, C, H, W]`` of candidate indices ``[...]`` (M of them)
         -> ``[M, C + 3, H, W]``, the extra channels the frame's place among the N candidates, the row and the
@@ -229,7 +236,7 @@ class UniAdaFocus(nn.Module):
         frames = gather_frames(clip, positions).flatten(0, 1)
         if self.glance_size != c.frame_size:
             frames = F.interpolate(frames, size=(self.glance_size, self.glance_size), mode=c.glance_resize)
-        maps = self.glance_encoder(self.with_positions(self.normalize(frames), positions))
+        maps = self.glance_encoder(self.with_positions(self.encoder_input(self.glance_encoder, frames), positions))
         maps = maps.reshape(batch, c.num_glance, *maps.shape[1:])
         return Glance(feature_maps=maps, features=maps.mean(dim=(-2, -1)), positions=positions)
 
@@ -359,11 +366,18 @@ class UniAdaFocus(nn.Module):
     def focus(self, clip: Tensor, frame_indices: Tensor, boxes: Tensor, samples: Tensor | None = None) -> Tensor:
         """Local features ``[B', T', D_l]`` of the boxes ``[B', T', 4]`` in the chosen frames ``[B', T']``.
 
-        ``samples [B']`` says which clips of the batch the rows belong to (default: all, in order); only the
-        chosen frames are gathered, never whole clips."""
-        frames = self.with_positions(self.normalize(gather_frames(clip, frame_indices, samples).flatten(0, 1)),
-                                     frame_indices)
-        patches = crop_patches(frames, boxes.flatten(0, 1), self.config.patch_size)
+        ``samples [B']`` says which clips of the batch the rows belong to (default: all, in order). The patches are
+        cut from the clip itself (core.geometry.crop_frames), not from a copy of the chosen frames."""
+        if self.config.position_channels:  # the coordinates are cut with the frame
+            frames = self.with_positions(self.normalize(gather_frames(clip, frame_indices, samples).flatten(0, 1)),
+                                         frame_indices)
+            patches = crop_patches(frames, boxes.flatten(0, 1), self.config.patch_size)
+        else:
+            if samples is None:
+                samples = torch.arange(frame_indices.shape[0], device=clip.device)
+            # Filled with the mean colour outside the frame, a patch normalises to the crop of the normalised frame.
+            patches = self.encoder_input(self.local_encoder, crop_frames(clip, samples, frame_indices, boxes,
+                                                                         self.config.patch_size, fill=self.pixel_mean))
         features = self.local_encoder.pooled(patches)
         return features.reshape(*frame_indices.shape, -1)
 
@@ -514,7 +528,8 @@ class UniAdaFocus(nn.Module):
         exit_index[~keep] = 0
         active = torch.arange(batch, device=device)[keep]
         if active.numel():
-            sub = Glance(glance.feature_maps[active], glance.features[active], glance.positions[active])
+            sub = glance if active.numel() == batch else Glance(glance.feature_maps[active], glance.features[active],
+                                                                glance.positions[active])
             chosen = self.select_frames(frame_weights[active], active.numel(), device)
             frame_indices[active], boxes[active] = chosen, self.boxes(self.patch_actions(sub, chosen)[0])
 
@@ -634,14 +649,6 @@ def full_precision(like: Tensor):
     """Autocast off on ``like``'s device: the policies, their proxy and the MC temporal step run in float32
     under mixed precision, as in the authors' code (only the encoders run in half precision there)."""
     return torch.autocast(device_type=like.device.type, enabled=False)
-
-
-def gather_frames(clip: Tensor, indices: Tensor, samples: Tensor | None = None) -> Tensor:
-    """``clip [B, N, C, H, W]``, ``indices [B', T]`` -> ``[B', T, C, H, W]``; row i comes from clip
-    ``samples[i]`` (default: row i). Copies only the gathered frames."""
-    if samples is None:
-        samples = torch.arange(indices.shape[0], device=clip.device)
-    return clip[samples[:, None], indices]
 
 
 def encoder_in_channels(encoder: nn.Module) -> int:

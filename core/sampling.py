@@ -309,3 +309,14 @@ def exact_expected_logits(frame_logits: Tensor, weights: Tensor, *, num_draws: i
     ).unsqueeze(2)
     expected = (prob[used].unsqueeze(2) * remaining_mean).sum(dim=0) / num_draws
     return expected.to(frame_logits.dtype)
+
+
+def gather_frames(clip: Tensor, indices: Tensor, samples: Tensor | None = None) -> Tensor:
+    """``clip [B, N, C, H, W]``, ``indices [B', T]`` -> ``[B', T, C, H, W]``; row i comes from clip
+    ``samples[i]`` (default: row i). Copies only the gathered frames."""
+    if samples is None:
+        samples = torch.arange(indices.shape[0], device=clip.device)
+    if not clip.is_contiguous():
+        return clip[samples[:, None], indices]
+    rows = (samples[:, None] * clip.shape[1] + indices).flatten()  # index_select: faster than advanced indexing
+    return clip.flatten(0, 1).index_select(0, rows).unflatten(0, indices.shape)

@@ -72,6 +72,20 @@ def test_engine_inference_equals_torch_with_and_without_exits(config, exported):
     assert len(set(expected.exit_index.tolist())) >= 3  # exits happen at several steps
     _assert_same_result(got, expected)
     assert engined.exit_costs() == plain.exit_costs()  # FLOPs are counted on the same weights
+    # the frame normalisation runs inside both encoders' graphs: torch hands them frames in [0, 1]
+    assert engined.glance_encoder.normalizes_input and engined.local_encoder.normalizes_input
+    assert not plain.glance_encoder.normalizes_input
+
+
+def test_encoders_reading_more_than_the_frames_keep_the_normalisation_in_torch(config, tmp_path):
+    with_positions = dataclasses.replace(config, position_channels=True)
+    plain, engined, used = _pair(with_positions, tmp_path)
+    assert used == "openvino" and isinstance(engined.local_encoder.body, EngineBody)
+    assert not engined.glance_encoder.normalizes_input and not engined.local_encoder.normalizes_input
+    clip = torch.rand(4, config.num_candidates, 3, config.frame_size, config.frame_size,
+                      generator=torch.Generator().manual_seed(2))
+    with torch.inference_mode():
+        _assert_same_result(engined.infer(clip), plain.infer(clip))
 
 
 def test_export_failure_warns_in_one_line_and_keeps_torch(config, tmp_path, monkeypatch, caplog):

@@ -4,13 +4,17 @@ from adafocus.core.geometry import (
     box_contains_points,
     boxes_from_actions,
     boxes_to_source_pixels,
+    crop_frames,
     crop_patches,
     crop_patches_per_image,
     glance_brackets,
     interpolate_over_time,
     position_for_centre,
+    sample_frame_by_frame,
+    sample_gathered,
     scale_for_side,
 )
+from adafocus.core.sampling import gather_frames
 
 
 def test_boxes_from_actions_stay_inside_frame_and_respect_side_bounds():
@@ -135,3 +139,54 @@ def test_box_contains_points():
     boxes = torch.tensor([[0.1, 0.1, 0.3, 0.3], [0.5, 0.5, 0.9, 0.9]])
     pts = torch.tensor([[0.2, 0.2], [0.2, 0.2]])
     assert box_contains_points(boxes, pts).tolist() == [True, False]
+
+
+def _clip_and_boxes(channels=3):
+    torch.manual_seed(0)
+    clip = torch.rand(3, 5, channels, 40, 50)
+    samples, frames = torch.tensor([2, 0]), torch.tensor([[1, 4, 4], [0, 2, 3]])
+    corner = torch.rand(2, 3, 2) * 0.6
+    boxes = torch.cat([corner, corner + 0.1 + torch.rand(2, 3, 2) * 0.3], dim=-1)
+    # boxes smaller than the patch at the frame's edges: their outer samples have a tap outside the frame
+    boxes[0, 0] = torch.tensor([0.0, 0.0, 0.1, 0.1])
+    boxes[1, 1] = torch.tensor([0.9, 0.85, 1.0, 1.0])
+    return clip, samples, frames, boxes
+
+
+def test_crop_frames_equals_cropping_the_gathered_frames_on_either_sampling_path():
+    clip, samples, frames, boxes = _clip_and_boxes()
+    expected = crop_patches(gather_frames(clip, frames, samples).flatten(0, 1), boxes.flatten(0, 1), 16)
+    assert torch.equal(crop_frames(clip, samples, frames, boxes, 16), expected)
+    grid = torch.nn.functional.affine_grid(torch.eye(2, 3).expand(4, 2, 3), [4, 1, 6, 7], align_corners=False) * 0.7
+    rows = torch.tensor([3, 0, 3, 14])
+    flat = clip.flatten(0, 1)
+    assert torch.equal(sample_frame_by_frame(flat, rows, grid), sample_gathered(flat, rows, grid))
+    assert sample_frame_by_frame(flat, rows[:0], grid[:0]).shape == (0, 3, 6, 7)
+
+
+@pytest.mark.parametrize("channels", [3, 1])
+def test_a_patch_filled_with_the_mean_normalises_to_the_crop_of_the_normalised_frame(channels):
+    clip, samples, frames, boxes = _clip_and_boxes(channels)
+    mean, std = torch.tensor([0.4, 0.5, 0.6]).view(1, 3, 1, 1), torch.tensor([0.2, 0.3, 0.25]).view(1, 3, 1, 1)
+    normalised = (gather_frames(clip, frames, samples).flatten(0, 1).expand(-1, 3, -1, -1) - mean) / std
+    expected = crop_patches(normalised, boxes.flatten(0, 1), 16)
+    got = (crop_frames(clip, samples, frames, boxes, 16, fill=mean) - mean) / std
+    assert (got - expected).abs().max() < 1e-5
+    unfilled = (crop_frames(clip, samples, frames, boxes, 16) - mean) / std
+    assert (unfilled - expected).abs().max() > 0.5  # the edge boxes really reach outside the frame
+
+
+def test_crop_frames_is_differentiable_in_the_boxes_and_checks_shapes():
+    clip, samples, frames, boxes = _clip_and_boxes()
+    boxes.requires_grad_()
+    crop_frames(clip, samples, frames, boxes, 8, fill=torch.full((1, 3, 1, 1), 0.5)).sum().backward()
+    assert boxes.grad.abs().sum() > 0
+    with pytest.raises(ValueError):
+        crop_frames(clip, samples, frames[:, :2], boxes, 8)
+
+
+def test_gather_frames_gives_the_same_frames_from_strided_clips():
+    clip, samples, frames, _ = _clip_and_boxes()
+    strided = clip.transpose(-1, -2).contiguous().transpose(-1, -2)  # same values, not contiguous
+    assert torch.equal(gather_frames(clip, frames, samples), gather_frames(strided, frames, samples))
+    assert torch.equal(gather_frames(clip, frames, samples)[1, 2], clip[0, 3])

@@ -370,14 +370,18 @@ def test_load_clip_train_mode_is_random_but_seedable(counter_mp4):
     assert levels == a[1].frame_indices
 
 
-def test_long_clips_are_resized_in_parts_with_the_same_result_as_frame_by_frame():
+def test_clips_are_resized_as_uint8_like_a_float_resize_and_frame_by_frame():
     rng = np.random.default_rng(0)
-    frames = rng.integers(0, 256, size=(2 * video_mod.RESIZE_FRAMES_AT_ONCE + 3, 90, 160, 3), dtype=np.uint8)
+    frames = rng.integers(0, 256, size=(19, 90, 160, 3), dtype=np.uint8)
     transform = ClipTransform(40, train=False)
     clip, _ = transform(frames, _full_view_info(90, 160, len(frames)))
     one_by_one = torch.cat([transform(frames[i:i + 1], _full_view_info(90, 160, 1))[0] for i in range(len(frames))])
-    assert clip.shape == (len(frames), 3, 40, 40)
+    assert clip.shape == (len(frames), 3, 40, 40) and clip.is_contiguous()
     assert torch.equal(clip, one_by_one)
+    assert torch.equal(clip, (clip * 255).round() / 255)  # whole steps of 1/255, as an 8-bit image
+    as_float = torch.nn.functional.interpolate(torch.from_numpy(frames[:, :, 35:125]).permute(0, 3, 1, 2).float(),
+                                               size=(40, 40), mode="bilinear", align_corners=False, antialias=True)
+    assert (clip - as_float / 255).abs().max() <= 1 / 255
 
 
 def test_decoded_video_cache_serves_the_same_clip_without_decoding_again(counter_mp4, monkeypatch):

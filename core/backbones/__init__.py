@@ -13,6 +13,7 @@ from adafocus.core.backbones.base import (
     chunk_sizes,
     cpu_micro_batch,
     create_backbone,
+    encoder_input,
     list_backbones,
     register_backbone,
 )
@@ -25,6 +26,7 @@ __all__ = [
     "chunk_sizes",
     "cpu_micro_batch",
     "create_backbone",
+    "encoder_input",
     "list_backbones",
     "mobilenet_v2",
     "register_backbone",

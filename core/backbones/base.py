@@ -48,6 +48,17 @@ def chunk_sizes(total: int, micro_batch: int | None, frames_per_clip: int = 1) -
     return [(base + (i < extra)) * frames_per_clip for i in range(count)]
 
 
+def encoder_input(encoder: Backbone, frames: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """Frames ``[M, C, H, W]`` in [0, 1] -> what ``encoder`` takes: grey frames repeated to the channels of
+    ``mean`` / ``std`` (``[1, C, 1, 1]``), then ``(frames - mean) / std`` unless the encoder's body does that
+    itself (``Backbone.normalizes_input``)."""
+    if frames.shape[1] == 1 and mean.shape[1] > 1:
+        frames = frames.expand(-1, mean.shape[1], -1, -1)
+    if encoder.normalizes_input:
+        return frames
+    return (frames - mean).div_(std)  # in place: one copy of the frames, not two
+
+
 class Backbone(nn.Module):
     """A feature extractor: forward(x [N, C, H, W]) -> feature map [N, D, h, w].
 
@@ -87,6 +98,12 @@ class Backbone(nn.Module):
         self.frames_per_clip = 1
         self.channels_last = False
         self.micro_batch: int | None = None
+
+    @property
+    def normalizes_input(self) -> bool:
+        """Whether the body takes frames in [0, 1] and normalises them itself (an inference engine's graph
+        with the normalisation in front, see core.engine) rather than normalised frames."""
+        return bool(getattr(self.body, "normalizes_input", False))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x [N, C, H, W] -> feature map [N, feature_dim, ~H / stride, ~W / stride] (convs round)."""
