@@ -368,6 +368,19 @@ def _cpu_mri_imagenet() -> Preset:
     return preset
 
 
+def _cpu_mri_atrophy() -> Preset:
+    """``cpu-mri`` with ``position_channels`` and 300 epochs, for atrophy that is a change of *where* (shape-change
+    cohorts: hippocampi shrink, ventricles widen; datasets.mri.cohort.ShapeAtrophy). Every frame reaches both
+    encoders with its candidate place, row and column as three extra channels (model.with_positions), so the
+    max-pooled features can say where dark tissue is, not only that it is; the 300 epochs are what 18 training
+    participants needed (at 40 the loss had not moved). Measured in docs/notes/mri-atrophy-recipe.md (28 and 100
+    participants, seeds 0-2): better than ``cpu-mri`` there, short of issue 30's targets."""
+    preset = _cpu_mri()
+    preset.model = dataclasses.replace(preset.model, position_channels=True)
+    preset.train = dataclasses.replace(preset.train, epochs=300)
+    return preset
+
+
 PRESETS = {
     "paper-mbv2-r50": _paper_activitynet,
     "cpu-synthetic": _cpu_synthetic,
@@ -386,6 +399,7 @@ PRESETS = {
     "mri-paper": _mri_paper,
     "cpu-mri": _cpu_mri,
     "cpu-mri-imagenet": _cpu_mri_imagenet,
+    "cpu-mri-atrophy": _cpu_mri_atrophy,
 }
 
 
