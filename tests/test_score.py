@@ -20,7 +20,7 @@ import pytest
 import torch
 from adafocus.apps.cli import main as cli_main
 from adafocus.apps.scoring.outputs import csv_columns, read_rows
-from adafocus.apps.scoring.videos import collect_inputs, ramp_up_batches, score_videos
+from adafocus.apps.scoring.videos import collect_inputs, pipeline_batches, score_videos
 from adafocus.core.checkpoint import save_checkpoint
 from adafocus.core.config import get_preset
 from adafocus.core.model import UniAdaFocus
@@ -166,14 +166,16 @@ def test_oversized_frames_are_refused_before_decoding(corpus, checkpoint, tmp_pa
     assert rows["good.mp4"]["status"] == "ok"
 
 
-def test_ramp_up_batches_double_up_to_the_batch_size_and_cover_every_file_once():
-    batches = ramp_up_batches(40, 16)
-    assert [len(b) for b in batches] == [1, 2, 4, 8, 16, 9]
+def test_pipeline_batches_grow_to_the_batch_size_shrink_at_the_end_and_cover_every_file_once():
+    batches = pipeline_batches(40, 16)
+    assert [len(b) for b in batches] == [1, 2, 4, 8, 13, 6, 3, 2, 1]
     assert [i for b in batches for i in b] == list(range(40))
-    assert [len(b) for b in ramp_up_batches(5, 2)] == [1, 2, 2]
-    assert ramp_up_batches(0, 16) == []
+    sizes = [len(b) for b in pipeline_batches(200, 16)]
+    assert sizes[:5] == [1, 2, 4, 8, 16] and set(sizes[4:-5]) == {16} and sizes[-1] == 1 and sum(sizes) == 200
+    assert [len(b) for b in pipeline_batches(5, 2)] == [1, 2, 1, 1]
+    assert pipeline_batches(0, 16) == []
     with pytest.raises(ValueError):
-        ramp_up_batches(3, 0)
+        pipeline_batches(3, 0)
 
 
 def test_collect_inputs_folders_globs_files(tmp_path):
@@ -326,6 +328,9 @@ def test_bench_score_reports_rates_and_decode_share():
     assert result["decode_only_s"] > 0 and result["model_only_s"] > 0
     assert result["overlap"] == pytest.approx(max(result["decode_only_s"], result["model_only_s"])
                                               / result["end_to_end_s"])
+    # workers=0: the decoding CPU time is this process's own, about its wall time
+    assert 0.3 * result["decode_only_s"] < result["decode_cpu_s"] < 3 * result["decode_only_s"]
+    assert result["model_cpu_s"] > 0 and 0 < result["overlap_bound"] <= 1.0
 
 
 def test_pipeline_overlap():
@@ -335,6 +340,16 @@ def test_pipeline_overlap():
     assert pipeline_overlap(14.0, 10.0, 4.0) == pytest.approx(10 / 14)  # the stages take turns
     with pytest.raises(ValueError):
         pipeline_overlap(0.0, 1.0, 1.0)
+
+
+def test_overlap_bound_counts_the_cores_both_stages_share():
+    from adafocus.apps.bench.score import overlap_bound
+
+    assert overlap_bound(10.0, 4.0, 14.0, cores=4) == 1.0  # enough cores to run both at full speed
+    assert overlap_bound(10.0, 4.0, 24.0, cores=2) == pytest.approx(10 / 12)  # decode on 2 cores + model on 1
+    assert overlap_bound(10.0, 4.0, 14.0, cores=1) == pytest.approx(10 / 14)  # one core: the stages take turns
+    with pytest.raises(ValueError):
+        overlap_bound(1.0, 1.0, 2.0, cores=0)
 
 
 def test_bench_score_file_scaling_runs_each_count_in_its_own_process(capsys):

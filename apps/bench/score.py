@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
 import resource
 import tempfile
 import time
@@ -18,8 +19,8 @@ from adafocus.apps.scoring.videos import (
     collate_scored,
     collect_inputs,
     cpu_threads,
+    decoded_batches,
     model_threads,
-    ramp_up_batches,
     score_videos,
 )
 from adafocus.core.device import cuda_autocast, resolve_device
@@ -42,9 +43,10 @@ def sample_video_links(folder: Path, count: int) -> list[str]:
 
 
 def model_only_rate(checkpoint: str | Path, paths: Sequence[str], *, batch_size: int, device: str,
-                    threads: int, min_seconds: float = 2.0, engine: str = "auto", precision: str = "fp32") -> float:
-    """Videos/s of `model.infer` alone on one batch of already decoded clips (after a warm-up pass), with
-    `threads` CPU threads on the CPU (as while scoring) and the engine `score_videos` uses."""
+                    threads: int, min_seconds: float = 2.0, engine: str = "auto", precision: str = "fp32"
+                    ) -> tuple[float, float]:
+    """(videos/s, CPU seconds per video) of `model.infer` alone on one batch of already decoded clips (after a
+    warm-up pass), with `threads` CPU threads on the CPU (as while scoring) and the engine `score_videos` uses."""
     model = load_run(checkpoint, device=device).model
     dev = resolve_device(device)
     c = model.config
@@ -57,28 +59,30 @@ def model_only_rate(checkpoint: str | Path, paths: Sequence[str], *, batch_size:
     prepare_for_inference(model, engine=engine, precision=precision, calibration=clips if precision == "int8" else None)
     with cpu_threads(dev, threads), torch.inference_mode(), cuda_autocast(dev):
         model.infer(clips)
-        runs, started = 0, time.perf_counter()
+        runs, started, cpu_started = 0, time.perf_counter(), time.process_time()
         while runs < 3 or time.perf_counter() - started < min_seconds:
             model.infer(clips)
             if dev.type == "cuda":
                 torch.cuda.synchronize(dev)
             runs += 1
-    return runs * len(clips) / (time.perf_counter() - started)
+    videos = runs * len(clips)
+    return videos / (time.perf_counter() - started), (time.process_time() - cpu_started) / videos
 
 
 def decode_only_seconds(paths: Sequence[str], *, num_candidates: int, frame_size: int, eval_crop: float,
-                        workers: int, batch_size: int) -> float:
-    """Seconds to decode `paths` into batches exactly as `score_videos` does (same workers, batches and
-    transforms), with no model running: the decoding stage alone."""
-    from torch.utils.data import DataLoader
-
-    loader = DataLoader(ScoreInputs(list(paths), num_candidates, frame_size, eval_crop),
-                        batch_sampler=ramp_up_batches(len(paths), batch_size), num_workers=workers,
-                        collate_fn=collate_scored)
-    started = time.perf_counter()
-    for _ in loader:
+                        workers: int, batch_size: int) -> tuple[float, float]:
+    """(seconds, CPU seconds) to decode `paths` into batches exactly as `score_videos` does (same workers,
+    batches and transforms), with no model running: the decoding stage alone. The CPU time is this process's
+    and its finished workers'."""
+    started, cpu_started = time.perf_counter(), _cpu_seconds_with_children()
+    for _ in decoded_batches(ScoreInputs(list(paths), num_candidates, frame_size, eval_crop), batch_size, workers):
         pass
-    return time.perf_counter() - started
+    return time.perf_counter() - started, _cpu_seconds_with_children() - cpu_started
+
+
+def _cpu_seconds_with_children() -> float:
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def pipeline_overlap(end_to_end_s: float, decode_s: float, model_s: float) -> float:
@@ -87,6 +91,16 @@ def pipeline_overlap(end_to_end_s: float, decode_s: float, model_s: float) -> fl
     if end_to_end_s <= 0:
         raise ValueError(f"end-to-end time must be positive, got {end_to_end_s}")
     return max(decode_s, model_s) / end_to_end_s
+
+
+def overlap_bound(decode_s: float, model_s: float, cpu_s: float, cores: int) -> float:
+    """The best ``pipeline_overlap`` a machine with ``cores`` CPU cores allows when both stages run on them:
+    end to end cannot be shorter than the slower stage alone, nor than the two stages' CPU seconds together
+    (``cpu_s``) spread over every core. 1.0 where the cores can run both at full speed at once."""
+    if cores < 1:
+        raise ValueError(f"need at least one core, got {cores}")
+    slowest = max(decode_s, model_s)
+    return slowest / max(slowest, cpu_s / cores) if slowest > 0 else 0.0
 
 
 def bench_score(inputs: Sequence[str] = (), *, checkpoint: str | Path | None = None, preset: str = "cpu-video",
@@ -103,19 +117,23 @@ def bench_score(inputs: Sequence[str] = (), *, checkpoint: str | Path | None = N
                                batch_size=batch_size, progress=False, log=lambda _: None, engine=engine,
                                precision=precision)
         threads = model_threads(workers)
-        model_rate = model_only_rate(checkpoint, paths, batch_size=batch_size, device=device, threads=threads,
-                                     engine=engine, precision=precision)
+        model_rate, model_cpu_per_video = model_only_rate(checkpoint, paths, batch_size=batch_size, device=device,
+                                                          threads=threads, engine=engine, precision=precision)
         run = load_run(checkpoint, device="cpu")
-        decode_s = decode_only_seconds(paths, num_candidates=run.model.config.num_candidates,
-                                       frame_size=run.model.config.frame_size,
-                                       eval_crop=float(run.card.input.get("eval_crop", 1.0)), workers=workers,
-                                       batch_size=batch_size)
+        decode_s, decode_cpu_s = decode_only_seconds(paths, num_candidates=run.model.config.num_candidates,
+                                                     frame_size=run.model.config.frame_size,
+                                                     eval_crop=float(run.card.input.get("eval_crop", 1.0)),
+                                                     workers=workers, batch_size=batch_size)
     files = summary.scored + summary.failed
     busy_ms = summary.decode_ms + summary.model_ms
     model_s = summary.scored / model_rate if model_rate > 0 else 0.0
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    model_cpu_s = model_cpu_per_video * summary.scored if resolve_device(device).type == "cpu" else 0.0
     return {
         "end_to_end_s": summary.loop_s, "decode_only_s": decode_s, "model_only_s": model_s,
         "overlap": pipeline_overlap(summary.loop_s, decode_s, model_s) if summary.loop_s > 0 else 0.0,
+        "decode_cpu_s": decode_cpu_s, "model_cpu_s": model_cpu_s, "cores": cores,
+        "overlap_bound": overlap_bound(decode_s, model_s, decode_cpu_s + model_cpu_s, cores),
         "videos": files, "failed": summary.failed, "workers": workers, "model_threads": threads,
         "batch_size": batch_size,
         "device": str(resolve_device(device)),
@@ -211,6 +229,9 @@ def bench_score_command(args) -> int:
           f"({result['model_ms_per_video']:.1f} ms/video while scoring)")
     print(f"stages alone: decode {result['decode_only_s']:.1f} s, model {result['model_only_s']:.1f} s; end to end "
           f"{result['end_to_end_s']:.1f} s; overlap max(decode, model) / end to end = {result['overlap']:.2f}")
+    print(f"            at most {result['overlap_bound']:.2f} on {result['cores']} cores: the stages need "
+          f"{result['decode_cpu_s']:.1f} + {result['model_cpu_s']:.1f} CPU seconds together, so end to end takes at "
+          f"least {(result['decode_cpu_s'] + result['model_cpu_s']) / result['cores']:.1f} s")
     return 0
 
 

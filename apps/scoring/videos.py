@@ -1,8 +1,9 @@
 """Batch scoring of video files: files, folders or globs in, one CSV row per file out (`adafocus score`).
 
 Decoding runs in DataLoader workers while the model scores the previous batch; batches run on the GPU
-when there is one, with early exit at a compute budget. The first batches grow 1, 2, 4, ... up to the batch
-size (``ramp_up_batches``), so the model starts after one decoded file instead of a whole batch. A file that
+when there is one, with early exit at a compute budget. Workers decode file by file; the batches grow 1, 2, 4,
+... up to the batch size and shrink again at the end (``pipeline_batches``), so the model starts after one
+decoded file instead of a whole batch and finishes soon after the last one is decoded. A file that
 cannot be read becomes a row with status "error" and a short reason; nothing stops the run.
 
 Crash safety. scores.csv is the record of what is done. Each batch's rows are appended in one write,
@@ -237,18 +238,41 @@ class ScoreSummary:
                 f"of {self.files} files in {self.wall_s:.1f}s ({rate:.1f} files/s)")
 
 
-def ramp_up_batches(count: int, batch_size: int) -> list[list[int]]:
-    """Indices 0..count-1 in batches of 1, 2, 4, ... then ``batch_size``: the model waits for one decoded file
-    before its first batch instead of ``batch_size`` of them, and while it scores a batch the workers decode
-    the next, which is at most twice as large. The pipeline fills in about one file's decoding time."""
+def pipeline_batches(count: int, batch_size: int) -> list[list[int]]:
+    """Indices 0..count-1 in batches that grow 1, 2, 4, ... up to ``batch_size`` and shrink again at the end.
+
+    Growing: the model waits for one decoded file before its first batch instead of ``batch_size`` of them,
+    and while it scores a batch the workers decode the next, at most twice as large. Shrinking (each of the
+    last batches about half of what is left): when the last file is decoded, the model has at most a file or
+    two left to score instead of a whole batch. The pipeline fills and drains in about one file's time."""
     if count < 0 or batch_size < 1:
         raise ValueError(f"need count >= 0 and batch_size >= 1, got {count} and {batch_size}")
-    batches, start, size = [], 0, 1
-    while start < count:
-        batches.append(list(range(start, min(start + size, count))))
-        start += size
+    sizes, done, size = [], 0, 1
+    while done < count:
+        left = count - done
+        step = min(size, batch_size, max(1, -(-left // 2)) if left < 2 * batch_size else left)
+        sizes.append(step)
+        done += step
         size = min(2 * size, batch_size)
-    return batches
+    starts = [sum(sizes[:i]) for i in range(len(sizes))]
+    return [list(range(start, start + step)) for start, step in zip(starts, sizes)]
+
+
+def _as_is(item: dict[str, Any]) -> dict[str, Any]:
+    return item
+
+
+def decoded_batches(dataset: ScoreInputs, batch_size: int, workers: int, *, pin_memory: bool = False):
+    """Collated batches (``collate_scored``) of ``dataset`` in order, in the sizes of ``pipeline_batches``.
+
+    The workers decode file by file, so every batch is filled by all of them (a batch decoded by one worker
+    while the others idle would take ``workers`` times as long), and they stay about a batch ahead of the
+    model: each keeps ``batch_size / workers + 1`` files decoded in advance."""
+    loader = DataLoader(dataset, batch_size=None, num_workers=workers, collate_fn=_as_is, pin_memory=pin_memory,
+                        prefetch_factor=-(-batch_size // workers) + 1 if workers else None)
+    files = iter(loader)
+    for indices in pipeline_batches(len(dataset), batch_size):
+        yield collate_scored([next(files) for _ in indices])
 
 
 def model_threads(workers: int) -> int:
@@ -318,16 +342,15 @@ def score_videos(inputs: Sequence[str], checkpoint: str | Path, out_csv: str | P
     if summary.skipped:
         log(f"skipping {summary.skipped} of {len(paths)} files already in {final.csv}")
     c = model.config
-    loader = DataLoader(ScoreInputs(todo, c.num_candidates, c.frame_size, eval_crop),
-                        batch_sampler=ramp_up_batches(len(todo), batch_size), num_workers=workers,
-                        collate_fn=collate_scored, pin_memory=dev.type == "cuda")
+    batches = decoded_batches(ScoreInputs(todo, c.num_candidates, c.frame_size, eval_crop), batch_size, workers,
+                              pin_memory=dev.type == "cuda")
     bar = None
     if progress and todo:
         from tqdm import tqdm
         bar = tqdm(total=len(todo), unit="file", dynamic_ncols=True, desc="scoring")
     loop_started = waited_from = time.perf_counter()
     with cpu_threads(dev, model_threads(workers)):
-        for batch in loader:
+        for batch in batches:
             summary.wait_s += time.perf_counter() - waited_from
             rows, records = score_batch(model, batch, policy, class_names, thumb_dir, dev, summary)
             final.append(rows, records)
