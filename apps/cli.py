@@ -404,6 +404,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-optimize", action="store_true",
                    help="skip batch-norm folding and channels-last (for both baseline and Uni-AdaFocus)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs (one process per variant)")
+    p.add_argument("--model", default=None, metavar="RUN",
+                   help="also measure the precision's agreement with torch fp32 on this trained run of the preset, "
+                        "on its own calibration split (as `score --precision auto` does)")
     p.add_argument("--json", action="store_true")
     p.add_argument("--results", default=None, metavar="DIR",
                    help="also write the numbers as DIR/speed-<preset>-<precision>.json (e.g. docs/results; see "

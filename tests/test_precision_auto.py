@@ -274,3 +274,19 @@ def test_bench_speed_auto_on_openvino_picks_by_the_cpu_flags_and_measures_agreem
     assert all(row["torch_fp32_roofline_s"] > 0 for row in rows)  # torch fp32 beside, with its own roofline
     if chosen != "fp32":
         assert all(0.0 <= row["agreement_top1_agreement"] <= 1.0 for row in rows[1:])
+
+
+def test_bench_speed_measures_the_agreement_on_a_trained_run_of_the_preset(tiny_run, tmp_path, capsys):
+    from adafocus.apps.bench.speed import bench_speed_command
+
+    args = _bench_speed_args(tmp_path, "torch")
+    args.model = str(tiny_run)
+    assert bench_speed_command(args) == 0
+    out = capsys.readouterr().out
+    assert f"on the trained run {tiny_run} (its calibration split, exit policy exit_policy.json" in out
+    summary = _check_speed_result(tmp_path, out, "fp32", "torch")["summary"]
+    assert summary["trained_model.clips"] == 24 and summary["trained_model.top1_agreement"] == 1.0
+    assert summary["trained_model.same_exits"] == 1.0 and summary["trained_model.run"] == str(tiny_run)
+    args.preset = "cpu-video"  # another architecture: one line, no traceback
+    assert bench_speed_command(args) == 2
+    assert "is not a cpu-video model (differs in" in capsys.readouterr().err

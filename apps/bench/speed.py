@@ -47,6 +47,7 @@ from adafocus.core.engine import (
 from adafocus.core.exits import ExitPolicy, exit_scores, solve_budget
 from adafocus.core.flops import count_gmacs
 from adafocus.core.model import UniAdaFocus
+from adafocus.core.run import CalibrationDataError
 from adafocus.core.weights import WeightsError
 
 
@@ -579,11 +580,14 @@ def default_sweep(config: ModelConfig) -> dict[str, list[int]]:
 
 def run_bench_speed(preset: str, *, device: str, batch: int, scaling: bool, repeats: int,
                     optimize: bool = True, engine: str = "auto", precision: str = "fp32", warmup: int = 1,
-                    measure_memory: bool = True, profile: bool = True, roofline: bool = True) -> dict:
+                    measure_memory: bool = True, profile: bool = True, roofline: bool = True,
+                    model: str | None = None) -> dict:
     config = get_preset(preset).model
     dev = resolve_device(device)
     chosen = resolve_precision(engine, dev, precision, allow_int8=True)  # auto: by the CPU's flags alone
     options = {"device": device, "batch": batch, "engine": engine, "precision": chosen}
+    trained = None if model is None else trained_agreement(model, preset, device=device,
+                                                           engine=resolve_engine(engine, dev, chosen), precision=chosen)
     load_start = _load_average()
     result = {"preset": preset, "device": str(dev), "batch": batch, "torch_threads": torch.get_num_threads(),
               "engine": resolve_engine(engine, dev, chosen), "precision": chosen, "requested_precision": precision,
@@ -595,8 +599,29 @@ def run_bench_speed(preset: str, *, device: str, batch: int, scaling: bool, repe
         result["profile"] = profile_rows(config, **options)
     if scaling:
         result["scaling"] = scaling_rows(config, device=device, batch=batch, sweep=default_sweep(config))
+    if trained is not None:
+        result["trained_agreement"] = trained
     result["load_average"] = {"start": load_start, "end": _load_average()}
     return result
+
+
+def trained_agreement(run_path: str, preset: str, *, device: str, engine: str, precision: str) -> dict:
+    """``precision``'s agreement with torch fp32 on the trained run at ``run_path`` (a model of ``preset``'s
+    architecture), measured on up to AGREEMENT_CLIPS clips of its own calibration split under its exit policy,
+    as ``--precision auto`` measures it for ``score`` (apps/runs/agreement.py). Raises ValueError for a run of
+    another architecture, CalibrationDataError when its calibration split cannot be found."""
+    from adafocus.apps.runs.agreement import calibration_clips, measure_agreement
+    from adafocus.core.run import load_run
+
+    run = load_run(run_path, device=device)
+    expected, got = get_preset(preset).model, run.model.config
+    fields = ("glance_backbone", "local_backbone", "frame_size", "glance_size", "num_candidates", "num_glance",
+              "num_focus", "patch_size")
+    different = [name for name in fields if getattr(expected, name) != getattr(got, name)]
+    if different:
+        raise ValueError(f"{run_path} is not a {preset} model (differs in {', '.join(different)})")
+    clips = calibration_clips(run)
+    return {"run": str(run_path), **measure_agreement(run, engine, precision, clips)}
 
 
 def _load_average() -> float | None:
@@ -648,6 +673,8 @@ def speed_result_tables(result: dict) -> tuple[dict, dict]:
             summary[f"{key}.top1_agreement"] = agreement["top1_agreement"]
             summary[f"{key}.same_exits"] = agreement["same_exits"]
         variants.append(table_row)
+    if "trained_agreement" in result:
+        summary.update({f"trained_model.{k}": v for k, v in result["trained_agreement"].items()})
     tables = {"variants (seconds per batch)": variants, "encoders alone": result["encoders"]}
     if "profile" in result:
         tables["share of one batch per stage"] = result["profile"]
@@ -664,6 +691,7 @@ def speed_command_line(args) -> str:
               f"--precision {args.precision}"]
     parts += [flag for flag, on in (("--scaling", args.scaling), ("--no-optimize", args.no_optimize),
                                     ("--no-memory", args.no_memory)) if on]
+    parts += [f"--model {args.model}"] if getattr(args, "model", None) else []
     return " ".join(parts + ([f"--results {args.results}"] if getattr(args, "results", None) else []))
 
 
@@ -683,9 +711,14 @@ def bench_speed_command(args) -> int:
         chosen = resolve_precision(args.engine, dev, "auto", allow_int8=True)
         print(f"CPU flags: {', '.join(cpu_flags()) or 'none found'}; precision auto -> {chosen} "
               f"(engine {resolve_engine(args.engine, dev, chosen)})", file=sys.stderr if args.json else sys.stdout)
-    result = run_bench_speed(args.preset, device=args.device, batch=args.batch, scaling=args.scaling,
-                             repeats=args.repeats, optimize=not args.no_optimize, engine=args.engine,
-                             precision=args.precision, measure_memory=not args.no_memory)
+    try:
+        result = run_bench_speed(args.preset, device=args.device, batch=args.batch, scaling=args.scaling,
+                                 repeats=args.repeats, optimize=not args.no_optimize, engine=args.engine,
+                                 precision=args.precision, measure_memory=not args.no_memory,
+                                 model=getattr(args, "model", None))
+    except (ValueError, CalibrationDataError) as error:
+        print(f"adafocus bench speed: {error}", file=sys.stderr)
+        return 2
     if getattr(args, "results", None):
         from adafocus.reports.results import save_result
 
@@ -706,6 +739,10 @@ def bench_speed_command(args) -> int:
     for row in result["rows"]:
         if "agreement" in row:
             print(f"{result['precision']} vs torch fp32, {row['name']}: {format_agreement(row['agreement'])}")
+    if "trained_agreement" in result:
+        trained = result["trained_agreement"]
+        print(f"{result['precision']} vs torch fp32 on the trained run {trained['run']} (its calibration split, "
+              f"exit policy {trained['policy']}): {format_agreement(trained)}")
     if "roofline_s" in result["rows"][0]:
         print(f"\npractical time against the per-component roofline (seconds per batch of {args.batch}; each "
               "component alone at the batch it runs in; roofline = their sum; practical timed in the same turns)")
