@@ -437,7 +437,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--work", default=None, metavar="DIR",
                    help="--long: keep the built-in run, the videos and the outputs here (a re-run reuses them)")
     p.add_argument("--quick", action="store_true", help="--long: two short videos (a smoke test)")
-    p.add_argument("--results", default=None, metavar="DIR", help="--long: result folder (default docs/results)")
+    p.add_argument("--results", default=None, metavar="DIR",
+                   help="also write the numbers as DIR/score-<preset>-<workers>w.json (--long: the result folder, "
+                        "default docs/results)")
     add_device(p)
     add_engine(p)
     p.set_defaults(func=command("adafocus.apps.bench.score", "bench_score_command"))

