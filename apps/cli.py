@@ -472,6 +472,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="tiny data and one epoch (a smoke test; writes focus_<task>-quick.json)")
     add_device(p)
     p.set_defaults(func=command("adafocus.apps.bench.focus", "bench_focus_command"))
+    p = bench.add_parser("atrophy", help="MRI recipes on shape-change atrophy cohorts (issue 30): balanced accuracy "
+                                         "and the patients' slices in the atrophy, per seed (RESULTS/NAME.json)")
+    p.add_argument("--participants", type=int, default=28, help="cohort size (default 28)")
+    p.add_argument("--repeats", type=int, default=4, help="participants with a re-scan, MR2 (default 4)")
+    p.add_argument("--preset", default="cpu-mri", help="named recipe, e.g. cpu-mri-atrophy (default cpu-mri)")
+    p.add_argument("--epochs", type=int, default=None, help="override the preset's epochs")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="cv seeds (default 0 1 2)")
+    p.add_argument("--target-ba", type=float, default=None,
+                   help="pooled balanced accuracy target (default 0.85 below 100 participants, else 0.90)")
+    p.add_argument("--no-baselines", action="store_true", help="skip the static and classical reference models")
+    p.add_argument("--work", required=True, metavar="DIR", help="cohort and CV folders (a re-run resumes)")
+    p.add_argument("--name", default=None, help="write RESULTS/NAME.json (docs/results)")
+    p.set_defaults(func=command("adafocus.apps.bench.atrophy", "bench_atrophy_command"))
 
     report = sub.add_parser("report", help="render reports").add_subparsers(dest="report", required=True,
                                                                            metavar="REPORT")

@@ -1,7 +1,7 @@
 """MRI recipes on shape-change atrophy cohorts (issue 30): balanced accuracy and slices in the atrophy, over seeds.
 
-    python -m adafocus.apps.bench.atrophy --participants 28 --preset cpu-mri --seeds 0 1 2 --work DIR
-    python -m adafocus.apps.bench.atrophy --participants 100 --repeats 10 --preset cpu-mri-atrophy --seeds 0 1 2 \
+    adafocus bench atrophy --participants 28 --preset cpu-mri --seeds 0 1 2 --work DIR
+    adafocus bench atrophy --participants 100 --repeats 10 --preset cpu-mri-atrophy --seeds 0 1 2 \
         --work DIR --no-baselines
 
 1. Generates an OASIS-1-layout cohort with shape-change atrophy (datasets.mri.cohort,
@@ -23,10 +23,8 @@ Run trainings with ``OMP_NUM_THREADS=1`` to compare with the numbers in docs/not
 """
 from __future__ import annotations
 
-import argparse
 import json
 import shlex
-import sys
 import time
 from pathlib import Path
 
@@ -142,25 +140,16 @@ def run_bench(work: Path, *, participants: int, repeats: int, preset: str, seeds
     return summary
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m adafocus.apps.bench.atrophy", description=__doc__.split("\n")[0])
-    parser.add_argument("--participants", type=int, default=28)
-    parser.add_argument("--repeats", type=int, default=4, help="participants with a re-scan (MR2)")
-    parser.add_argument("--preset", default="cpu-mri")
-    parser.add_argument("--epochs", type=int, default=None, help="override the preset's epochs")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--target-ba", type=float, default=None,
-                        help="pooled balanced accuracy target (default 0.85 below 100 participants, else 0.90)")
-    parser.add_argument("--no-baselines", action="store_true", help="skip the static and classical reference models")
-    parser.add_argument("--work", type=Path, required=True, help="cohort and CV folders (resumable)")
-    parser.add_argument("--name", default=None, help="write docs/results/NAME.json")
-    args = parser.parse_args(argv)
+def bench_atrophy_command(args) -> int:
+    """`adafocus bench atrophy` (arguments in apps/cli.py)."""
     target = args.target_ba if args.target_ba is not None else (0.90 if args.participants >= 100 else 0.85)
-    command = "python -m adafocus.apps.bench.atrophy " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
-    run_bench(args.work, participants=args.participants, repeats=args.repeats, preset=args.preset, seeds=args.seeds,
-              target_ba=target, baselines=not args.no_baselines, name=args.name, command=command, epochs=args.epochs)
+    command = " ".join(shlex.quote(part) for part in [
+        "adafocus", "bench", "atrophy", "--participants", str(args.participants), "--repeats", str(args.repeats),
+        "--preset", args.preset, *(["--epochs", str(args.epochs)] if args.epochs is not None else []),
+        "--seeds", *map(str, args.seeds), *(["--target-ba", str(args.target_ba)] if args.target_ba is not None else []),
+        *(["--no-baselines"] if args.no_baselines else []), "--work", str(args.work),
+        *(["--name", args.name] if args.name else [])])
+    run_bench(Path(args.work), participants=args.participants, repeats=args.repeats, preset=args.preset,
+              seeds=args.seeds, target_ba=target, baselines=not args.no_baselines, name=args.name, command=command,
+              epochs=args.epochs)
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
