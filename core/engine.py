@@ -397,23 +397,23 @@ def relative_error(output: torch.Tensor, reference: torch.Tensor) -> float:
 def engine_body(body: nn.Module, example: torch.Tensor, *, cache_dir: Path, precision: str = "fp32",
                 name: str = "encoder", calibration: list[torch.Tensor] | None = None) -> nn.Module:
     """An ``EngineBody`` for ``body`` (exported now, or read from the cache), or ``body`` itself when export
-    fails or the exported model disagrees with torch on ``example`` (one warning line either way).
+    fails or the exported model, run at fp32, disagrees with torch on ``example`` (one warning line either way).
+    bf16 and int8 are not held to a tolerance per body: bf16 MobileNetV2 with ImageNet weights differs from
+    fp32 by 0.23 of its largest feature on real frames, yet predicts alike; a precision is judged on whole
+    predictions (``prediction_agreement``).
     ``precision="int8"`` quantizes the export on ``calibration`` (the body's inputs); its agreement is
     measured on whole predictions (``prediction_agreement``), not per body."""
     try:
         ir_path, fresh = export_ir(body, example, cache_dir)
-        if precision == "int8":
-            ir_path, _ = quantize_ir(ir_path, calibration)
-            return EngineBody(ir_path, body, precision)
-        engine = EngineBody(ir_path, body, precision)
-        if fresh:
+        if fresh:  # the conversion itself, checked at full precision; a lower one is judged by its predictions
             with torch.no_grad():
-                error = relative_error(engine(example), body(example))
-            tolerance = FP32_TOLERANCE if precision == "fp32" else 5e-2
-            if not error <= tolerance:
+                error = relative_error(EngineBody(ir_path, body, "fp32")(example), body(example))
+            if not error <= FP32_TOLERANCE:
                 shutil.rmtree(ir_path.parent, ignore_errors=True)
                 raise RuntimeError(f"its output differs from torch by {error:.1e} (relative)")
-        return engine
+        if precision == "int8":
+            ir_path, _ = quantize_ir(ir_path, calibration)
+        return EngineBody(ir_path, body, precision)
     except Exception as error:  # noqa: BLE001 - any export problem means: keep torch
         message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         log.warning("openvino export of the %s failed (%s); running it in torch", name, message[:200])

@@ -117,6 +117,24 @@ def test_an_export_that_disagrees_with_torch_is_rejected(config, tmp_path, monke
     assert not list(tmp_path.rglob("*.xml"))  # the rejected export is not cached
 
 
+def test_a_lower_precision_is_exported_after_its_conversion_is_checked_at_fp32(config, tmp_path, monkeypatch):
+    """bf16 features of a trained encoder differ from fp32 far more than any per-body tolerance a conversion bug
+    would be caught by; the export is checked at fp32, and bf16 is judged by its predictions (agreement)."""
+    compiled_for_the_check = []
+    original = EngineBody.compiled
+
+    def spy(self, input_shape, threads):
+        compiled_for_the_check.append(self.precision)
+        return original(self, input_shape, threads)
+
+    monkeypatch.setattr(EngineBody, "compiled", spy)
+    monkeypatch.setattr(engine_module, "bf16_supported", lambda: True)
+    monkeypatch.setattr(engine_module, "_OV_PRECISION", {**engine_module._OV_PRECISION, "bf16": "f32"})
+    _, engined, _ = _pair(config, tmp_path, precision="bf16")
+    assert engine_summary(engined) == "glance: openvino bf16, local: openvino bf16, spatial policy: openvino bf16"
+    assert compiled_for_the_check == ["fp32", "fp32", "fp32"]  # one check per exported part, none at bf16
+
+
 def test_second_load_reuses_the_cached_export(config, exported, monkeypatch):
     import openvino
 
