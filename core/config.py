@@ -376,8 +376,7 @@ def _cpu_mri_atrophy() -> Preset:
     participants needed (at 40 the loss had not moved). Measured (`adafocus bench atrophy`, one thread,
     docs/notes/mri-atrophy-recipe.md): 100 participants, pooled balanced accuracy 0.950 and 0.980 at cv seeds 0
     and 1 (``cpu-mri`` 0.690 at seed 0), about 24 min per 5-fold CV; 28 participants 0.714, 0.679, 0.571 at
-    seeds 0-2 (``cpu-mri`` 0.464), short of 0.85. The policy's slices are not in the atrophy (0.6-1.4x chance):
-    the position-aware glance does the classifying."""
+    seeds 0-2 (``cpu-mri`` 0.464), short of 0.85. The policy's slices are not in the atrophy (0.6-1.4x chance)."""
     preset = _cpu_mri()
     preset.model = dataclasses.replace(preset.model, position_channels=True)
     preset.train = dataclasses.replace(preset.train, epochs=300)
