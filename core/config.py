@@ -374,9 +374,9 @@ def _cpu_mri_atrophy() -> Preset:
     encoders with its candidate place, row and column as three extra channels (model.with_positions), so the
     max-pooled features can say where dark tissue is, not only that it is; the 300 epochs are what 18 training
     participants needed (at 40 the loss had not moved). Measured (`adafocus bench atrophy`, one thread,
-    docs/notes/mri-atrophy-recipe.md): 100 participants, pooled balanced accuracy 0.950 and 0.980 at cv seeds 0
-    and 1 (``cpu-mri`` 0.690 at seed 0), about 24 min per 5-fold CV; 28 participants 0.714, 0.679, 0.571 at
-    seeds 0-2 (``cpu-mri`` 0.464), short of 0.85. The policy's slices are not in the atrophy (0.6-1.4x chance)."""
+    docs/notes/mri-atrophy-recipe.md): 100 participants, pooled balanced accuracy 0.950, 0.980, 0.980 at cv seeds
+    0-2 (``cpu-mri`` 0.690 at seed 0), about 24 min per 5-fold CV; 28 participants 0.714, 0.679, 0.571 at seeds
+    0-2 (``cpu-mri`` 0.464), short of 0.85. The policy's slices are not in the atrophy (0.6-1.4x chance)."""
     preset = _cpu_mri()
     preset.model = dataclasses.replace(preset.model, position_channels=True)
     preset.train = dataclasses.replace(preset.train, epochs=300)
