@@ -6,7 +6,8 @@ import json
 import nibabel as nib
 import numpy as np
 from _cv_fixtures import write_preprocessed_cohort
-from adafocus.apps.bench.atrophy import FOLDS, band_statistics, shape_cohort
+from adafocus.apps.bench.atrophy import FOLDS, shape_cohort
+from adafocus.apps.runs.cv import band_statistics
 from adafocus.datasets.mri.cohort import slices_in_band
 from adafocus.datasets.mri.dataset import ClipSpec
 from adafocus.datasets.mri.slices import select_slice_indices
@@ -32,7 +33,7 @@ def test_band_statistics_counts_the_patients_slices_in_the_shape_band(tmp_path):
         fold_dir(cv_dir, i).mkdir(parents=True)
         (fold_dir(cv_dir, i) / PREDICTIONS_FILE).write_text(
             header + f"P{i}a\t1\t{patient}\nP{i}b\t0\t{';'.join(str(s) for s in outside[:4])}\n", encoding="utf-8")
-    stats = band_statistics(cv_dir, manifest, cohort)
+    stats = band_statistics(cv_dir, manifest, cohort, FOLDS)
     assert stats["selected_in_band_patients"] == 0.75
     assert stats["selected_in_band_all"] == 0.375
     assert stats["candidates_in_band"] == len(inside) / len(candidates)

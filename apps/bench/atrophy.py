@@ -28,14 +28,10 @@ import shlex
 import time
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
-from adafocus.apps.runs.cv import run_cv
-from adafocus.apps.runs.mri import usable_rows
-from adafocus.datasets.mri.cohort import CohortConfig, slices_in_band, write_oasis_cohort
-from adafocus.datasets.mri.dataset import ClipSpec
+from adafocus.apps.runs.cv import band_statistics, run_cv
+from adafocus.datasets.mri.cohort import CohortConfig, write_oasis_cohort
 from adafocus.datasets.mri.preprocess import T1LinearConfig, run_preprocess
-from adafocus.datasets.mri.slices import select_slice_indices
 from adafocus.reports.cv_report import CV_JSON, PREDICTIONS_FILE, fold_dir, slice_variety
 from adafocus.reports.results import save_result
 from adafocus.reports.tables import read_tsv
@@ -67,7 +63,7 @@ def seed_numbers(cv_dir: Path, manifest: Path, cohort: CohortConfig) -> dict:
     metrics = {r["metric"]: r for r in read_tsv(cv_dir / "metrics.tsv")}
     ba = metrics["balanced_accuracy"]
     experiment = json.loads((cv_dir / CV_JSON).read_text(encoding="utf-8"))
-    bands = band_statistics(cv_dir, manifest, cohort)
+    bands = band_statistics(cv_dir, manifest, cohort, FOLDS)
     chance = bands["candidates_in_band"]
     references = {e["model"]: {"mean": e["balanced_accuracy"]["mean"], "folds": e["balanced_accuracy"]["folds"]}
                   for e in experiment.get("comparison", []) if e["model"] != "dynamic"}
@@ -82,25 +78,6 @@ def seed_numbers(cv_dir: Path, manifest: Path, cohort: CohortConfig) -> dict:
             "band_ratio": bands["selected_in_band_patients"] / chance if chance > 0 else float("nan"),
             "slice_sets_per_fold": [f"{sets}/{scans}" for sets, scans in varieties],
             "reference_models": references}
-
-
-def band_statistics(cv_dir: Path, manifest: Path, cohort: CohortConfig) -> dict[str, float]:
-    """Share of the chosen slices inside the cohort's atrophy band (``band_region.band_mm``), for the patients'
-    test scans and for all, and the band's share of the candidate slices (chance); as the MRI demo counts them
-    (apps.demos.mri.band_statistics). Preprocessed scans share one MNI grid."""
-    spec = ClipSpec(**json.loads((cv_dir / CV_JSON).read_text(encoding="utf-8"))["clip"])
-    first = nib.load(str(usable_rows(manifest)[0].preprocessed_path))
-    candidates = select_slice_indices(first.shape[0], spec.num_slices, spec.discard_border)
-    selected: dict[int, list[bool]] = {0: [], 1: []}
-    for i in range(FOLDS):
-        for p in read_tsv(fold_dir(cv_dir, i) / PREDICTIONS_FILE):
-            if p["slices"]:
-                slices = np.array([int(v) for v in p["slices"].split(";")])
-                selected[int(p["label"])].extend(slices_in_band(slices, first.affine, cohort.band_region).tolist())
-    everything = selected[0] + selected[1]
-    return {"selected_in_band_patients": float(np.mean(selected[1])) if selected[1] else float("nan"),
-            "selected_in_band_all": float(np.mean(everything)) if everything else float("nan"),
-            "candidates_in_band": float(np.mean(slices_in_band(candidates, first.affine, cohort.band_region)))}
 
 
 def run_bench(work: Path, *, participants: int, repeats: int, preset: str, seeds: list[int], target_ba: float,

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-from adafocus.apps.runs.cv import run_cv
+from adafocus.apps.runs.cv import band_statistics, run_cv
 from adafocus.apps.runs.mri import train_on_manifest, usable_rows
 from adafocus.apps.scoring.scans import score_scans
 from adafocus.core.config import get_preset
@@ -28,7 +28,7 @@ from adafocus.datasets.mri.cohort import AtrophyRegion, CohortConfig, slices_in_
 from adafocus.datasets.mri.dataset import ClipSpec, MRISliceDataset
 from adafocus.datasets.mri.manifest import read_manifest, write_manifest
 from adafocus.datasets.mri.preprocess import T1LinearConfig, run_preprocess
-from adafocus.datasets.mri.slices import SliceInfo, frame_box_to_voxels, select_slice_indices
+from adafocus.datasets.mri.slices import SliceInfo, frame_box_to_voxels
 from adafocus.reports.cv_report import CV_JSON, PREDICTIONS_FILE, fold_dir
 from adafocus.reports.metrics import triage_summary
 from adafocus.reports.tables import read_tsv
@@ -58,24 +58,6 @@ def score_arriving_scans(out_dir: Path, manifest: Path, *, preset: str, epochs: 
                           progress=progress, log=log)
     return {"arriving_scans": len(sources), "scored": summary.scored, "failed": summary.failed,
             "scores": summary.outputs["scores"], "run": str(out_dir / "run")}
-
-
-def band_statistics(cv_dir: Path, manifest: Path, cohort: CohortConfig, n_folds: int) -> dict[str, float]:
-    """Fraction of selected (focus) slices inside the atrophy band, for patients and overall, and the
-    band's share of the candidate slices (chance level). Preprocessed scans share one MNI grid."""
-    spec = ClipSpec(**json.loads((cv_dir / CV_JSON).read_text(encoding="utf-8"))["clip"])
-    first = nib.load(str(usable_rows(manifest)[0].preprocessed_path))
-    candidates = select_slice_indices(first.shape[0], spec.num_slices, spec.discard_border)
-    selected: dict[int, list[bool]] = {0: [], 1: []}
-    for i in range(n_folds):
-        for p in read_tsv(fold_dir(cv_dir, i) / PREDICTIONS_FILE):
-            if p["slices"]:
-                slices = np.array([int(s) for s in p["slices"].split(";")])
-                selected[int(p["label"])].extend(slices_in_band(slices, first.affine, cohort.atrophy).tolist())
-    everything = selected[0] + selected[1]
-    return {"selected_in_band_patients": float(np.mean(selected[1])) if selected[1] else float("nan"),
-            "selected_in_band_all": float(np.mean(everything)) if everything else float("nan"),
-            "candidates_in_band": float(np.mean(slices_in_band(candidates, first.affine, cohort.atrophy)))}
 
 
 def containment_chance(low: float, high: float, width: float, point: float) -> float:

@@ -294,3 +294,29 @@ def cv_command(args) -> int:
            epochs=args.epochs, axis=args.axis, context=args.context, seed=args.seed, device=args.device,
            progress=not args.quiet, include_qc_failed=args.include_qc_failed, baselines=not args.no_baselines)
     return 0
+
+
+def band_statistics(cv_dir: Path, manifest: Path, cohort, n_folds: int) -> dict[str, float]:
+    """Share of the chosen slices inside a generated cohort's atrophy band (``CohortConfig.band_region``: the
+    darkened ellipsoids or the shape change), for the patients' test scans and for all, and the band's share of
+    the candidate slices (chance). Preprocessed scans share one MNI grid."""
+    import nibabel as nib
+    from adafocus.apps.runs.mri import usable_rows
+    from adafocus.datasets.mri.cohort import slices_in_band
+    from adafocus.datasets.mri.dataset import ClipSpec
+    from adafocus.datasets.mri.slices import select_slice_indices
+
+    spec = ClipSpec(**json.loads((cv_dir / CV_JSON).read_text(encoding="utf-8"))["clip"])
+    first = nib.load(str(usable_rows(manifest)[0].preprocessed_path))
+    candidates = select_slice_indices(first.shape[0], spec.num_slices, spec.discard_border)
+    region = cohort.band_region
+    selected: dict[int, list[bool]] = {0: [], 1: []}
+    for i in range(n_folds):
+        for p in read_tsv(fold_dir(cv_dir, i) / PREDICTIONS_FILE):
+            if p["slices"]:
+                slices = np.array([int(v) for v in p["slices"].split(";")])
+                selected[int(p["label"])].extend(slices_in_band(slices, first.affine, region).tolist())
+    everything = selected[0] + selected[1]
+    return {"selected_in_band_patients": float(np.mean(selected[1])) if selected[1] else float("nan"),
+            "selected_in_band_all": float(np.mean(everything)) if everything else float("nan"),
+            "candidates_in_band": float(np.mean(slices_in_band(candidates, first.affine, region)))}
