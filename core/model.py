@@ -198,14 +198,8 @@ class UniAdaFocus(nn.Module):
         encoder.train(was_training)
         return int(shape[0]), int(shape[1])
 
-    def normalize(self, frames: Tensor) -> Tensor:
-        """Frames ``[M, C, H, W]`` in [0, 1] -> encoder input (grey frames are repeated to the model's channels)."""
-        if frames.shape[1] == 1 and self.pixel_mean.shape[1] > 1:
-            frames = frames.expand(-1, self.pixel_mean.shape[1], -1, -1)
-        return (frames - self.pixel_mean).div_(self.pixel_std)  # in place: one copy of the frames, not two
-
     def encoder_input(self, encoder: nn.Module, frames: Tensor) -> Tensor:
-        """Frames ``[M, C, H, W]`` in [0, 1] -> ``encoder``'s input: ``normalize``-d, unless the encoder's engine
+        """Frames ``[M, C, H, W]`` in [0, 1] -> ``encoder``'s input: normalised, unless the encoder's engine
         graph normalises itself (core.backbones.encoder_input)."""
         return encoder_input(encoder, frames, self.pixel_mean, self.pixel_std)
 
@@ -369,7 +363,8 @@ class UniAdaFocus(nn.Module):
         ``samples [B']`` says which clips of the batch the rows belong to (default: all, in order). The patches are
         cut from the clip itself (core.geometry.crop_frames), not from a copy of the chosen frames."""
         if self.config.position_channels:  # the coordinates are cut with the frame
-            frames = self.with_positions(self.normalize(gather_frames(clip, frame_indices, samples).flatten(0, 1)),
+            frames = self.with_positions(self.encoder_input(self.local_encoder,
+                                                            gather_frames(clip, frame_indices, samples).flatten(0, 1)),
                                          frame_indices)
             patches = crop_patches(frames, boxes.flatten(0, 1), self.config.patch_size)
         else:
@@ -428,7 +423,8 @@ class UniAdaFocus(nn.Module):
             cell_boxes = self.boxes(self.spatial_policy.cell_actions(cells))  # [B, T_g, h*w, 4]
             boxes = cell_boxes.gather(1, pick[..., None, None].expand(-1, -1, num_cells, 4))
             positions = glance.positions.gather(1, pick)
-            images = self.with_positions(self.normalize(gather_frames(clip, positions).flatten(0, 1)), positions)
+            images = self.with_positions(
+                self.encoder_input(self.local_encoder, gather_frames(clip, positions).flatten(0, 1)), positions)
             patches = crop_patches_per_image(images, boxes.flatten(0, 1).to(images.dtype), self.config.patch_size)
             logits = self.local_head(self.local_encoder.pooled(patches.flatten(0, 1)))
         return logits.float().reshape(batch, k, num_cells, -1), scores

@@ -32,7 +32,7 @@ import nibabel as nib
 import numpy as np
 import torch
 import torch.nn.functional as F
-from adafocus.core.backbones import create_backbone
+from adafocus.core.backbones import create_backbone, encoder_input
 from adafocus.core.checkpoint import save_checkpoint
 from adafocus.core.config import ModelConfig, Preset
 from adafocus.core.device import cuda_autocast, resolve_device
@@ -194,9 +194,7 @@ class StaticSliceModel(nn.Module):
         size = self.config.patch_size
         if frames.shape[-1] != size or frames.shape[-2] != size:
             frames = F.interpolate(frames, size=(size, size), mode="area")
-        if frames.shape[1] == 1 and self.pixel_mean.shape[1] > 1:
-            frames = frames.expand(-1, self.pixel_mean.shape[1], -1, -1)
-        features = self.local_encoder.pooled((frames - self.pixel_mean) / self.pixel_std)
+        features = self.local_encoder.pooled(encoder_input(self.local_encoder, frames, self.pixel_mean, self.pixel_std))
         return self.head(features.reshape(batch, slices, -1).mean(dim=1))
 
     def gmacs(self) -> float:
