@@ -87,6 +87,7 @@ class TrainingOutputs:
     num_candidates: int               # N, the frames the T' were chosen from (sets the MC loss horizon)
     proxy_cell_logits: Tensor | None = None  # [B, T_g, h*w, C] spatial_proxy="cells": the proxy at every cell
     cell_scores: Tensor | None = None        # [B, T_g, h*w] spatial_proxy="cells": the policy's cell scores
+    cell_frames: Tensor | None = None        # [B, K] spatial_proxy="local_cells": the glance frames read at every cell
 
 
 @dataclass
@@ -409,12 +410,16 @@ class UniAdaFocus(nn.Module):
             mixture = (cells.weights.detach()[..., None] * probs).sum(dim=2).mean(dim=1)
             return mixture.clamp_min(1e-8).log(), head(pooled.detach())
 
-    def local_cell_logits(self, clip: Tensor, glance: Glance, cells: CellChoice) -> tuple[Tensor, Tensor]:
+    def local_cell_logits(self, clip: Tensor, glance: Glance, cells: CellChoice) -> tuple[Tensor, Tensor, Tensor]:
         """The proxy of ``spatial_proxy="local_cells"``: in ``local_cell_frames`` random glance frames per clip, the
         local encoder reads a box of the chosen scales centred on every cell, at full resolution as ``focus``
-        does, and its patch head classifies it. Returns (those logits ``[B, K, h*w, C]``, without gradient: the
-        cells where they are right become the target of the cell scores, objective.training_loss; the policy's
-        scores of the same cells ``[B, K, h*w]``). Costs K * h * w local patches per clip."""
+        does, and its patch head classifies it. Returns
+        - those logits ``[B, K, h*w, C]``. Detached, the cells where they are right become the target of the cell
+          scores, and the frames whose best cell is right the target of the frame policy; with their gradient,
+          the clip's label read from its best cell trains the local encoder (objective.training_loss);
+        - the policy's scores of the same cells ``[B, K, h*w]``;
+        - the glance frames read ``[B, K]``.
+        Costs K * h * w local patches per clip."""
         batch, frames, num_cells = cells.scores.shape
         k = min(self.config.local_cell_frames, frames)
         pick = torch.rand(batch, frames, device=clip.device).argsort(-1)[:, :k]  # [B, K] glance frames
@@ -426,8 +431,8 @@ class UniAdaFocus(nn.Module):
             images = self.with_positions(
                 self.encoder_input(self.local_encoder, gather_frames(clip, positions).flatten(0, 1)), positions)
             patches = crop_patches_per_image(images, boxes.flatten(0, 1).to(images.dtype), self.config.patch_size)
-            logits = self.local_head(self.local_encoder.pooled(patches.flatten(0, 1)))
-        return logits.float().reshape(batch, k, num_cells, -1), scores
+        logits = self.local_head(self.local_encoder.pooled(patches.flatten(0, 1)))
+        return logits.float().reshape(batch, k, num_cells, -1), scores, pick
 
     @property
     def proxy_crop_size(self) -> tuple[int, int]:
@@ -465,8 +470,9 @@ class UniAdaFocus(nn.Module):
 
         proxy_logits = proxy_cell_logits = None
         cell_scores = cells.scores if cells is not None else None
+        cell_frames = None
         if self.uses_local_cells:
-            proxy_cell_logits, cell_scores = self.local_cell_logits(clip, glance, cells)
+            proxy_cell_logits, cell_scores, cell_frames = self.local_cell_logits(clip, glance, cells)
         elif cells is not None:
             proxy_logits, proxy_cell_logits = self.cell_proxy(glance, cells)
         elif self.proxy_head is not None:
@@ -483,6 +489,7 @@ class UniAdaFocus(nn.Module):
             num_candidates=c.num_candidates,
             proxy_cell_logits=proxy_cell_logits,
             cell_scores=cell_scores,
+            cell_frames=cell_frames,
         )
 
     # ----------------------------------------------------------------------------------- inference

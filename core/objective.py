@@ -8,7 +8,12 @@
 - spatial:    CE of the feature-interpolation proxy (eqs. 13-14) plus ``size_regularizer`` * mean((s - 1)^2)
               on the box scales (eq. 15); with ``spatial_proxy="cells"`` (model.cell_proxy) also
               proxy_cells (the proxy head's CE at every map cell) and cell_policy (cell_policy_loss), both at
-              the spatial weight.
+              the spatial weight;
+- local cells (``spatial_proxy="local_cells"``): the cell target is what the local encoder reads at every cell
+  of K glance frames; the frame policy's target is those frames' best cells (``local_frame_target``), and it
+  replaces the temporal term, whose glance logits cannot guide frames the glance cannot read; local_cells, at
+  the local_aux weight, trains the local encoder on the clip's label read from the best of those cells
+  (``best_cell_logits``: the class is somewhere in the clip, a multiple-instance loss).
 """
 from __future__ import annotations
 
@@ -41,12 +46,37 @@ def cell_cross_entropy(cell_logits: Tensor, labels: Tensor) -> Tensor:
     return ce.reshape(batch, frames, cells)
 
 
-def cell_policy_loss(scores: Tensor, cell_ce: Tensor, temperature: float) -> Tensor:
+def cell_policy_loss(scores: Tensor, cell_ce: Tensor, temperature: float, frame_weights: Tensor | None = None
+                     ) -> Tensor:
     """spatial_proxy="cells": CE between the cell scores' softmax ``[B, T, N]`` and the target
     softmax(-cell_ce / temperature) of each frame: weight goes to the cells where the proxy is most right, all
-    of them at once (a frame where every cell scores alike gets a uniform target)."""
+    of them at once (a frame where every cell scores alike gets a uniform target). ``frame_weights [B, T]``
+    (summing to T per clip) weigh the frames' terms; default equal."""
     target = (-cell_ce / temperature).softmax(-1)
-    return -(target * scores.log_softmax(-1)).sum(-1).mean()
+    per_frame = -(target * scores.log_softmax(-1)).sum(-1)
+    if frame_weights is not None:
+        per_frame = per_frame * frame_weights
+    return per_frame.mean()
+
+
+def best_cell_logits(cell_logits: Tensor) -> Tensor:
+    """``[B, K, N, C]`` -> ``[B, C]``: each class's largest logit over the K frames' N cells (multiple-instance
+    max pooling: a clip is of the class that some place in it reads best)."""
+    return cell_logits.flatten(1, 2).amax(dim=1)
+
+
+def local_frame_target(cell_ce: Tensor, temperature: float) -> Tensor:
+    """spatial_proxy="local_cells": the frame target over the K frames read at every cell, ``[B, K, N]`` ->
+    ``[B, K]``: softmax(-best cell CE / temperature), so weight goes to the frames where some place reads the
+    class right (the frames that show what decides it)."""
+    return (-cell_ce.min(dim=-1).values / temperature).softmax(-1)
+
+
+def frame_policy_loss(frame_weights: Tensor, frames: Tensor, target: Tensor) -> Tensor:
+    """CE between the frame policy's weights ``[B, T_g]`` renormalised over the K frames ``[B, K]`` and the
+    target ``[B, K]``."""
+    chosen = frame_weights.gather(1, frames).clamp_min(1e-12).log().log_softmax(-1)
+    return -(target * chosen).sum(-1).mean()
 
 
 def training_loss(out: TrainingOutputs, labels: Tensor, cfg: LossConfig) -> tuple[Tensor, dict[str, float]]:
@@ -58,7 +88,8 @@ def training_loss(out: TrainingOutputs, labels: Tensor, cfg: LossConfig) -> tupl
         terms["glance_aux"] = _per_step_ce(_aux_logits(out.glance_frame_logits, cfg), labels)
     if cfg.local_aux:
         terms["local_aux"] = _per_step_ce(_aux_logits(out.local_patch_logits, cfg), labels)
-    if cfg.temporal and out.frame_weights is not None:
+    local_cells = out.cell_frames is not None
+    if cfg.temporal and out.frame_weights is not None and not local_cells:
         frame_logits = out.glance_frame_logits if cfg.temporal_trains_glance else out.glance_frame_logits.detach()
         num_glance = frame_logits.shape[1]
         draws = cfg.mc_draws or mc_horizon(out.frame_indices.shape[1], num_glance, out.num_candidates)
@@ -70,17 +101,25 @@ def training_loss(out: TrainingOutputs, labels: Tensor, cfg: LossConfig) -> tupl
         terms["temporal"] = F.cross_entropy(expected, labels)
     if cfg.spatial and out.proxy_logits is not None:
         terms["spatial"] = F.cross_entropy(out.proxy_logits, labels)
-    if cfg.spatial and out.proxy_cell_logits is not None:
+    if out.proxy_cell_logits is not None and (cfg.spatial or local_cells and cfg.temporal):
         cell_ce = cell_cross_entropy(out.proxy_cell_logits, labels)
-        if cell_ce.requires_grad:  # the glance proxy head learns from it; local_cells' logits are a fixed target
-            terms["proxy_cells"] = cell_ce.mean()
-        terms["cell_policy"] = cell_policy_loss(out.cell_scores, cell_ce.detach(), cfg.cell_temperature)
+        frame_target = local_frame_target(cell_ce.detach(), cfg.cell_temperature) if local_cells else None
+        if cfg.spatial:
+            if not local_cells:  # the glance proxy head learns from it; local_cells' logits are a fixed target
+                terms["proxy_cells"] = cell_ce.mean()
+            # local cells: the frames that show the class teach where it is
+            per_frame = frame_target * frame_target.shape[-1] if local_cells else None
+            terms["cell_policy"] = cell_policy_loss(out.cell_scores, cell_ce.detach(), cfg.cell_temperature, per_frame)
+        if local_cells and cfg.temporal and out.frame_weights is not None:
+            terms["frame_policy"] = frame_policy_loss(out.frame_weights, out.cell_frames, frame_target)
+    if local_cells and cfg.local_aux:
+        terms["local_cells"] = F.cross_entropy(best_cell_logits(out.proxy_cell_logits), labels)
     if cfg.size_regularizer and out.glance_actions is not None:
         terms["size_regularizer"] = ((out.glance_actions[..., 2:] - 1.0) ** 2).mean()
     if not terms:
         raise ValueError("every loss term is switched off")
     weights = {"exits": cfg.exits, "glance_aux": cfg.glance_aux, "local_aux": cfg.local_aux,
                "temporal": cfg.temporal, "spatial": cfg.spatial, "size_regularizer": cfg.size_regularizer,
-               "proxy_cells": cfg.spatial, "cell_policy": cfg.spatial}
+               "proxy_cells": cfg.spatial, "cell_policy": cfg.spatial, "frame_policy": cfg.temporal, "local_cells": cfg.local_aux}
     loss = torch.stack([weights[name] * value for name, value in terms.items()]).sum()
     return loss, {name: float(value.detach()) for name, value in terms.items()}

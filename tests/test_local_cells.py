@@ -9,7 +9,13 @@ import pytest
 import torch
 from adafocus.core.config import ModelConfig, get_preset
 from adafocus.core.model import UniAdaFocus
-from adafocus.core.objective import training_loss
+from adafocus.core.objective import (
+    best_cell_logits,
+    cell_policy_loss,
+    frame_policy_loss,
+    local_frame_target,
+    training_loss,
+)
 
 
 def _preset(**overrides):
@@ -28,7 +34,7 @@ def test_config_accepts_local_cells_only_with_the_soft_argmax_head_and_per_frame
         ModelConfig(spatial_head="soft_argmax", spatial_proxy="local_cells", local_cell_frames=0)
 
 
-def test_local_cell_logits_are_a_target_and_only_the_cell_scores_learn_from_them():
+def test_local_cell_logits_are_the_policys_target_and_train_only_the_cell_scores_through_it():
     torch.manual_seed(0)
     preset = _preset(local_cell_frames=3)
     model = UniAdaFocus(preset.model).train()
@@ -36,7 +42,7 @@ def test_local_cell_logits_are_a_target_and_only_the_cell_scores_learn_from_them
     out = model(torch.rand(2, 12, 3, 128, 128))
     cells = model.glance_map_size[0] * model.glance_map_size[1]
     assert out.proxy_cell_logits.shape == (2, 3, cells, 2) and out.cell_scores.shape == (2, 3, cells)
-    assert not out.proxy_cell_logits.requires_grad and out.cell_scores.requires_grad and out.proxy_logits is None
+    assert out.proxy_cell_logits.requires_grad and out.cell_scores.requires_grad and out.proxy_logits is None
     _, terms = training_loss(out, torch.tensor([0, 1]), preset.loss)
     assert "cell_policy" in terms and "proxy_cells" not in terms and "spatial" not in terms
     model.zero_grad()
@@ -80,3 +86,70 @@ def test_cell_scores_move_to_where_the_local_reading_is_right():
     near = ((positions[best, 0] - positions[target_cell, 0]).abs() <= 1.0 / cols) & \
            ((positions[best, 1] - positions[target_cell, 1]).abs() <= 1.0 / rows)
     assert near.all(), (best, target_cell)
+
+
+def test_local_frame_target_favours_the_frame_whose_best_cell_reads_the_class():
+    cell_ce = torch.tensor([[[0.7, 0.7, 0.7], [0.7, 0.05, 0.9]]])  # frame 1 has one place that reads the class
+    target = local_frame_target(cell_ce, temperature=0.05)
+    assert target.shape == (1, 2) and torch.allclose(target.sum(-1), torch.ones(1))
+    assert target[0, 1] > 0.99
+    flat = local_frame_target(torch.full((1, 2, 3), 0.69), temperature=0.05)
+    assert torch.allclose(flat, torch.full((1, 2), 0.5))  # nowhere readable: no preference
+
+
+def test_frame_policy_loss_is_least_when_the_weights_match_the_target_among_the_frames_read():
+    frames = torch.tensor([[3, 0]])
+    target = torch.tensor([[0.9, 0.1]])
+    # Only the ratio of the weights of the frames read matters (frame 3 : frame 0 = 9 : 1 in both).
+    matching = frame_policy_loss(torch.tensor([[0.05, 0.3, 0.2, 0.45]]), frames, target)
+    other = frame_policy_loss(torch.tensor([[0.01, 0.0, 0.9, 0.09]]), frames, target)
+    wrong = frame_policy_loss(torch.tensor([[0.9, 0.0, 0.0, 0.1]]), frames, target)
+    entropy = -(target * target.log()).sum()
+    assert matching == pytest.approx(float(entropy), abs=1e-5) and other == pytest.approx(float(entropy), abs=1e-5)
+    assert wrong > matching + 1.0
+
+
+def test_cell_policy_loss_weighs_frames():
+    scores = torch.tensor([[[2.0, 0.0], [0.0, 2.0]]])
+    cell_ce = torch.tensor([[[0.0, 1.0], [0.0, 1.0]]])  # frame 0's scores agree with its target, frame 1's do not
+    even = cell_policy_loss(scores, cell_ce, 0.05)
+    assert cell_policy_loss(scores, cell_ce, 0.05, torch.tensor([[2.0, 0.0]])) < even
+    assert cell_policy_loss(scores, cell_ce, 0.05, torch.tensor([[0.0, 2.0]])) > even
+    assert cell_policy_loss(scores, cell_ce, 0.05, torch.ones(1, 2)) == pytest.approx(float(even))
+
+
+def test_local_cells_train_the_frame_policy_from_the_local_reading_not_the_glance_logits():
+    torch.manual_seed(0)
+    preset = _preset(local_cell_frames=3)
+    model = UniAdaFocus(preset.model).train()
+    out = model(torch.rand(2, 12, 3, 128, 128))
+    assert out.cell_frames.shape == (2, 3)
+    assert (out.cell_frames >= 0).all() and (out.cell_frames < preset.model.num_glance).all()
+    _, terms = training_loss(out, torch.tensor([0, 1]), preset.loss)
+    assert "frame_policy" in terms and "temporal" not in terms
+    model.zero_grad()
+    frame_only = training_loss(out, torch.tensor([0, 1]), dataclasses.replace(
+        preset.loss, exits=0.0, glance_aux=0.0, local_aux=0.0, spatial=0.0, size_regularizer=0.0))[0]
+    frame_only.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.temporal_policy.parameters())
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in model.glance_encoder.parameters())
+
+
+def test_best_cell_logits_take_each_classs_largest_logit_over_frames_and_cells():
+    logits = torch.tensor([[[[0.0, 1.0], [3.0, 0.0]], [[0.5, 2.0], [0.0, 0.0]]]])  # [1, K=2, N=2, C=2]
+    assert best_cell_logits(logits).tolist() == [[3.0, 2.0]]
+
+
+def test_the_local_cells_term_trains_the_local_encoder_on_the_best_cell():
+    torch.manual_seed(0)
+    preset = _preset(local_cell_frames=2)
+    model = UniAdaFocus(preset.model).train()
+    out = model(torch.rand(2, 12, 3, 128, 128))
+    only = dataclasses.replace(preset.loss, exits=0.0, glance_aux=0.0, temporal=0.0, spatial=0.0,
+                               size_regularizer=0.0)
+    loss, terms = training_loss(out, torch.tensor([0, 1]), only)
+    assert "local_cells" in terms and "local_aux" in terms
+    model.zero_grad()
+    loss.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.local_encoder.parameters())
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in model.spatial_policy.parameters())
