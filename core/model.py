@@ -20,8 +20,9 @@ Variants are switches of ``ModelConfig``, not copies of this file:
 - the cell proxy (``spatial_proxy="cells"``, soft_argmax head): the proxy is scored at every glance-map cell
   and the cell scores learn where it is right (``cell_proxy``; not the authors', see docs/notes/mri-demo-recipe.md, "MRI demo");
 - the local cell proxy (``spatial_proxy="local_cells"``, soft_argmax head): the same cell target, but from what the
-  LOCAL encoder reads under a box at every cell (``local_cell_logits``), so the policy learns where to look when
-  the glance cannot tell the classes apart (not the authors'; docs/notes/glance-hint.md);
+  LOCAL encoder reads under a box at every cell (``local_cell_logits``); the frames where some cell reads the class
+  are the frame policy's target, and the best cell's reading trains the local encoder, so both policies learn
+  where to look when the glance cannot tell the classes apart (not the authors'; docs/notes/glance-hint.md);
 - AdaFocusV1 (``patch_policy="ppo_grid"``): a categorical actor-critic picks patch centres on a grid; it is
   trained by PPO in ``adafocus.core.adafocus_v1`` and here only sampled (training) or argmax-ed (inference);
 - position channels (``position_channels``): three channels appended to every normalised frame before the
