@@ -79,6 +79,23 @@ def frame_policy_loss(frame_weights: Tensor, frames: Tensor, target: Tensor) -> 
     return -(target * chosen).sum(-1).mean()
 
 
+def local_cell_terms(out: TrainingOutputs, labels: Tensor, cfg: LossConfig) -> dict[str, Tensor]:
+    """spatial_proxy="local_cells": what the local encoder reads at every cell of K glance frames is the target of
+    the cell scores (cell_policy, weighted towards the frames that show the class) and of the frame policy
+    (frame_policy); with its gradient, the best cell's reading trains the local encoder (local_cells)."""
+    terms: dict[str, Tensor] = {}
+    cell_ce = cell_cross_entropy(out.proxy_cell_logits.detach(), labels)
+    frame_target = local_frame_target(cell_ce, cfg.cell_temperature)
+    if cfg.spatial:
+        terms["cell_policy"] = cell_policy_loss(out.cell_scores, cell_ce, cfg.cell_temperature,
+                                                frame_target * frame_target.shape[-1])
+    if cfg.temporal and out.frame_weights is not None:
+        terms["frame_policy"] = frame_policy_loss(out.frame_weights, out.cell_frames, frame_target)
+    if cfg.local_aux:
+        terms["local_cells"] = F.cross_entropy(best_cell_logits(out.proxy_cell_logits), labels)
+    return terms
+
+
 def training_loss(out: TrainingOutputs, labels: Tensor, cfg: LossConfig) -> tuple[Tensor, dict[str, float]]:
     """Weighted sum of the terms that apply to this model; returns (loss, {term: value})."""
     terms: dict[str, Tensor] = {}
@@ -101,25 +118,19 @@ def training_loss(out: TrainingOutputs, labels: Tensor, cfg: LossConfig) -> tupl
         terms["temporal"] = F.cross_entropy(expected, labels)
     if cfg.spatial and out.proxy_logits is not None:
         terms["spatial"] = F.cross_entropy(out.proxy_logits, labels)
-    if out.proxy_cell_logits is not None and (cfg.spatial or local_cells and cfg.temporal):
+    if cfg.spatial and out.proxy_cell_logits is not None and not local_cells:
         cell_ce = cell_cross_entropy(out.proxy_cell_logits, labels)
-        frame_target = local_frame_target(cell_ce.detach(), cfg.cell_temperature) if local_cells else None
-        if cfg.spatial:
-            if not local_cells:  # the glance proxy head learns from it; local_cells' logits are a fixed target
-                terms["proxy_cells"] = cell_ce.mean()
-            # local cells: the frames that show the class teach where it is
-            per_frame = frame_target * frame_target.shape[-1] if local_cells else None
-            terms["cell_policy"] = cell_policy_loss(out.cell_scores, cell_ce.detach(), cfg.cell_temperature, per_frame)
-        if local_cells and cfg.temporal and out.frame_weights is not None:
-            terms["frame_policy"] = frame_policy_loss(out.frame_weights, out.cell_frames, frame_target)
-    if local_cells and cfg.local_aux:
-        terms["local_cells"] = F.cross_entropy(best_cell_logits(out.proxy_cell_logits), labels)
+        terms["proxy_cells"] = cell_ce.mean()  # the glance proxy head learns from it
+        terms["cell_policy"] = cell_policy_loss(out.cell_scores, cell_ce.detach(), cfg.cell_temperature)
+    if local_cells:
+        terms.update(local_cell_terms(out, labels, cfg))
     if cfg.size_regularizer and out.glance_actions is not None:
         terms["size_regularizer"] = ((out.glance_actions[..., 2:] - 1.0) ** 2).mean()
     if not terms:
         raise ValueError("every loss term is switched off")
     weights = {"exits": cfg.exits, "glance_aux": cfg.glance_aux, "local_aux": cfg.local_aux,
                "temporal": cfg.temporal, "spatial": cfg.spatial, "size_regularizer": cfg.size_regularizer,
-               "proxy_cells": cfg.spatial, "cell_policy": cfg.spatial, "frame_policy": cfg.temporal, "local_cells": cfg.local_aux}
+               "proxy_cells": cfg.spatial, "cell_policy": cfg.spatial, "frame_policy": cfg.temporal,
+               "local_cells": cfg.local_aux}
     loss = torch.stack([weights[name] * value for name, value in terms.items()]).sum()
     return loss, {name: float(value.detach()) for name, value in terms.items()}
