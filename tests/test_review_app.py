@@ -5,6 +5,7 @@ import csv
 import gzip
 import io
 import sqlite3
+import tempfile
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -477,6 +478,25 @@ def test_app_budget_switch_changes_the_exit_used_for_scoring(app_env):
     at.checkbox(key="score_qc_failed").check().run()
     at.button(key="score_run").click().run()
     assert "exit 0" in at.success[0].value  # the cheapest budget stops after the glance
+
+
+def test_app_scoring_an_upload_leaves_no_copy_of_the_scan_on_disk(app_env, monkeypatch, tmp_path):
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))  # where the app's private copies would go
+    scan = app_env["scans"] / "cache/sub-P000/t1_pre.nii.gz"
+    at = run_app("Score a scan")
+    at.selectbox(key="score_pick").set_value("cache/sub-P000/t1_pre.nii.gz").run()
+    at.checkbox(key="score_qc_failed").check().run()
+    at.button(key="score_run").click().run()
+    picked = at.success[0].value
+    at.selectbox(key="score_pick").set_value("—").run()
+    at.file_uploader(key="score_upload").set_value(("Doe_Jane.nii.gz", scan.read_bytes(), "application/gzip")).run()
+    at.run()  # Streamlit reruns the page on every widget change: none may leave a copy behind
+    at.checkbox(key="score_qc_failed").check().run()
+    at.button(key="score_run").click().run()
+    assert not at.exception and at.success[0].value == picked
+    assert list(temp.iterdir()) == []
 
 
 def test_app_bad_upload_gives_a_message_not_a_traceback(app_env, monkeypatch):

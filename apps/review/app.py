@@ -743,7 +743,8 @@ def cached_run(path: str):
 
 
 def pick_scan(st, folders, max_mb: float):
-    """The scan chosen under the scans folder or uploaded: (validated scan, path) or (None, None)."""
+    """The scan chosen under the scans folder or uploaded: (validated scan, its file under the scans folder, or
+    None for an upload, which is written only while it is scored) or (None, None)."""
     choices = []
     if folders["scans"] is not None:
         choices = sorted(str(p.relative_to(folders["scans"])) for p in folders["scans"].rglob("*")
@@ -751,10 +752,7 @@ def pick_scan(st, folders, max_mb: float):
     picked = st.selectbox("A NIfTI file under the scans folder", ["—", *choices], key="score_pick")
     upload = st.file_uploader(f"…or upload one (.nii / .nii.gz, at most {max_mb:g} MB)", key="score_upload")
     if upload is not None:
-        validated = rl.validate_nifti_bytes(upload.name, upload.getvalue(), int(max_mb * 2**20))
-        folder = Path(tempfile.gettempdir()) / "adafocus-review"
-        folder.mkdir(mode=0o700, exist_ok=True)
-        return validated, rl.write_private_copy(validated, folder)
+        return rl.validate_nifti_bytes(upload.name, upload.getvalue(), int(max_mb * 2**20)), None
     if picked != "—":
         source = rl.resolve_inside(picked, [folders["scans"]])
         if source.stat().st_size > max_mb * 2**20:
@@ -783,9 +781,11 @@ def score_page(st, folders, roots, threshold) -> None:
     include_failed = st.checkbox("Score even if its registration fails QC", value=False, key="score_qc_failed")
     if not st.button("Score", key="score_run"):
         return
-    work = Path(tempfile.mkdtemp(prefix="adafocus-review-score-"))
-    with st.spinner("Preprocessing and scoring…"):
-        record = rl.score_new_scan(folders["model"], source, work, budget=st.session_state.get("budget"),
+    # The upload's copy, its registered image and the scores exist only while it is scored: a scan is patient
+    # data, and nothing of it stays on disk once the result is on screen.
+    with tempfile.TemporaryDirectory(prefix="adafocus-review-score-") as work, st.spinner("Preprocessing and scoring…"):
+        scan = source if source is not None else rl.write_private_copy(validated, work)
+        record = rl.score_new_scan(folders["model"], scan, Path(work) / "scores", budget=st.session_state.get("budget"),
                                    include_qc_failed=include_failed)
     if record.get("status") != "ok":
         st.error(f"Scoring failed: {record.get('error') or 'no result'}")

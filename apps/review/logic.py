@@ -24,7 +24,6 @@ import gzip
 import io
 import json
 import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -432,9 +431,10 @@ def validate_nifti_bytes(name: str, data: bytes, max_bytes: int) -> ValidatedSca
 
 
 def write_private_copy(scan: ValidatedScan, folder: str | Path) -> Path:
-    """Write the validated upload as scan.nii in a new private temp folder under `folder` (the user's file
-    name is not reused: it may contain a patient name). Returns the file path."""
-    target = Path(tempfile.mkdtemp(prefix="upload-", dir=folder)) / "scan.nii"
+    """Write the validated upload as `folder`/scan.nii, readable by this user only (the user's file name is not
+    reused: it may contain a patient name). Returns the file path."""
+    target = Path(folder) / "scan.nii"
+    target.touch(mode=0o600)
     target.write_bytes(scan.nifti_bytes)
     return target
 
