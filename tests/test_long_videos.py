@@ -8,13 +8,14 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from adafocus.apps.scoring.long_videos import merge_gaps, score_long_videos
+from adafocus.apps.scoring.long_videos import merge_gaps, read_ahead, score_long_videos
 from adafocus.apps.scoring.outputs import read_details, read_progress, read_rows, read_segments
 from adafocus.apps.scoring.videos import score_videos
 from adafocus.apps.scoring.windows import (
@@ -105,6 +106,51 @@ def test_file_label_and_flagged_classes():
 
 
 # ------------------------------------------------------------------------------------------ streaming decode
+
+
+def test_read_ahead_yields_every_item_in_order_while_producing_ahead():
+    produced = []
+
+    def items():
+        for i in range(5):
+            produced.append(i)
+            yield i
+
+    reader = read_ahead(items(), depth=1)
+    assert next(reader) == 0
+    deadline = time.monotonic() + 5
+    while len(produced) < 3 and time.monotonic() < deadline:  # item 1 waits in the slot, item 2 is made
+        time.sleep(0.01)
+    assert produced == [0, 1, 2]  # made while the consumer held item 0, and no further (depth 1)
+    assert list(reader) == [1, 2, 3, 4]
+
+
+def test_read_ahead_raises_the_producers_error_at_its_place():
+    def items():
+        yield "a"
+        yield "b"
+        raise ValueError("broken at c")
+
+    reader = read_ahead(items())
+    assert [next(reader), next(reader)] == ["a", "b"]
+    with pytest.raises(ValueError, match="broken at c"):
+        next(reader)
+
+
+def test_read_ahead_stopped_early_closes_the_source_and_ends_its_thread():
+    closed = threading.Event()
+
+    def items():
+        try:
+            yield from itertools.count()
+        finally:
+            closed.set()
+
+    reader = read_ahead(items(), depth=2)
+    assert [next(reader) for _ in range(3)] == [0, 1, 2]
+    reader.close()
+    assert closed.is_set()
+    assert not any(t.name == "read-ahead" for t in threading.enumerate())
 
 
 def test_stream_frames_serves_every_wanted_frame_once_in_order(tmp_path):

@@ -8,7 +8,8 @@ candidate frames per clip, early exits and budget.
 Decoding streams through each file once, forward only (datasets.video.stream_frames): only the frames
 the windows sample are converted, each is resized once to the model's frame size and kept only while a
 window that samples it is still open, so memory does not grow with the length of the file. Windows are
-scored in batches of up to `batch_size`.
+scored in batches of up to `batch_size`; the next batch is decoded in a background thread while the model scores
+the one before (`read_ahead`).
 
 Outputs (apps/scoring/outputs.py owns them):
     scores.csv     one row per file: label, p_<class> = the maximum over the file's windows, exit_step of
@@ -30,10 +31,12 @@ frame become gaps with a reason, and the rest of the file is scored.
 """
 from __future__ import annotations
 
+import queue
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from adafocus.apps.scoring.outputs import (
@@ -72,6 +75,8 @@ from adafocus.core.exits import ExitPolicy
 from adafocus.core.geometry import focus_locations
 from adafocus.core.model import UniAdaFocus
 from adafocus.datasets.video import ClipInfo, ClipTransform, VideoDecodeError, probe_video, stream_frames
+
+T = TypeVar("T")
 
 
 def score_long_videos(inputs: Sequence[str], checkpoint: str | Path, out_csv: str | Path, *,
@@ -273,16 +278,31 @@ def _gap(window: Window, reason: str) -> dict[str, Any]:
 
 
 def _stream_windows(path: str, remaining: list[Window], scorer: WindowScorer, num_frames: int, outcome: FileOutcome):
-    """Decode the frames of `remaining` windows in one forward pass and yield their records, a batch at a time.
+    """The records of `remaining` windows, a batch at a time, in window order: decoding runs a batch ahead in
+    a background thread (`read_ahead`) while the model scores the batch before, so decoding hides behind the
+    model instead of adding to it (PyAV and torch both release the GIL)."""
+    for batch, gaps in read_ahead(_decoded_windows(path, remaining, scorer, num_frames, outcome)):
+        records = list(gaps)
+        if batch:
+            started = time.perf_counter()
+            records += scorer.score(batch)
+            outcome.model_ms += 1000.0 * (time.perf_counter() - started)
+        yield sorted(records, key=lambda r: r["index"])
+
+
+def _decoded_windows(path: str, remaining: list[Window], scorer: WindowScorer, num_frames: int,
+                     outcome: FileOutcome):
+    """Decode the frames of `remaining` windows in one forward pass and yield (clips to score, gap records), a
+    batch of up to `scorer.batch_size` clips at a time.
 
     Frames are resized on arrival and dropped as soon as no open window samples them: at most the frames
-    of the windows that overlap the current position (plus one batch of complete clips) are held."""
+    of the windows that overlap the current position (plus the batches in flight) are held."""
     if not remaining:
         return
     wanted = sorted({f for w in remaining for f in w.frames})
     kept: dict[int, tuple[torch.Tensor | None, int, str]] = {}  # index -> (frame [3, S, S], position, reason)
     batch: list[tuple[Window, torch.Tensor, ClipInfo]] = []
-    records: list[dict[str, Any]] = []
+    gaps: list[dict[str, Any]] = []
     view: tuple[ClipInfo, tuple[int, int]] | None = None  # the view info of the first frame (all frames share it)
     next_window = 0
     decode_started = time.perf_counter()
@@ -304,7 +324,7 @@ def _stream_windows(path: str, remaining: list[Window], scorer: WindowScorer, nu
             next_window += 1
             lost = [kept[f][2] for f in window.frames if kept[f][0] is None]
             if lost:
-                records.append(_gap(window, lost[0]))
+                gaps.append(_gap(window, lost[0]))
             else:
                 info = ClipInfo(path=path, frame_indices=[kept[f][1] for f in window.frames], fps=window.fps,
                                 num_frames=num_frames, source_size=view[1], view_box=view[0].view_box,
@@ -316,19 +336,55 @@ def _stream_windows(path: str, remaining: list[Window], scorer: WindowScorer, nu
                     del kept[index]
             if len(batch) >= scorer.batch_size or next_window == len(remaining):
                 outcome.decode_ms += 1000.0 * (time.perf_counter() - decode_started)
-                if batch:
-                    model_started = time.perf_counter()
-                    records += scorer.score(batch)
-                    outcome.model_ms += 1000.0 * (time.perf_counter() - model_started)
-                    batch = []
-                records.sort(key=lambda r: r["index"])
-                yield records
-                records = []
+                yield batch, gaps
+                batch, gaps = [], []
                 decode_started = time.perf_counter()
-    if records or batch:  # unreachable unless the stream ended early; keep the records anyway
-        if batch:
-            records += scorer.score(batch)
-        yield sorted(records, key=lambda r: r["index"])
+    if batch or gaps:  # unreachable unless the stream ended early; keep the windows anyway
+        outcome.decode_ms += 1000.0 * (time.perf_counter() - decode_started)
+        yield batch, gaps
+
+
+def read_ahead(items: Iterator[T], depth: int = 1) -> Iterator[T]:
+    """`items`, produced in a background thread up to `depth` items ahead of the consumer, in order.
+
+    An exception raised while producing is raised here, at the item where it happened. A consumer that stops
+    early (break, an exception, close) stops the producer, which closes `items` (its files, its decoder)."""
+    slots: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(entry) -> bool:
+        while not stop.is_set():
+            try:
+                slots.put(entry, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce():
+        try:
+            for item in items:
+                if not put((True, item)):
+                    return
+            put((False, None))
+        except BaseException as error:  # noqa: BLE001  (handed to the consumer, raised there)
+            put((False, error))
+        finally:
+            getattr(items, "close", lambda: None)()
+
+    producer = threading.Thread(target=produce, name="read-ahead", daemon=True)
+    producer.start()
+    try:
+        while True:
+            has_item, value = slots.get()
+            if not has_item:
+                if value is not None:
+                    raise value
+                return
+            yield value
+    finally:
+        stop.set()
+        producer.join()
 
 
 def merge_gaps(windows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
