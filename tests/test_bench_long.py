@@ -162,6 +162,8 @@ def test_bench_long_end_to_end_with_a_small_builtin_model(tmp_path, monkeypatch)
     assert summary["videos"] == 2 and summary["events"] == 4 and 0 < summary["budget_gmacs"]
     assert summary["gmacs_per_min"] <= summary["fixed_gmacs_per_min"] + 1e-9
     assert 0.0 <= summary["glance_exit_share"] <= 1.0
+    assert summary["decode_s_per_min"] > 0 and summary["model_s_per_min"] > 0
+    assert 0 < summary["overlap"] <= 1.01  # each stage's time lies within the run's own
     rows = tables["per video"]
     assert [r["minutes"] for r in rows] == [1.0, 1.5] and all(r["windows"] > 20 for r in rows)
     memory = tables["peak memory per file length"]
