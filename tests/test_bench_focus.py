@@ -6,6 +6,7 @@ import json
 import math
 
 import pytest
+import torch
 from adafocus.apps.bench.focus import (
     EQUAL_COST,
     FOCUS_TASKS,
@@ -114,6 +115,8 @@ def test_quick_synthetic_bench_writes_every_seed_and_the_rate(tmp_path):
     summary = record["summary"]
     assert summary["success"] == f"{passed} of 2 seeds meet every check" and summary["seed_count"] == 2
     assert summary["quick"] is True
+    assert summary["torch_threads"] == str(torch.get_num_threads())  # the threads the seeds trained with
+    assert FOCUS_TASKS["mri-lesion"].training_threads == 1  # that task trains on one thread whatever the process has
     # each seed's measurements are kept: a re-run resumes instead of training again
     kept = work / "synthetic" / "quick" / "seed-4" / "measured.json"
     stamp = kept.stat().st_mtime_ns

@@ -45,6 +45,7 @@ from adafocus.apps.bench.mri_focus import (
     FOLLOW_MIN,
     SELECTION_BASELINES,
     SPLITS,
+    TRAINING_THREADS,
     focus_preset,
     lesion_following,
     lesion_task_splits,
@@ -281,7 +282,8 @@ class ClipsWithTruth(Dataset):
 class FocusTask:
     """How one task is benchmarked. ``prepare(work, quick, log)`` makes the data every seed shares;
     ``train(data, seed, run_dir, device, log)`` trains one seed and returns (model, held-out set);
-    ``measure(model, held_out)`` returns the seed's measurements; ``checks`` are the claims."""
+    ``measure(model, held_out)`` returns the seed's measurements; ``checks`` are the claims;
+    ``training_threads``: the torch threads ``train`` sets for itself (None: the process's)."""
 
     name: str
     title: str
@@ -290,6 +292,7 @@ class FocusTask:
     measure: Callable[[UniAdaFocus, Dataset], dict]
     checks: tuple[Check, ...]
     held_out: str
+    training_threads: int | None = None
 
 
 QUICK_TRAINING = {"epochs": 1, "batch_size": 8}
@@ -416,7 +419,8 @@ FOCUS_TASKS = {
         f"{FINE_DETAIL_DATA_SEED} and hint 0"),
     "mri-lesion": FocusTask("mri-lesion", "cpu-mri (lesion recipe, one training thread) on the synthetic lesion task",
                             _mri_prepare, _mri_train, measure_lesion_focus, MRI_CHECKS,
-                            f"{dict(SPLITS)['test']} test subjects (their own task seed), the same for every seed"),
+                            f"{dict(SPLITS)['test']} test subjects (their own task seed), the same for every seed",
+                            training_threads=TRAINING_THREADS),
 }
 
 
@@ -433,6 +437,7 @@ def measure_seed(task: FocusTask, data: Any, seed: int, seed_dir: Path, *, devic
     trained = time.perf_counter()
     measured = task.measure(model, held_out)
     record = {"seed": seed, "measured": measured, "train_s": trained - started,
+              "torch_threads": task.training_threads or torch.get_num_threads(),
               "measure_s": time.perf_counter() - trained}
     atomic_write_json(kept, record)
     return record
@@ -503,7 +508,9 @@ def result_tables(report: dict) -> tuple[dict, dict]:
                "seed_count": rate["seeds"], "success_rate": rate["rate"], "success_rate_95ci": rate["rate_95ci"],
                "missed": "; ".join(f"seed {s}: {', '.join(names)}" for s, names in rate["missed"].items()) or "none",
                "train_s_per_seed": sum(o["train_s"] for o in outcomes) / len(outcomes),
-               "torch_threads": torch.get_num_threads()}
+               # the threads each seed trained with (seeds kept from before this was recorded: this process's)
+               "torch_threads": ", ".join(sorted({str(o.get("torch_threads", torch.get_num_threads()))
+                                                  for o in outcomes}))}
     for name in ("learned", "random_patches", "centre_patches", "uniform_frames", "glance_exit"):
         values = [o["measured"]["accuracy"][name] for o in outcomes]
         summary[f"mean_accuracy.{name}"] = sum(values) / len(values)
