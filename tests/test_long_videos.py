@@ -116,13 +116,18 @@ def test_read_ahead_yields_every_item_in_order_while_producing_ahead():
             produced.append(i)
             yield i
 
-    reader = read_ahead(items(), depth=1)
+    reader = read_ahead(items(), ahead=1)
     assert next(reader) == 0
     deadline = time.monotonic() + 5
-    while len(produced) < 3 and time.monotonic() < deadline:  # item 1 waits in the slot, item 2 is made
+    while len(produced) < 2 and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert produced == [0, 1, 2]  # made while the consumer held item 0, and no further (depth 1)
-    assert list(reader) == [1, 2, 3, 4]
+    time.sleep(0.2)
+    assert produced == [0, 1]  # item 1 made while the consumer holds item 0, and no further: two alive at most
+    assert next(reader) == 1
+    while len(produced) < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert produced == [0, 1, 2]
+    assert list(reader) == [2, 3, 4]
 
 
 def test_read_ahead_raises_the_producers_error_at_its_place():
@@ -146,7 +151,7 @@ def test_read_ahead_stopped_early_closes_the_source_and_ends_its_thread():
         finally:
             closed.set()
 
-    reader = read_ahead(items(), depth=2)
+    reader = read_ahead(items(), ahead=2)
     assert [next(reader) for _ in range(3)] == [0, 1, 2]
     reader.close()
     assert closed.is_set()

@@ -344,31 +344,33 @@ def _decoded_windows(path: str, remaining: list[Window], scorer: WindowScorer, n
         yield batch, gaps
 
 
-def read_ahead(items: Iterator[T], depth: int = 1) -> Iterator[T]:
-    """`items`, produced in a background thread up to `depth` items ahead of the consumer, in order.
+def read_ahead(items: Iterator[T], ahead: int = 1) -> Iterator[T]:
+    """`items` in order, produced in a background thread while the consumer works on the one before.
 
-    An exception raised while producing is raised here, at the item where it happened. A consumer that stops
-    early (break, an exception, close) stops the producer, which closes `items` (its files, its decoder)."""
-    slots: queue.Queue = queue.Queue(maxsize=depth)
+    At most `ahead` items are made (or being made) beyond the one the consumer holds, so memory holds at most
+    `ahead` + 1 items: scoring windows keeps two batches of clips, whatever the length of the file. An exception
+    raised while producing is raised here, at the item where it happened. A consumer that stops early (break,
+    an exception, close) stops the producer, which closes `items` (its files, its decoder)."""
+    made: queue.Queue = queue.Queue()
+    credits = threading.Semaphore(ahead + 1)  # one per item alive; the consumer returns one per item it is done with
     stop = threading.Event()
 
-    def put(entry) -> bool:
+    def may_make_another() -> bool:
         while not stop.is_set():
-            try:
-                slots.put(entry, timeout=0.05)
+            if credits.acquire(timeout=0.05):
                 return True
-            except queue.Full:
-                continue
         return False
 
     def produce():
         try:
-            for item in items:
-                if not put((True, item)):
+            while may_make_another():
+                try:
+                    made.put((True, next(items)))
+                except StopIteration:
+                    made.put((False, None))
                     return
-            put((False, None))
         except BaseException as error:  # noqa: BLE001  (handed to the consumer, raised there)
-            put((False, error))
+            made.put((False, error))
         finally:
             getattr(items, "close", lambda: None)()
 
@@ -376,12 +378,13 @@ def read_ahead(items: Iterator[T], depth: int = 1) -> Iterator[T]:
     producer.start()
     try:
         while True:
-            has_item, value = slots.get()
+            has_item, value = made.get()
             if not has_item:
                 if value is not None:
                     raise value
                 return
             yield value
+            credits.release()  # the consumer is done with `value`
     finally:
         stop.set()
         producer.join()
