@@ -130,6 +130,17 @@ def score_long_videos(inputs: Sequence[str], checkpoint: str | Path, out_csv: st
     return summary
 
 
+# A window to score: its frames [3, S, S] in order, shared with the windows that overlap it (stacked only when
+# its batch is scored, so a batch waiting in read_ahead holds each decoded frame once), and its view info.
+WindowFrames = tuple[Window, list[torch.Tensor], ClipInfo]
+
+
+def stack_windows(batch: Sequence[WindowFrames]) -> torch.Tensor:
+    """The batch's clips [B, T, 3, S, S], in one copy."""
+    frames = [frame for _, window_frames, _ in batch for frame in window_frames]
+    return torch.stack(frames).unflatten(0, (len(batch), -1))
+
+
 class WindowScorer:
     """Windows -> window records, in batches: one model, its exit policy and its input size."""
 
@@ -140,9 +151,9 @@ class WindowScorer:
         self.num_candidates = model.config.num_candidates
         self.transform = ClipTransform(model.config.frame_size, train=False, eval_crop=eval_crop)
 
-    def score(self, batch: list[tuple[Window, torch.Tensor, ClipInfo]]) -> list[dict[str, Any]]:
+    def score(self, batch: list[WindowFrames]) -> list[dict[str, Any]]:
         started = time.perf_counter()
-        clips = torch.stack([clip for _, clip, _ in batch]).to(self.device)
+        clips = stack_windows(batch).to(self.device)
         with torch.inference_mode(), cuda_autocast(self.device):
             result = self.model.infer(clips, self.policy)
         probs, exits = result.probabilities.float().cpu(), result.exit_index.cpu()
@@ -159,8 +170,8 @@ class WindowScorer:
 class ExitLogitScorer(WindowScorer):
     """Windows -> {"index", "logits" [num_exits, num_classes]}: every exit of every window, for calibration."""
 
-    def score(self, batch: list[tuple[Window, torch.Tensor, ClipInfo]]) -> list[dict[str, Any]]:
-        clips = torch.stack([clip for _, clip, _ in batch]).to(self.device)
+    def score(self, batch: list[WindowFrames]) -> list[dict[str, Any]]:
+        clips = stack_windows(batch).to(self.device)
         with torch.inference_mode(), cuda_autocast(self.device):
             logits = self.model.infer(clips).logits.float().cpu()
         return [{"index": window.index, "logits": logits[j]} for j, (window, _, _) in enumerate(batch)]
@@ -296,12 +307,12 @@ def _decoded_windows(path: str, remaining: list[Window], scorer: WindowScorer, n
     batch of up to `scorer.batch_size` clips at a time.
 
     Frames are resized on arrival and dropped as soon as no open window samples them: at most the frames
-    of the windows that overlap the current position (plus the batches in flight) are held."""
+    of the windows that overlap the current position, and those of the batches in flight, are held."""
     if not remaining:
         return
     wanted = sorted({f for w in remaining for f in w.frames})
     kept: dict[int, tuple[torch.Tensor | None, int, str]] = {}  # index -> (frame [3, S, S], position, reason)
-    batch: list[tuple[Window, torch.Tensor, ClipInfo]] = []
+    batch: list[WindowFrames] = []
     gaps: list[dict[str, Any]] = []
     view: tuple[ClipInfo, tuple[int, int]] | None = None  # the view info of the first frame (all frames share it)
     next_window = 0
@@ -329,7 +340,7 @@ def _decoded_windows(path: str, remaining: list[Window], scorer: WindowScorer, n
                 info = ClipInfo(path=path, frame_indices=[kept[f][1] for f in window.frames], fps=window.fps,
                                 num_frames=num_frames, source_size=view[1], view_box=view[0].view_box,
                                 output_size=view[0].output_size)
-                batch.append((window, torch.stack([kept[f][0] for f in window.frames]), info))
+                batch.append((window, [kept[f][0] for f in window.frames], info))
             if next_window < len(remaining):
                 first_needed = remaining[next_window].frames[0]
                 for index in [i for i in kept if i < first_needed]:
