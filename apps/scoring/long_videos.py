@@ -131,14 +131,20 @@ def score_long_videos(inputs: Sequence[str], checkpoint: str | Path, out_csv: st
 
 
 # A window to score: its frames [3, S, S] in order, shared with the windows that overlap it (stacked only when
-# its batch is scored, so a batch waiting in read_ahead holds each decoded frame once), and its view info.
+# its batch is scored, take_clips, so a batch waiting in read_ahead holds each decoded frame once), and its view
+# info.
 WindowFrames = tuple[Window, list[torch.Tensor], ClipInfo]
 
 
-def stack_windows(batch: Sequence[WindowFrames]) -> torch.Tensor:
-    """The batch's clips [B, T, 3, S, S], in one copy."""
+def take_clips(batch: list[WindowFrames]) -> tuple[torch.Tensor, list[tuple[Window, ClipInfo]]]:
+    """(the batch's clips [B, T, 3, S, S] in one copy, each window with its view info), and `batch` emptied: its
+    frames then live on in the clips alone while the model runs (those of windows still open stay with the
+    decoder), so the decoded frames and their stacked copy are not both held at the peak."""
     frames = [frame for _, window_frames, _ in batch for frame in window_frames]
-    return torch.stack(frames).unflatten(0, (len(batch), -1))
+    clips = torch.stack(frames).unflatten(0, (len(batch), -1))
+    windows = [(window, info) for window, _, info in batch]
+    batch.clear()
+    return clips, windows
 
 
 class WindowScorer:
@@ -152,29 +158,30 @@ class WindowScorer:
         self.transform = ClipTransform(model.config.frame_size, train=False, eval_crop=eval_crop)
 
     def score(self, batch: list[WindowFrames]) -> list[dict[str, Any]]:
+        """The records of the windows in `batch` (emptied: `take_clips`)."""
         started = time.perf_counter()
-        clips = stack_windows(batch).to(self.device)
+        clips, windows = take_clips(batch)
         with torch.inference_mode(), cuda_autocast(self.device):
-            result = self.model.infer(clips, self.policy)
+            result = self.model.infer(clips.to(self.device), self.policy)
         probs, exits = result.probabilities.float().cpu(), result.exit_index.cpu()
         gmacs, frames, boxes = result.gmacs.cpu(), result.frame_indices.cpu(), result.boxes.float().cpu()
-        share_ms = 1000.0 * (time.perf_counter() - started) / len(batch)
+        share_ms = 1000.0 * (time.perf_counter() - started) / len(windows)
         return [{"index": window.index, "start_s": window.start_s, "end_s": window.end_s,
                  "probs": {name: round(float(p), 6) for name, p in zip(self.class_names, probs[j])},
                  "exit_step": int(exits[j]), "gmacs": round(float(gmacs[j]), 6),
                  "selected": focus_locations(frames[j].tolist(), boxes[j].tolist(), info),
                  "model_ms": round(share_ms, 2)}
-                for j, (window, _, info) in enumerate(batch)]
+                for j, (window, info) in enumerate(windows)]
 
 
 class ExitLogitScorer(WindowScorer):
     """Windows -> {"index", "logits" [num_exits, num_classes]}: every exit of every window, for calibration."""
 
     def score(self, batch: list[WindowFrames]) -> list[dict[str, Any]]:
-        clips = stack_windows(batch).to(self.device)
+        clips, windows = take_clips(batch)
         with torch.inference_mode(), cuda_autocast(self.device):
-            logits = self.model.infer(clips).logits.float().cpu()
-        return [{"index": window.index, "logits": logits[j]} for j, (window, _, _) in enumerate(batch)]
+            logits = self.model.infer(clips.to(self.device)).logits.float().cpu()
+        return [{"index": window.index, "logits": logits[j]} for j, (window, _) in enumerate(windows)]
 
 
 def calibrate_on_windows(checkpoint: str | Path, budget: float, videos: Sequence[str], *,
