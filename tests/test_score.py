@@ -347,7 +347,7 @@ def test_bench_score_writes_its_numbers_as_a_result_file(tmp_path, capsys):
 
 
 def test_pipeline_overlap():
-    from adafocus.apps.bench.score import pipeline_overlap
+    from adafocus.apps.bench.overlap import pipeline_overlap
 
     assert pipeline_overlap(10.0, 10.0, 4.0) == 1.0  # as fast as the slower stage alone
     assert pipeline_overlap(14.0, 10.0, 4.0) == pytest.approx(10 / 14)  # the stages take turns
@@ -356,7 +356,7 @@ def test_pipeline_overlap():
 
 
 def test_overlap_bound_counts_the_cores_both_stages_share():
-    from adafocus.apps.bench.score import overlap_bound
+    from adafocus.apps.bench.overlap import overlap_bound
 
     assert overlap_bound(10.0, 4.0, 14.0, cores=4) == 1.0  # enough cores to run both at full speed
     assert overlap_bound(10.0, 4.0, 24.0, cores=2) == pytest.approx(10 / 12)  # decode on 2 cores + model on 1

@@ -502,7 +502,7 @@ def bench_long(*, checkpoint: str | Path | None = None, budget: float | None = N
                log: Callable[[str], None] = print) -> dict:
     """Build the test set, get the model (`checkpoint`, else the built-in one), score every video adaptive and
     fixed-cost in fresh processes, compare them at the same recall, and measure memory per file length."""
-    from adafocus.apps.bench.score import pipeline_overlap
+    from adafocus.apps.bench.overlap import pipeline_overlap
 
     scratch = None
     if work is None:

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from adafocus.apps.bench.overlap import overlap_bound, pipeline_overlap
 from adafocus.apps.bench.untrained import untrained_checkpoint
 from adafocus.apps.scoring.videos import (
     ScoreInputs,
@@ -84,24 +85,6 @@ def decode_only_seconds(paths: Sequence[str], *, num_candidates: int, frame_size
 def _cpu_seconds_with_children() -> float:
     own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
-
-
-def pipeline_overlap(end_to_end_s: float, decode_s: float, model_s: float) -> float:
-    """How well scoring hides its slower stage: max(decode alone, model alone) / end to end. 1.0 = the
-    pipeline runs as fast as its slowest stage; 0.5 = the two stages take turns."""
-    if end_to_end_s <= 0:
-        raise ValueError(f"end-to-end time must be positive, got {end_to_end_s}")
-    return max(decode_s, model_s) / end_to_end_s
-
-
-def overlap_bound(decode_s: float, model_s: float, cpu_s: float, cores: int) -> float:
-    """The best ``pipeline_overlap`` a machine with ``cores`` CPU cores allows when both stages run on them:
-    end to end cannot be shorter than the slower stage alone, nor than the two stages' CPU seconds together
-    (``cpu_s``) spread over every core. 1.0 where the cores can run both at full speed at once."""
-    if cores < 1:
-        raise ValueError(f"need at least one core, got {cores}")
-    slowest = max(decode_s, model_s)
-    return slowest / max(slowest, cpu_s / cores) if slowest > 0 else 0.0
 
 
 def bench_score(inputs: Sequence[str] = (), *, checkpoint: str | Path | None = None, preset: str = "cpu-video",
