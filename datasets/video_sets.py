@@ -51,6 +51,14 @@ def collate_clips(batch: Sequence[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def training_draw_rng() -> np.random.Generator:
+    """A numpy generator for one training clip's random frames and view, seeded from torch's RNG. A DataLoader
+    seeds torch in each worker from its own generator, and the main process is seeded with the training seed, so
+    a run's frame offsets and crops repeat with its seed. ``np.random.default_rng()`` alone draws from the OS's
+    entropy: two trainings of one seed then sampled different clips and could end apart."""
+    return np.random.default_rng(int(torch.randint(0, 2**62, ()).item()))
+
+
 class VideoClipDataset(Dataset):
     """Labelled videos -> TSN-sampled clips of `num_frames` frames at size x size.
 
@@ -88,6 +96,7 @@ class VideoClipDataset(Dataset):
         """Load one clip. Raises VideoDecodeError (path + reason) when the video cannot be read."""
         item = self.items[index]
         clip, info = load_clip(item.path, self.num_frames, self.size, train=self.train,
+                               rng=training_draw_rng() if self.train else None,
                                start=item.start, end=item.end, cache=self.cache)
         return {"clip": clip, "label": item.label, "info": info.to_dict()}
 
@@ -154,7 +163,7 @@ class WindowedVideoClips(VideoClipDataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         item = self.items[index]
-        rng = np.random.default_rng() if self.train else None
+        rng = training_draw_rng() if self.train else None
         start, end = self.window(index, rng)
         clip, info = load_clip(item.path, self.num_frames, self.size, train=self.train, rng=rng, start=start,
                                end=end, cache=self.cache)

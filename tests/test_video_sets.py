@@ -78,6 +78,35 @@ def test_class_folder_training_items_are_random(tmp_path, template_videos):
     assert len(draws) > 1
 
 
+def test_training_draws_repeat_with_the_seed_in_the_loader_and_its_workers(tmp_path, template_videos):
+    root = tmp_path / "data"
+    _place(template_videos["long.mp4"], root / "a" / "v.mp4")
+    ds = ClassFolderVideos(root, num_frames=6, size=16, train=True)
+
+    def draws(seed: int, workers: int) -> list[tuple[int, ...]]:
+        torch.manual_seed(seed)  # as core.train seeds the training process
+        loader = DataLoader(_FrameIndices(ds, 4), batch_size=None, num_workers=workers,
+                            generator=torch.Generator().manual_seed(seed))
+        return [tuple(indices) for indices in loader]
+
+    assert draws(3, 0) == draws(3, 0) and len(set(draws(3, 0))) > 1
+    assert draws(3, 0) != draws(4, 0)
+    assert draws(3, 1) == draws(3, 1) and draws(3, 1) != draws(4, 1)
+
+
+class _FrameIndices(torch.utils.data.Dataset):
+    """The frame indices of item 0 of `dataset`, drawn `times` times."""
+
+    def __init__(self, dataset, times: int):
+        self.dataset, self.times = dataset, times
+
+    def __len__(self) -> int:
+        return self.times
+
+    def __getitem__(self, index: int) -> list[int]:
+        return self.dataset[0]["info"]["frame_indices"]
+
+
 def test_unreadable_video_raises_with_its_path(tmp_path, template_videos):
     root = tmp_path / "data"
     _place(template_videos[".mp4"], root / "a" / "good.mp4")
