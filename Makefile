@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(BIN)/adafocus demo --out $(DEMO_OUT)
 
-# One pytest process: OpenVINO and forked DataLoader workers live together since the engine keeps the thread's
+# One pytest process: OpenVINO and DataLoader workers live together since the engine keeps the thread's
 # signal stack (adafocus.core.engine.keep_signal_stack; tests/test_engine.py checks it).
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

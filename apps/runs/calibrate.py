@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from adafocus.core.checkpoint import save_checkpoint
-from adafocus.core.device import resolve_device
+from adafocus.core.device import resolve_device, worker_processes
 from adafocus.core.exits import ExitPolicy, exit_scores, solve_budget
 from adafocus.core.io import atomic_write_json
 from adafocus.core.run import CalibrationDataError, LoadedRun, load_run
@@ -67,7 +67,7 @@ def calibrate_run(model_arg: str | Path, budget: float, *, data: str | None = No
     dataset, collate, record = calibration_dataset(run, data)
     if len(dataset) == 0:
         raise CalibrationDataError(f"the calibration split of {run.folder.path} is empty")
-    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate, num_workers=workers)
+    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate, **worker_processes(workers))
     logits, labels = collect_logits(run.model, loader, resolve_device(device))
     costs = run.model.exit_costs()
     policy = solve_budget(exit_scores(logits, criterion), costs, budget, criterion=criterion)

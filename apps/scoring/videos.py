@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from adafocus.apps.runs.agreement import prepare_run
 from adafocus.apps.scoring.outputs import OutputFiles, csv_columns, prepare_csv, prune_details, read_rows
-from adafocus.core.device import cuda_autocast, resolve_device
+from adafocus.core.device import cuda_autocast, resolve_device, worker_processes
 from adafocus.core.engine import EngineError, format_agreement, prediction_agreement, prepare_for_inference
 from adafocus.core.exits import ExitPolicy
 from adafocus.core.geometry import focus_locations
@@ -262,17 +262,30 @@ def _as_is(item: dict[str, Any]) -> dict[str, Any]:
     return item
 
 
-def decoded_batches(dataset: ScoreInputs, batch_size: int, workers: int, *, pin_memory: bool = False):
+STALLED_DECODE_S = 600.0  # no decoded file for this long: a worker is stuck, not slow (_refuse_oversized bounds a file)
+
+
+def decoded_batches(dataset: ScoreInputs, batch_size: int, workers: int, *, pin_memory: bool = False,
+                    stalled_s: float = STALLED_DECODE_S):
     """Collated batches (``collate_scored``) of ``dataset`` in order, in the sizes of ``pipeline_batches``.
 
     The workers decode file by file, so every batch is filled by all of them (a batch decoded by one worker
     while the others idle would take ``workers`` times as long), and they stay about a batch ahead of the
-    model: each keeps ``batch_size / workers + 1`` files decoded in advance."""
-    loader = DataLoader(dataset, batch_size=None, num_workers=workers, collate_fn=_as_is, pin_memory=pin_memory,
-                        prefetch_factor=-(-batch_size // workers) + 1 if workers else None)
+    model: each keeps ``batch_size / workers + 1`` files decoded in advance. Workers that send no file for
+    ``stalled_s`` seconds end the run with a one-line ValueError instead of a silent wait."""
+    loader = DataLoader(dataset, batch_size=None, collate_fn=_as_is, pin_memory=pin_memory,
+                        prefetch_factor=-(-batch_size // workers) + 1 if workers else None,
+                        timeout=stalled_s if workers else 0, **worker_processes(workers))
     files = iter(loader)
     for indices in pipeline_batches(len(dataset), batch_size):
-        yield collate_scored([next(files) for _ in indices])
+        try:
+            items = [next(files) for _ in indices]
+        except RuntimeError as error:
+            if "timed out" not in str(error):
+                raise
+            raise ValueError(f"no file decoded in {stalled_s:.0f} s: a decoding worker is stuck; the rows written "
+                             f"so far are kept and the same command resumes after them") from None
+        yield collate_scored(items)
 
 
 def model_threads(workers: int) -> int:
