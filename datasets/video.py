@@ -535,6 +535,11 @@ def decode_frames(path: str | Path, indices: Sequence[int], *,
 EVAL_CROP_PAPER = 224 / 256  # the authors' evaluation view: GroupScale(256) then GroupCenterCrop(224)
 
 
+def to_unit_range(frames: Tensor) -> Tensor:
+    """uint8 pixels -> float32 in [0, 1]."""
+    return torch.empty(frames.shape, dtype=torch.float32).copy_(frames).div_(255.0)
+
+
 class ClipTransform:
     """One spatial view for the whole clip: every frame gets the same crop, flip and resize.
 
@@ -576,9 +581,11 @@ class ClipTransform:
         flipped = bool(self.flip and rng.random() < 0.5)
         return (x0, y0, x0 + crop_w, y0 + crop_h), flipped
 
-    def __call__(self, frames: np.ndarray, info: ClipInfo, rng: np.random.Generator | None = None
-                 ) -> tuple[Tensor, ClipInfo]:
+    def __call__(self, frames: np.ndarray, info: ClipInfo, rng: np.random.Generator | None = None, *,
+                 scale: bool = True) -> tuple[Tensor, ClipInfo]:
         """frames uint8 [T, H, W, 3] -> float [T, 3, size, size] in [0, 1], and `info` with the new view.
+        With ``scale=False`` the frames stay uint8, a quarter of the memory while they wait; `to_unit_range`
+        later gives exactly the floats ``scale=True`` would have.
 
         `info.view_box` must describe `frames` (the full source frame for freshly decoded frames).
         """
@@ -593,9 +600,9 @@ class ClipTransform:
         shrinking = max(x1 - x0, y1 - y0) > self.size
         resized = F.interpolate(torch.from_numpy(frames[:, y0:y1, x0:x1]).permute(0, 3, 1, 2),
                                 size=(self.size, self.size), mode="bilinear", align_corners=False, antialias=shrinking)
-        out = torch.empty(resized.shape, dtype=torch.float32).copy_(resized).div_(255.0)
         if flipped:
-            out = out.flip(-1)
+            resized = resized.flip(-1)
+        out = to_unit_range(resized) if scale else resized
         # Compose with the incoming view (frames may already be a crop of the source).
         vx0, vy0, vx1, vy1 = info.view_box
         sx, sy = (vx1 - vx0) / width, (vy1 - vy0) / height

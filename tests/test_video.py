@@ -24,6 +24,7 @@ from adafocus.datasets.video import (
     output_box_to_source,
     probe_video,
     segment_indices,
+    to_unit_range,
 )
 
 
@@ -291,6 +292,21 @@ def test_train_view_is_shared_by_all_frames():
         for t in range(1, T):  # identical crop/flip/resize => frames differ by a constant
             torch.testing.assert_close(clip[t] - clip[0], torch.full_like(clip[0], 10 * t / 255),
                                        atol=1e-4, rtol=0)
+
+
+def test_frames_kept_as_uint8_scale_to_exactly_the_floats_of_the_transform():
+    """Long-video scoring keeps decoded frames as uint8 until their batch runs (scale=False, then
+    to_unit_range): the model must see the very floats the one-step transform gives, flipped views included."""
+    rng = np.random.default_rng(5)
+    frames = rng.integers(0, 256, size=(3, 90, 130, 3)).astype(np.uint8)
+    for train, seeds in ((False, [0]), (True, range(8))):
+        transform = ClipTransform(40, train=train)
+        for seed in seeds:
+            info = _full_view_info(90, 130, 3)
+            floats, float_view = transform(frames, info, np.random.default_rng(seed))
+            pixels, pixel_view = transform(frames, info, np.random.default_rng(seed), scale=False)
+            assert pixels.dtype == torch.uint8 and pixel_view == float_view
+            assert torch.equal(to_unit_range(pixels), floats)
 
 
 def _bright_box(image: torch.Tensor) -> tuple[float, float, float, float]:

@@ -74,7 +74,8 @@ from adafocus.core.device import cuda_autocast, resolve_device
 from adafocus.core.exits import ExitPolicy
 from adafocus.core.geometry import focus_locations
 from adafocus.core.model import UniAdaFocus
-from adafocus.datasets.video import ClipInfo, ClipTransform, VideoDecodeError, probe_video, stream_frames
+from adafocus.datasets.video import (ClipInfo, ClipTransform, VideoDecodeError, probe_video, stream_frames,
+                                     to_unit_range)
 
 T = TypeVar("T")
 
@@ -130,18 +131,18 @@ def score_long_videos(inputs: Sequence[str], checkpoint: str | Path, out_csv: st
     return summary
 
 
-# A window to score: its frames [3, S, S] in order, shared with the windows that overlap it (stacked only when
-# its batch is scored, take_clips, so a batch waiting in read_ahead holds each decoded frame once), and its view
-# info.
+# A window to score: its frames, uint8 [3, S, S] in order, shared with the windows that overlap it (stacked and
+# scaled to floats only when its batch is scored, take_clips, so a batch waiting in read_ahead holds each decoded
+# frame once, at a quarter of its float size), and its view info.
 WindowFrames = tuple[Window, list[torch.Tensor], ClipInfo]
 
 
 def take_clips(batch: list[WindowFrames]) -> tuple[torch.Tensor, list[tuple[Window, ClipInfo]]]:
-    """(the batch's clips [B, T, 3, S, S] in one copy, each window with its view info), and `batch` emptied: its
-    frames then live on in the clips alone while the model runs (those of windows still open stay with the
+    """(the batch's clips, float [B, T, 3, S, S] in [0, 1], each window with its view info), and `batch` emptied:
+    its frames then live on in the clips alone while the model runs (those of windows still open stay with the
     decoder), so the decoded frames and their stacked copy are not both held at the peak."""
     frames = [frame for _, window_frames, _ in batch for frame in window_frames]
-    clips = torch.stack(frames).unflatten(0, (len(batch), -1))
+    clips = to_unit_range(torch.stack(frames)).unflatten(0, (len(batch), -1))
     windows = [(window, info) for window, _, info in batch]
     batch.clear()
     return clips, windows
@@ -318,7 +319,7 @@ def _decoded_windows(path: str, remaining: list[Window], scorer: WindowScorer, n
     if not remaining:
         return
     wanted = sorted({f for w in remaining for f in w.frames})
-    kept: dict[int, tuple[torch.Tensor | None, int, str]] = {}  # index -> (frame [3, S, S], position, reason)
+    kept: dict[int, tuple[torch.Tensor | None, int, str]] = {}  # index -> (uint8 [3, S, S], position, reason)
     batch: list[WindowFrames] = []
     gaps: list[dict[str, Any]] = []
     view: tuple[ClipInfo, tuple[int, int]] | None = None  # the view info of the first frame (all frames share it)
@@ -332,7 +333,7 @@ def _decoded_windows(path: str, remaining: list[Window], scorer: WindowScorer, n
             stub = ClipInfo(path=path, frame_indices=[item.position], fps=0.0, num_frames=num_frames,
                             source_size=(height, width), view_box=(0.0, 0.0, float(width), float(height)),
                             output_size=(height, width))
-            tensor, info = scorer.transform(item.frame[None], stub)
+            tensor, info = scorer.transform(item.frame[None], stub, scale=False)
             kept[item.index] = (tensor[0], item.position, "")
             if view is None:
                 view = (info, (height, width))
