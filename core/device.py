@@ -8,9 +8,9 @@ from typing import Any
 
 import torch
 
-# Modules a decoding worker needs, imported once by the fork server so that each worker starts in a fraction of
-# a second instead of importing torch afresh.
-WORKER_PRELOAD = ["torch", "av", "numpy", "adafocus.datasets.video_sets"]
+# What every decoding worker imports, once, in the fork server: workers then start in a fraction of a second
+# instead of importing torch afresh.
+WORKER_PRELOAD = ("torch", "av", "numpy")
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -31,8 +31,9 @@ def cuda_autocast(device: torch.device, enabled: bool = True):
     return torch.autocast(device_type="cuda", dtype=dtype)
 
 
-def worker_processes(workers: int) -> dict[str, Any]:
-    """DataLoader keyword arguments for ``workers`` decoding processes, started by a fork server.
+def worker_processes(workers: int, dataset: object) -> dict[str, Any]:
+    """DataLoader keyword arguments for ``workers`` processes that load ``dataset``, forked by a fork server
+    (started by the process's first loader, with that loader's dataset module imported).
 
     A plain fork copies the parent with whatever locks its other threads hold at that moment (OpenVINO's and
     oneDNN's pools, a read-ahead decoder, tqdm's monitor); a worker that then needs one of them waits forever,
@@ -42,5 +43,5 @@ def worker_processes(workers: int) -> dict[str, Any]:
     if workers <= 0:
         return {"num_workers": 0}
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(WORKER_PRELOAD)
+    context.set_forkserver_preload([*WORKER_PRELOAD, type(dataset).__module__])
     return {"num_workers": workers, "multiprocessing_context": context}

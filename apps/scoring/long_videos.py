@@ -74,8 +74,14 @@ from adafocus.core.device import cuda_autocast, resolve_device
 from adafocus.core.exits import ExitPolicy
 from adafocus.core.geometry import focus_locations
 from adafocus.core.model import UniAdaFocus
-from adafocus.datasets.video import (ClipInfo, ClipTransform, VideoDecodeError, probe_video, stream_frames,
-                                     to_unit_range)
+from adafocus.datasets.video import (
+    ClipInfo,
+    ClipTransform,
+    VideoDecodeError,
+    probe_video,
+    stream_frames,
+    to_unit_range,
+)
 
 T = TypeVar("T")
 

@@ -275,7 +275,7 @@ def decoded_batches(dataset: ScoreInputs, batch_size: int, workers: int, *, pin_
     ``stalled_s`` seconds end the run with a one-line ValueError instead of a silent wait."""
     loader = DataLoader(dataset, batch_size=None, collate_fn=_as_is, pin_memory=pin_memory,
                         prefetch_factor=-(-batch_size // workers) + 1 if workers else None,
-                        timeout=stalled_s if workers else 0, **worker_processes(workers))
+                        timeout=stalled_s if workers else 0, **worker_processes(workers, dataset))
     files = iter(loader)
     for indices in pipeline_batches(len(dataset), batch_size):
         try:
