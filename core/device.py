@@ -3,6 +3,7 @@ decode its inputs."""
 from __future__ import annotations
 
 import multiprocessing
+import multiprocessing.forkserver
 from contextlib import nullcontext
 from typing import Any
 
@@ -31,17 +32,20 @@ def cuda_autocast(device: torch.device, enabled: bool = True):
     return torch.autocast(device_type="cuda", dtype=dtype)
 
 
-def worker_processes(workers: int, dataset: object) -> dict[str, Any]:
-    """DataLoader keyword arguments for ``workers`` processes that load ``dataset``, forked by a fork server
-    (started by the process's first loader, with that loader's dataset module imported).
+def worker_processes(workers: int, dataset_type: type) -> dict[str, Any]:
+    """DataLoader keyword arguments for ``workers`` processes that load a ``dataset_type`` dataset, forked by a
+    fork server. The first call of a process starts that server, with torch, av, numpy and the dataset's module
+    imported; calling it before other slow work (loading a model) hides those imports behind that work.
 
     A plain fork copies the parent with whatever locks its other threads hold at that moment (OpenVINO's and
     oneDNN's pools, a read-ahead decoder, tqdm's monitor); a worker that then needs one of them waits forever,
     and so does the parent on its queue (seen once in CI: a scoring test's parent waited 15 minutes on workers
-    that never sent a file the same test decodes in 5 s). The fork server is a clean single-threaded process
-    started once; every worker forked from it holds no lock. Python 3.14 makes it Linux's default for this."""
+    that never sent a file the same test decodes in 5 s). The fork server is a clean single-threaded process;
+    every worker forked from it holds no lock. Python 3.14 makes it Linux's default for this reason. The
+    server does not import the caller's ``__main__``: scripts need no ``if __name__ == "__main__"`` guard."""
     if workers <= 0:
         return {"num_workers": 0}
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload([*WORKER_PRELOAD, type(dataset).__module__])
+    context.set_forkserver_preload([*WORKER_PRELOAD, dataset_type.__module__])
+    multiprocessing.forkserver.ensure_running()
     return {"num_workers": workers, "multiprocessing_context": context}

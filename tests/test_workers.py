@@ -42,8 +42,7 @@ def test_workers_do_not_inherit_a_lock_the_parent_holds():
     try:
         while not HELD_BY_ANOTHER_THREAD.locked():
             time.sleep(0.01)
-        dataset = NeedsTheLock()
-        loader = DataLoader(dataset, batch_size=None, timeout=60, **worker_processes(2, dataset))
+        loader = DataLoader(NeedsTheLock(), batch_size=None, timeout=60, **worker_processes(2, NeedsTheLock))
         assert list(loader) == [0, 1, 2]
     finally:
         release.set()
@@ -51,9 +50,8 @@ def test_workers_do_not_inherit_a_lock_the_parent_holds():
 
 
 def test_no_workers_decode_in_the_calling_process():
-    dataset = NeedsTheLock()
-    assert worker_processes(0, dataset) == {"num_workers": 0}
-    assert worker_processes(2, dataset)["multiprocessing_context"].get_start_method() == "forkserver"
+    assert worker_processes(0, NeedsTheLock) == {"num_workers": 0}
+    assert worker_processes(2, NeedsTheLock)["multiprocessing_context"].get_start_method() == "forkserver"
 
 
 def test_a_stuck_worker_ends_scoring_with_one_line():

@@ -67,7 +67,8 @@ def calibrate_run(model_arg: str | Path, budget: float, *, data: str | None = No
     dataset, collate, record = calibration_dataset(run, data)
     if len(dataset) == 0:
         raise CalibrationDataError(f"the calibration split of {run.folder.path} is empty")
-    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate, **worker_processes(workers, dataset))
+    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate,
+                        **worker_processes(workers, type(dataset)))
     logits, labels = collect_logits(run.model, loader, resolve_device(device))
     costs = run.model.exit_costs()
     policy = solve_budget(exit_scores(logits, criterion), costs, budget, criterion=criterion)

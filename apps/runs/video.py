@@ -217,7 +217,8 @@ def evaluate_checkpoint(checkpoint: str | Path, dataset: Dataset, *, exit_policy
                         batch_size: int = 32, workers: int = 0) -> dict:
     """Accuracy of every exit, and at `exit_policy`'s budget, of a checkpoint on an un-augmented dataset."""
     model = load_run(checkpoint, device=device).model
-    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate_clips, **worker_processes(workers, dataset))
+    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate_clips,
+                        **worker_processes(workers, type(dataset)))
     logits, labels = collect_logits(model, loader, resolve_device(device))
     result = {"samples": len(labels), "accuracy_by_exit": accuracy_by_exit(logits, labels).tolist(),
               "exit_costs_gmacs": model.exit_costs()}
@@ -266,7 +267,7 @@ def train_on_videos(data: str | Path, preset: Preset, out_dir: str | Path, *, de
     model = load_run(best, device=device).model
     budget = default_budget(model.exit_costs())
     loader = DataLoader(videos.val, batch_size=preset.train.batch_size, collate_fn=collate_clips,
-                        **worker_processes(preset.train.workers, videos.val))
+                        **worker_processes(preset.train.workers, type(videos.val)))
     policy = calibrate(model, loader, budget, device=device, out_dir=out_dir)
     log(f"calibration logits of {len(videos.val)} val videos -> {run.calibration}; thresholds for "
         f"{budget:.4g} GMACs/video -> {run.exit_policy()}")

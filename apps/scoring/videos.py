@@ -275,7 +275,7 @@ def decoded_batches(dataset: ScoreInputs, batch_size: int, workers: int, *, pin_
     ``stalled_s`` seconds end the run with a one-line ValueError instead of a silent wait."""
     loader = DataLoader(dataset, batch_size=None, collate_fn=_as_is, pin_memory=pin_memory,
                         prefetch_factor=-(-batch_size // workers) + 1 if workers else None,
-                        timeout=stalled_s if workers else 0, **worker_processes(workers, dataset))
+                        timeout=stalled_s if workers else 0, **worker_processes(workers, type(dataset)))
     files = iter(loader)
     for indices in pipeline_batches(len(dataset), batch_size):
         try:
@@ -346,6 +346,7 @@ def score_videos(inputs: Sequence[str], checkpoint: str | Path, out_csv: str | P
     fix_mmap_threshold()
     dev = resolve_device(device)
     paths = collect_inputs(inputs)
+    worker_processes(workers, ScoreInputs)  # the decoders' fork server starts while the model loads
     model, class_names, policy, eval_crop = load_scoring_model(checkpoint, dev, budget, engine=engine,
                                                                precision=precision, calibration_paths=paths[:batch_size],
                                                                log=log)
