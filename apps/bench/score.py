@@ -75,16 +75,12 @@ def decode_only_seconds(paths: Sequence[str], *, num_candidates: int, frame_size
                         workers: int, batch_size: int) -> tuple[float, float]:
     """(seconds, CPU seconds) to decode `paths` into batches exactly as `score_videos` does (same workers,
     batches and transforms), with no model running: the decoding stage alone. The CPU time is this process's
-    and its finished workers'."""
-    started, cpu_started = time.perf_counter(), _cpu_seconds_with_children()
-    for _ in decoded_batches(ScoreInputs(list(paths), num_candidates, frame_size, eval_crop), batch_size, workers):
-        pass
-    return time.perf_counter() - started, _cpu_seconds_with_children() - cpu_started
-
-
-def _cpu_seconds_with_children() -> float:
-    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+    and, with workers, what each worker measured for its files (`ScoreInputs`)."""
+    started, cpu_started, worker_cpu_ms = time.perf_counter(), time.process_time(), 0.0
+    for batch in decoded_batches(ScoreInputs(list(paths), num_candidates, frame_size, eval_crop), batch_size,
+                                 workers):
+        worker_cpu_ms += sum(item["decode_cpu_ms"] for item in batch["items"]) if workers else 0.0
+    return time.perf_counter() - started, time.process_time() - cpu_started + worker_cpu_ms / 1000.0
 
 
 def bench_score(inputs: Sequence[str] = (), *, checkpoint: str | Path | None = None, preset: str = "cpu-video",
@@ -144,9 +140,9 @@ def _scaling_worker(count: int, preset: str, workers: int, batch_size: int, devi
                                log=lambda _: None, engine=engine, precision=precision)
     queue.put({"files": count, "failed": summary.failed, "loop_s": summary.loop_s,
                "ms_per_file": 1000.0 * summary.loop_s / count, "files_per_s": count / summary.loop_s,
-               # ru_maxrss is in KiB on Linux; RUSAGE_CHILDREN = the largest finished worker
+               # ru_maxrss is in KiB on Linux
                "main_peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-               "worker_peak_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024})
+               "worker_peak_mb": summary.decoder_peak_mb})
 
 
 def score_scaling(counts: Sequence[int], *, preset: str = "cpu-video", workers: int = 2, batch_size: int = 16,

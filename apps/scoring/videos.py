@@ -22,6 +22,7 @@ import glob
 import hashlib
 import math
 import os
+import resource
 import time
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
@@ -93,7 +94,10 @@ class ScoreInputs(Dataset):
     """Files -> un-augmented clips for the model; failures become items with a reason instead of raising.
 
     Item: {"path", "clip": float [N, 3, S, S] or None, "info": ClipInfo dict or None, "error": str,
-    "note": str, "decode_ms": float}.
+    "note": str, "decode_ms": float, "decode_cpu_ms": CPU time of the decoding process for this file (its
+    decoder's threads included), "decoder_peak_mb": that process's largest resident set so far}. The last two
+    are measured where the file is decoded: workers forked by a fork server are not this process's children,
+    so its RUSAGE_CHILDREN never sees them.
     """
 
     def __init__(self, paths: Sequence[str], num_frames: int, size: int, eval_crop: float = 1.0):
@@ -108,7 +112,7 @@ class ScoreInputs(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         path = self.paths[index]
         item: dict[str, Any] = {"path": path, "clip": None, "info": None, "error": "", "note": ""}
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         try:
             _refuse_oversized(path, self.num_frames)
             clip, info = load_clip(path, self.num_frames, self.size, train=False, eval_crop=self.eval_crop)
@@ -120,6 +124,8 @@ class ScoreInputs(Dataset):
         except Exception as error:  # noqa: BLE001  (a scorer must outlive any one file)
             item["error"] = f"cannot decode ({type(error).__name__}: {error})"
         item["decode_ms"] = 1000.0 * (time.perf_counter() - started)
+        item["decode_cpu_ms"] = 1000.0 * (time.process_time() - cpu_started)
+        item["decoder_peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
         return item
 
 
@@ -226,6 +232,8 @@ class ScoreSummary:
     skipped: int = 0
     wall_s: float = 0.0
     decode_ms: float = 0.0       # summed over files (worker time)
+    decode_cpu_ms: float = 0.0   # summed over files (the decoding processes' CPU time)
+    decoder_peak_mb: float = 0.0  # the largest resident set of a decoding process
     model_ms: float = 0.0        # summed over batches (main process)
     wait_s: float = 0.0          # main process waiting for decoded batches
     loop_s: float = 0.0          # the decode + score loop alone (no model loading, no merging)
@@ -508,6 +516,8 @@ def score_batch(model: UniAdaFocus, batch: dict[str, Any], policy: ExitPolicy | 
     rows, records = [], []
     for item in items:
         summary.decode_ms += item["decode_ms"]
+        summary.decode_cpu_ms += item["decode_cpu_ms"]
+        summary.decoder_peak_mb = max(summary.decoder_peak_mb, item["decoder_peak_mb"])
         if item["path"] in outputs:
             row, record = outputs[item["path"]]
         else:
