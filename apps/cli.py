@@ -103,7 +103,8 @@ def add_engine(parser: argparse.ArgumentParser) -> None:
                              "torch fp32 (measured once on its calibration split, kept in RUN/engine_agreement.json) "
                              "is >= 99%% top-1 and >= 98%% identical exits, else fp32; torch / CUDA: fp32 (AMP). "
                              "bf16 only on CPUs with native bf16; int8: post-training quantization (nncf) "
-                             "calibrated on the data, agreement printed")
+                             "calibrated on the data, agreement printed; int8-glance: the glance encoder int8, "
+                             "the local encoder and the policy bf16 (needs native bf16; never chosen by auto)")
 
 
 def add_ray(parser: argparse.ArgumentParser, what: str) -> None:

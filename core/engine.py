@@ -46,8 +46,17 @@ import torch
 from torch import nn
 
 ENGINES = ("auto", "torch", "openvino")
-PRECISIONS = ("fp32", "bf16", "int8")
+PRECISIONS = ("fp32", "bf16", "int8", "int8-glance")
 PRECISION_CHOICES = ("auto", *PRECISIONS)  # what --precision accepts
+# What each precision runs the glance encoder, the local encoder and the spatial policy at. int8-glance: after an
+# early exit the glance is most of the time left, and its depthwise convolutions gain more from int8 than from
+# bf16; the local encoder and the policy stay bf16. int8 keeps the policy fp32 (it is not quantized).
+ROLE_PRECISIONS = {
+    "fp32": {"glance": "fp32", "local": "fp32", "policy": "fp32"},
+    "bf16": {"glance": "bf16", "local": "bf16", "policy": "bf16"},
+    "int8": {"glance": "int8", "local": "int8", "policy": "fp32"},
+    "int8-glance": {"glance": "int8", "local": "bf16", "policy": "bf16"},
+}
 # --precision auto: a precision other than fp32 is used only when its predictions agree with torch fp32 this well
 MIN_TOP1_AGREEMENT = 0.99  # share of samples with the same top-1 class (each at the exit it takes)
 MIN_SAME_EXITS = 0.98      # share of samples taking the same exit under the run's exit policy
@@ -62,6 +71,16 @@ CALIBRATION_IMAGES = 128  # int8: encoder inputs (frames, patches) spread over t
 _OV_PRECISION = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}  # int8: the quantized ops run int8, the rest f32
 
 log = logging.getLogger("adafocus.engine")
+
+
+def needs_calibration(precision: str) -> bool:
+    """Whether ``precision`` quantizes an encoder to int8, which needs calibration clips (and nncf)."""
+    return "int8" in ROLE_PRECISIONS.get(precision, {}).values()
+
+
+def uses_bf16(precision: str) -> bool:
+    """Whether ``precision`` runs a part of the model in bf16, which needs a CPU with native bf16."""
+    return "bf16" in ROLE_PRECISIONS.get(precision, {}).values()
 
 
 class EngineError(ValueError):
@@ -146,7 +165,7 @@ def engine_version(precision: str) -> str:
     import openvino as ov
 
     version = f"openvino {ov.__version__.split('-')[0]}"
-    if precision == "int8":
+    if needs_calibration(precision):
         import nncf
 
         version += f", nncf {nncf.__version__}"
@@ -217,17 +236,18 @@ def resolve_engine(engine: str, device: torch.device | str, precision: str = "fp
             raise EngineError(f"the openvino engine runs on the CPU, not on {device}; use --engine torch or auto")
         if not openvino_available():
             raise EngineError("the openvino engine needs the openvino package (pip install openvino)")
-    if precision == "int8":
+    if needs_calibration(precision):
         if engine != "openvino":
-            raise EngineError("--precision int8 is offered with the openvino engine on a CPU")
+            raise EngineError(f"--precision {precision} is offered with the openvino engine on a CPU")
         if not nncf_available():
-            raise EngineError("--precision int8 needs the nncf package (pip install nncf)")
-    if precision == "bf16":
+            raise EngineError(f"--precision {precision} needs the nncf package (pip install nncf)")
+    if uses_bf16(precision):
         if engine != "openvino":
-            raise EngineError("--precision bf16 is offered with the openvino engine on a CPU "
+            raise EngineError(f"--precision {precision} is offered with the openvino engine on a CPU "
                               "(on CUDA, torch runs with AMP already)")
         if not bf16_supported():
-            raise EngineError("this CPU has no native bf16 support (no AVX512-BF16 / AMX); use --precision fp32")
+            raise EngineError(f"this CPU has no native bf16 support (no AVX512-BF16 / AMX), which --precision "
+                              f"{precision} needs; use --precision fp32" + (" or int8" if precision != "bf16" else ""))
     return engine
 
 
@@ -439,7 +459,8 @@ def prepare_for_inference(model: nn.Module, *, engine: str = "auto", precision: 
     stays in torch, optimised, with one warning line). Raises EngineError for an option this machine lacks.
     ``precision="auto"`` here (no run to measure on) is bf16 where the CPU has it, else fp32 (``resolve_precision``).
     ``precision="int8"`` needs ``calibration`` clips (a few batches of the data to be scored): the encoders
-    are quantized on their inputs from those clips; the spatial policy stays fp32."""
+    are quantized on their inputs from those clips; the spatial policy stays fp32. ``"int8-glance"``
+    quantizes the glance encoder alone and runs the rest in bf16 (``ROLE_PRECISIONS``)."""
     from adafocus.core.backbones import cpu_micro_batch
     from adafocus.core.model import encoder_in_channels
 
@@ -449,13 +470,14 @@ def prepare_for_inference(model: nn.Module, *, engine: str = "auto", precision: 
     if chosen == "torch":
         model.optimize_for_inference()
         return chosen
-    if precision == "int8" and calibration is None:
-        raise EngineError("--precision int8 needs calibration clips")
+    if needs_calibration(precision) and calibration is None:
+        raise EngineError(f"--precision {precision} needs calibration clips")
     model.eval()
     if hasattr(model, "exit_costs"):
         model.exit_costs()  # counted (and kept) before the swap, on torch modules
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    _export_spatial_policy(model, cache_dir, "fp32" if precision == "int8" else precision)
+    role_precisions = ROLE_PRECISIONS[precision]
+    _export_spatial_policy(model, cache_dir, role_precisions["policy"])
     config = model.config
     sizes = {"glance": config.glance_size or config.frame_size, "local": config.patch_size}
     plain_bodies = {}
@@ -467,12 +489,12 @@ def prepare_for_inference(model: nn.Module, *, engine: str = "auto", precision: 
                 encoder.body = NormalizedInput(encoder.body, model.pixel_mean, model.pixel_std)
         else:
             log.warning("the %s encoder %s mixes frames; it runs in torch", role, encoder.name)
-    samples = encoder_inputs(model, calibration) if precision == "int8" else {}  # what each (wrapped) body reads
+    samples = encoder_inputs(model, calibration) if needs_calibration(precision) else {}  # what each body reads
     for role, size in sizes.items():
         encoder = getattr(model, f"{role}_encoder")
         if role in plain_bodies:
             exported = engine_body(encoder.body, _encoder_input(encoder, size), cache_dir=cache_dir,
-                                   precision=precision, name=f"{role} encoder {encoder.name}",
+                                   precision=role_precisions[role], name=f"{role} encoder {encoder.name}",
                                    calibration=samples.get(role))
             encoder.body = exported if isinstance(exported, EngineBody) else plain_bodies[role]
         if isinstance(encoder.body, EngineBody):

@@ -15,6 +15,7 @@ from adafocus.core.engine import (
     EngineBody,
     EngineError,
     engine_summary,
+    needs_calibration,
     prepare_for_inference,
     resolve_engine,
 )
@@ -298,3 +299,31 @@ def test_int8_quantizes_the_encoders_on_calibration_clips_and_reports_agreement(
     monkeypatch.setattr(nncf, "quantize", must_not_quantize)
     _, again, _ = _pair(config, tmp_path, precision="int8", calibration=calibration)
     assert engine_summary(again) == engine_summary(quantized)
+
+
+def test_int8_glance_quantizes_the_glance_alone_and_runs_the_rest_in_bf16(config, tmp_path, monkeypatch):
+    pytest.importorskip("nncf")
+    assert [needs_calibration(p) for p in ("int8-glance", "int8", "bf16", "fp32", "auto")] == [True, True] + [False] * 3
+    monkeypatch.setattr(engine_module, "bf16_supported", lambda: False)
+    with pytest.raises(EngineError, match="no native bf16") as refused:
+        resolve_engine("openvino", "cpu", "int8-glance")
+    assert "int8-glance" in str(refused.value) and "\n" not in str(refused.value)
+    monkeypatch.setattr(engine_module, "bf16_supported", lambda: True)
+    # compiled at f32 where bf16 stands, so that the test runs on any CPU; the wiring is what is checked here
+    monkeypatch.setattr(engine_module, "_OV_PRECISION", {**engine_module._OV_PRECISION, "bf16": "f32"})
+    calibration = torch.rand(8, config.num_candidates, 3, config.frame_size, config.frame_size,
+                             generator=torch.Generator().manual_seed(2))
+    with pytest.raises(EngineError, match="calibration"):
+        _pair(config, tmp_path, precision="int8-glance")
+    plain, mixed, used = _pair(config, tmp_path, precision="int8-glance", calibration=calibration)
+    assert used == "openvino"
+    assert engine_summary(mixed) == "glance: openvino int8, local: openvino bf16, spatial policy: openvino bf16"
+    assert "FakeQuantize" in mixed.glance_encoder.body.ir_path.read_text()
+    assert "FakeQuantize" not in mixed.local_encoder.body.ir_path.read_text()
+    assert mixed.exit_costs() == plain.exit_costs()
+    clips = torch.rand(16, config.num_candidates, 3, config.frame_size, config.frame_size,
+                       generator=torch.Generator().manual_seed(3))
+    with torch.inference_mode():
+        policy = spread_policy(plain, clips)
+    measured = engine_module.prediction_agreement(plain, mixed, clips, policy)
+    assert measured["top1_agreement"] >= 0.75 and measured["exits_changed"] <= 0.5

@@ -26,7 +26,7 @@ from adafocus.apps.scoring.videos import (
     score_videos,
 )
 from adafocus.core.device import cuda_autocast, resolve_device
-from adafocus.core.engine import prepare_for_inference, resolve_engine
+from adafocus.core.engine import needs_calibration, prepare_for_inference, resolve_engine
 from adafocus.core.run import RunFolder, load_run
 
 
@@ -58,7 +58,7 @@ def model_only_rate(checkpoint: str | Path, paths: Sequence[str], *, batch_size:
         raise ValueError("none of the first videos could be decoded; cannot time the model")
     clips = clips.to(dev)
     # as `score_videos` runs it (int8: calibrated on the first videos, as there)
-    prepare_for_inference(model, engine=engine, precision=precision, calibration=clips if precision == "int8" else None)
+    prepare_for_inference(model, engine=engine, precision=precision, calibration=clips if needs_calibration(precision) else None)
     with cpu_threads(dev, threads), torch.inference_mode(), cuda_autocast(dev):
         model.infer(clips)
         runs, started, cpu_started = 0, time.perf_counter(), time.process_time()

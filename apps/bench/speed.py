@@ -39,6 +39,7 @@ from adafocus.core.device import cuda_autocast, resolve_device
 from adafocus.core.engine import (
     cpu_flags,
     format_agreement,
+    needs_calibration,
     prediction_agreement,
     prepare_for_inference,
     resolve_engine,
@@ -212,7 +213,7 @@ def prepare(module, *, engine: str, precision: str, optimize: bool, calibration:
             raise ValueError("--no-optimize measures plain torch modules; use it with --engine torch")
         module.eval()
         return "torch"
-    if precision == "int8" and calibration is None:
+    if needs_calibration(precision) and calibration is None:
         calibration = benchmark_clips(16, module.config, module.pixel_mean.device, seed=1)
     return prepare_for_inference(module, engine=engine, precision=precision, calibration=calibration)
 

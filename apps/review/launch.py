@@ -8,7 +8,7 @@ from pathlib import Path
 
 from adafocus.apps.review import app as review_app
 from adafocus.core.device import resolve_device
-from adafocus.core.engine import ENV_ENGINE, ENV_PRECISION, resolve_engine
+from adafocus.core.engine import ENV_ENGINE, ENV_PRECISION, needs_calibration, resolve_engine
 from adafocus.core.run import RunFolder
 
 
@@ -28,8 +28,9 @@ def app_environment(args, base: dict[str, str]) -> dict[str, str]:
         env[review_app.ENV_MODEL] = str(RunFolder.locate(args.model).path.resolve())
     env[review_app.ENV_MAX_UPLOAD] = str(args.max_upload_mb)
     resolve_engine(args.engine, resolve_device("auto"), args.precision)
-    if args.precision == "int8":
-        raise ValueError("--precision int8 calibrates on the files being scored; the app runs fp32 (or bf16)")
+    if needs_calibration(args.precision):
+        raise ValueError(f"--precision {args.precision} calibrates on the files being scored; the app runs fp32 "
+                         "(or bf16)")
     env[ENV_ENGINE], env[ENV_PRECISION] = args.engine, args.precision
     return env
 

@@ -39,6 +39,7 @@ from adafocus.core.engine import (
     engine_version,
     format_agreement,
     logits_agreement,
+    needs_calibration,
     nncf_available,
     prepare_for_inference,
     resolve_engine,
@@ -90,7 +91,7 @@ def measure_agreement(run: LoadedRun, engine: str, precision: str, clips: torch.
     policy, described = agreement_policy(run, reference_logits)
     trial = copy.deepcopy(run.model)
     prepare_for_inference(trial, engine=engine, precision=precision,
-                          calibration=clips if precision == "int8" else None)
+                          calibration=clips if needs_calibration(precision) else None)
     agreement = logits_agreement(reference_logits, all_exit_logits(trial, clips), policy)
     return {**agreement, "policy": described}
 
@@ -140,7 +141,7 @@ def choose_run_precision(run: LoadedRun, engine: str = "auto", *, allow_int8: bo
         where = f"stored in {folder.engine_agreement.name} ({stored.get('measured', 'earlier')})"
     chosen = auto_decision(candidate, stored)
     summary = f"{format_agreement(stored)} under {stored.get('policy', 'the exit policy')}"
-    if chosen == "int8" and clips is None:
+    if needs_calibration(chosen) and clips is None:
         try:  # quantized on the clips it was measured on (the int8 IR is cached by them)
             clips = calibration_clips(run)
         except (CalibrationDataError, FileNotFoundError, ValueError) as error:
@@ -152,7 +153,7 @@ def choose_run_precision(run: LoadedRun, engine: str = "auto", *, allow_int8: bo
     else:
         log(f"precision auto: fp32, not {candidate}: its agreement with torch fp32 is below {_thresholds_text()} "
             f"({summary}; {where})")
-    return chosen, clips if chosen == "int8" else None
+    return chosen, clips if needs_calibration(chosen) else None
 
 
 def prepare_run(run: LoadedRun, *, engine: str = "auto", precision: str = "auto", allow_int8: bool = True,

@@ -36,7 +36,7 @@ from adafocus.apps.runs.agreement import prepare_run
 from adafocus.apps.scoring.outputs import DETAILS_FILE, SCORES_FILE, csv_columns, output_paths, read_details
 from adafocus.apps.scoring.videos import ScoreSummary, finish_summary, prepare_outputs
 from adafocus.core.device import cuda_autocast, resolve_device
-from adafocus.core.engine import EngineError, prepare_for_inference
+from adafocus.core.engine import EngineError, needs_calibration, prepare_for_inference
 from adafocus.core.geometry import focus_locations
 from adafocus.core.io import atomic_write_json
 from adafocus.core.run import LoadedRun, exit_policy_for_budget, load_run
@@ -267,8 +267,8 @@ def score_scans(inputs: Sequence[str], model: str | Path, out: str | Path, *, de
     if run.card.domain != "mri":
         raise ValueError(f"{run.checkpoint} is a {run.card.domain} model; it scores videos, not scans")
     policy = None if budget is None else exit_policy_for_budget(run.folder, budget, run.model)
-    if precision == "int8":
-        raise EngineError("--precision int8 scores videos; scans run fp32 (or bf16 where the CPU has it)")
+    if needs_calibration(precision):
+        raise EngineError(f"--precision {precision} scores videos; scans run fp32 (or bf16 where the CPU has it)")
     if precision == "auto":  # bf16 where the CPU has it (agreement measured on the run's own split), else fp32
         prepare_run(run, engine=engine, precision="auto", allow_int8=False, log=log)
     else:

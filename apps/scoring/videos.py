@@ -35,7 +35,13 @@ import torch
 from adafocus.apps.runs.agreement import prepare_run
 from adafocus.apps.scoring.outputs import OutputFiles, csv_columns, prepare_csv, prune_details, read_rows
 from adafocus.core.device import cuda_autocast, resolve_device, worker_processes
-from adafocus.core.engine import EngineError, format_agreement, prediction_agreement, prepare_for_inference
+from adafocus.core.engine import (
+    EngineError,
+    format_agreement,
+    needs_calibration,
+    prediction_agreement,
+    prepare_for_inference,
+)
 from adafocus.core.exits import ExitPolicy
 from adafocus.core.geometry import focus_locations
 from adafocus.core.io import atomic_write
@@ -418,21 +424,24 @@ def load_scoring_run(checkpoint: str | Path, device: torch.device, budget: float
 
 def prepare_scoring_engine(model: UniAdaFocus, engine: str, precision: str, calibration_paths: Sequence[str],
                            eval_crop: float, policy: ExitPolicy | None, log: Callable[[str], None]) -> None:
-    """``prepare_for_inference``; for int8 calibrated on the decodable clips among `calibration_paths`, with
-    one line of agreement (top-1 and exit decisions under `policy`) against torch fp32 on those clips."""
-    if precision != "int8":
+    """``prepare_for_inference``; for int8 (or int8-glance) calibrated on the decodable clips among
+    `calibration_paths`, with one line of agreement (top-1 and exit decisions under `policy`) against torch fp32
+    on those clips."""
+    if not needs_calibration(precision):
         prepare_for_inference(model, engine=engine, precision=precision)
         return
     c = model.config
     inputs = ScoreInputs(list(calibration_paths), c.num_candidates, c.frame_size, eval_crop)
     clips = collate_scored([inputs[i] for i in range(len(inputs))])["clips"]
     if clips is None:
-        raise EngineError("--precision int8 calibrates on the first videos, and none of them could be decoded")
+        raise EngineError(f"--precision {precision} calibrates on the first videos, and none of them could be "
+                          "decoded")
     clips = clips.to(model.pixel_mean.device)
     reference = copy.deepcopy(model)
     reference.optimize_for_inference()
     prepare_for_inference(model, engine=engine, precision=precision, calibration=clips)
-    log(f"int8 vs torch fp32 on the first videos: {format_agreement(prediction_agreement(reference, model, clips, policy))}")
+    agreement = prediction_agreement(reference, model, clips, policy)
+    log(f"{precision} vs torch fp32 on the first videos: {format_agreement(agreement)}")
 
 
 def prepare_outputs(out_csv: str | Path, details: str | Path | None, thumbnails: str | Path | None,
