@@ -48,6 +48,29 @@ def _pair(config, cache_dir, **kwargs):
     return plain, engined, used
 
 
+def _random_clips(config, count: int, *, seed: int) -> torch.Tensor:
+    return torch.rand(count, config.num_candidates, 3, config.frame_size, config.frame_size,
+                      generator=torch.Generator().manual_seed(seed))
+
+
+def _quantized_pair(config, cache_dir, precision: str):
+    """(plain, quantized on 8 random clips) at `precision`, after checking that it refuses to run uncalibrated."""
+    with pytest.raises(EngineError, match="calibration"):
+        _pair(config, cache_dir, precision=precision)
+    plain, quantized, used = _pair(config, cache_dir, precision=precision,
+                                   calibration=_random_clips(config, 8, seed=2))
+    assert used == "openvino" and quantized.exit_costs() == plain.exit_costs()
+    return plain, quantized
+
+
+def _agreement_on_random_clips(config, plain, other):
+    """(16 random clips, an exit policy that spreads them over the exits, `other`'s agreement with `plain`)."""
+    clips = _random_clips(config, 16, seed=3)
+    with torch.inference_mode():
+        policy = spread_policy(plain, clips)
+    return clips, policy, engine_module.prediction_agreement(plain, other, clips, policy)
+
+
 def _assert_same_result(got, expected):
     finite = expected.logits.isfinite()
     assert torch.equal(got.logits.isnan(), expected.logits.isnan())
@@ -266,25 +289,15 @@ def test_int8_quantizes_the_encoders_on_calibration_clips_and_reports_agreement(
     pytest.importorskip("nncf")
     with pytest.raises(EngineError, match="openvino engine"):
         resolve_engine("torch", "cpu", "int8")
-    calibration = torch.rand(8, config.num_candidates, 3, config.frame_size, config.frame_size,
-                             generator=torch.Generator().manual_seed(2))
-    with pytest.raises(EngineError, match="calibration"):
-        _pair(config, tmp_path, precision="int8")
-    plain, quantized, used = _pair(config, tmp_path, precision="int8", calibration=calibration)
-    assert used == "openvino"
+    plain, quantized = _quantized_pair(config, tmp_path, "int8")
     assert engine_summary(quantized) == "glance: openvino int8, local: openvino int8, spatial policy: openvino fp32"
     for encoder in (quantized.glance_encoder, quantized.local_encoder):
         assert "FakeQuantize" in encoder.body.ir_path.read_text()  # nncf's int8 quantize/dequantize pairs
-    assert quantized.exit_costs() == plain.exit_costs()
 
-    clips = torch.rand(16, config.num_candidates, 3, config.frame_size, config.frame_size,
-                       generator=torch.Generator().manual_seed(3))
-    with torch.inference_mode():
-        policy = spread_policy(plain, clips)
+    clips, policy, measured = _agreement_on_random_clips(config, plain, quantized)
     same = engine_module.prediction_agreement(plain, plain, clips, policy)
     assert same == {"clips": 16, "top1_agreement": 1.0, "max_prob_diff": 0.0, "same_exits": 1.0,
                     "exits_changed": 0.0, "largest_exit_change": 0}
-    measured = engine_module.prediction_agreement(plain, quantized, clips, policy)
     assert measured["top1_agreement"] >= 0.75 and measured["exits_changed"] <= 0.5
     assert measured["same_exits"] == pytest.approx(1.0 - measured["exits_changed"])
     assert 0.0 <= measured["max_prob_diff"] <= 1.0
@@ -297,7 +310,7 @@ def test_int8_quantizes_the_encoders_on_calibration_clips_and_reports_agreement(
         raise AssertionError("the cached int8 export should have been used")
 
     monkeypatch.setattr(nncf, "quantize", must_not_quantize)
-    _, again, _ = _pair(config, tmp_path, precision="int8", calibration=calibration)
+    _, again, _ = _pair(config, tmp_path, precision="int8", calibration=_random_clips(config, 8, seed=2))
     assert engine_summary(again) == engine_summary(quantized)
 
 
@@ -311,19 +324,9 @@ def test_int8_glance_quantizes_the_glance_alone_and_runs_the_rest_in_bf16(config
     monkeypatch.setattr(engine_module, "bf16_supported", lambda: True)
     # compiled at f32 where bf16 stands, so that the test runs on any CPU; the wiring is what is checked here
     monkeypatch.setattr(engine_module, "_OV_PRECISION", {**engine_module._OV_PRECISION, "bf16": "f32"})
-    calibration = torch.rand(8, config.num_candidates, 3, config.frame_size, config.frame_size,
-                             generator=torch.Generator().manual_seed(2))
-    with pytest.raises(EngineError, match="calibration"):
-        _pair(config, tmp_path, precision="int8-glance")
-    plain, mixed, used = _pair(config, tmp_path, precision="int8-glance", calibration=calibration)
-    assert used == "openvino"
+    plain, mixed = _quantized_pair(config, tmp_path, "int8-glance")
     assert engine_summary(mixed) == "glance: openvino int8, local: openvino bf16, spatial policy: openvino bf16"
     assert "FakeQuantize" in mixed.glance_encoder.body.ir_path.read_text()
     assert "FakeQuantize" not in mixed.local_encoder.body.ir_path.read_text()
-    assert mixed.exit_costs() == plain.exit_costs()
-    clips = torch.rand(16, config.num_candidates, 3, config.frame_size, config.frame_size,
-                       generator=torch.Generator().manual_seed(3))
-    with torch.inference_mode():
-        policy = spread_policy(plain, clips)
-    measured = engine_module.prediction_agreement(plain, mixed, clips, policy)
+    _, _, measured = _agreement_on_random_clips(config, plain, mixed)
     assert measured["top1_agreement"] >= 0.75 and measured["exits_changed"] <= 0.5
